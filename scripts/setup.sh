@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Installs what wanmirror's demo, tests and benchmarks need on a fresh Debian machine
+# with a Rust toolchain: build packages, and the pinned tansu broker.
+# Idempotent: every step is skipped when already done.
+set -euo pipefail
+
+TANSU_VERSION=0.6.0
+
+need_apt=()
+for pkg in gcc g++ make pkg-config perl python3; do
+  command -v "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
+done
+# librdkafka (bundled by the rdkafka crate) needs zlib and curl headers only if system
+# libraries are used; we build it vendored, so only a C toolchain is required.
+if [ "${#need_apt[@]}" -gt 0 ]; then
+  echo "setup: installing Debian packages: ${need_apt[*]}"
+  if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi
+  $SUDO apt-get update -qq
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq build-essential pkg-config python3 >/dev/null
+fi
+
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "setup: cargo not found; install a Rust toolchain (rustup) first" >&2
+  exit 1
+fi
+
+tansu_bin="${CARGO_HOME:-$HOME/.cargo}/bin/tansu"
+if [ -x "$tansu_bin" ] && "$tansu_bin" --version 2>/dev/null | grep -q "$TANSU_VERSION"; then
+  echo "setup: tansu $TANSU_VERSION already installed"
+else
+  echo "setup: building tansu $TANSU_VERSION (takes several minutes on 2 cores)..."
+  cargo install tansu --version "$TANSU_VERSION" --features dynostore --locked --quiet
+fi

@@ -1,0 +1,365 @@
+//! The mirror's TOML configuration: parsing, defaults and validation with one-line errors.
+
+use std::path::Path;
+
+use regex::Regex;
+use serde::Deserialize;
+
+/// A configuration problem, phrased for the operator who wrote the file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("config {path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("config {path}: {field}: {message}")]
+    Invalid {
+        path: String,
+        field: &'static str,
+        message: String,
+    },
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// Short name of the data centre or cluster; used in topic names and logs.
+    pub name: String,
+    /// Comma-separated host:port list.
+    pub bootstrap: String,
+}
+
+/// What to do when the source log starts above the destination's end (an empty
+/// destination while the source has deleted its head, or a mirror that fell behind
+/// retention).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StartPolicy {
+    /// Write filler records for the missing offsets so that offsets stay identical.
+    Pad,
+    /// Stop the partition with an error.
+    Refuse,
+}
+
+/// What to do with offsets missing inside the source log (compaction).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GapPolicy {
+    /// Write a filler record at each missing offset so that offsets stay identical.
+    Fill,
+    /// Stop the partition with an error.
+    Refuse,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MirrorConfig {
+    /// Exact topic names or regular expressions (anchored: the whole name must match).
+    pub topics: Vec<String>,
+    /// Names or regular expressions to leave out, applied after `topics`.
+    #[serde(default)]
+    pub exclude: Vec<String>,
+    /// Destination topic name; `{source}` and `{topic}` are replaced.
+    #[serde(default = "default_rename")]
+    pub rename: String,
+    #[serde(default = "default_start_policy")]
+    pub start_policy: StartPolicy,
+    #[serde(default = "default_gap_policy")]
+    pub gap_policy: GapPolicy,
+    /// Largest number of filler records `start_policy = "pad"` may write per partition.
+    #[serde(default = "default_max_pad")]
+    pub max_pad_records: i64,
+    /// Bytes of fetched, not yet acknowledged data held in memory, all partitions together.
+    #[serde(default = "default_in_flight")]
+    pub in_flight_bytes: usize,
+    /// Largest fetch per partition request, and largest produce request.
+    #[serde(default = "default_fetch_bytes")]
+    pub fetch_bytes: usize,
+    /// How long a fetch waits at the broker for new data once caught up (long poll).
+    #[serde(default = "default_tail_wait_ms")]
+    pub tail_wait_ms: u64,
+    /// How often new topics and partitions are looked for.
+    #[serde(default = "default_refresh")]
+    pub metadata_refresh_secs: u64,
+    /// How often progress is logged.
+    #[serde(default = "default_progress")]
+    pub progress_interval_secs: u64,
+    /// Replication factor of topics the mirror creates; -1 takes the broker default.
+    #[serde(default = "default_rf")]
+    pub replication_factor: i16,
+    /// Name of the fencing lock; instances sharing it never write at the same time.
+    /// Default: `wanmirror.{source}.{destination}`.
+    #[serde(default)]
+    pub fence_id: Option<String>,
+    /// Compacted topic in the destination holding the offset map and topic provenance.
+    #[serde(default = "default_map_topic")]
+    pub offset_map_topic: String,
+}
+
+fn default_rename() -> String {
+    "{source}.{topic}".into()
+}
+fn default_start_policy() -> StartPolicy {
+    StartPolicy::Pad
+}
+fn default_gap_policy() -> GapPolicy {
+    GapPolicy::Fill
+}
+fn default_max_pad() -> i64 {
+    10_000_000
+}
+fn default_in_flight() -> usize {
+    256 * 1024 * 1024
+}
+fn default_fetch_bytes() -> usize {
+    1024 * 1024
+}
+fn default_tail_wait_ms() -> u64 {
+    500
+}
+fn default_refresh() -> u64 {
+    30
+}
+fn default_progress() -> u64 {
+    10
+}
+fn default_rf() -> i16 {
+    -1
+}
+fn default_map_topic() -> String {
+    "__wanmirror_offsets".into()
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub source: ClusterConfig,
+    pub destination: ClusterConfig,
+    pub mirror: MirrorConfig,
+}
+
+/// The topic selection compiled from `topics` and `exclude`.
+#[derive(Debug, Clone)]
+pub struct TopicFilter {
+    include: Vec<Regex>,
+    exclude: Vec<Regex>,
+}
+
+impl TopicFilter {
+    pub fn matches(&self, topic: &str) -> bool {
+        self.include.iter().any(|r| r.is_match(topic))
+            && !self.exclude.iter().any(|r| r.is_match(topic))
+    }
+}
+
+fn compile(
+    path: &str,
+    field: &'static str,
+    patterns: &[String],
+) -> Result<Vec<Regex>, ConfigError> {
+    patterns
+        .iter()
+        .map(|p| {
+            Regex::new(&format!("^(?:{p})$")).map_err(|e| ConfigError::Invalid {
+                path: path.to_string(),
+                field,
+                message: format!(
+                    "bad regular expression {p:?}: {}",
+                    e.to_string().lines().last().unwrap_or("invalid")
+                ),
+            })
+        })
+        .collect()
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let p = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: p.clone(),
+            source,
+        })?;
+        Self::parse(&p, &text)
+    }
+
+    pub fn parse(path: &str, text: &str) -> Result<Config, ConfigError> {
+        let cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_string(),
+            // toml's message spans several lines with a source excerpt; keep one line.
+            message: one_line(&e.to_string()),
+        })?;
+        cfg.validate(path)?;
+        Ok(cfg)
+    }
+
+    fn validate(&self, path: &str) -> Result<(), ConfigError> {
+        let bad = |field: &'static str, message: String| ConfigError::Invalid {
+            path: path.to_string(),
+            field,
+            message,
+        };
+        for (field, c) in [
+            ("source", &self.source),
+            ("destination", &self.destination),
+        ] {
+            if c.name.trim().is_empty() || c.name.contains(['/', ' ']) {
+                return Err(bad(field, format!("name {:?} must be a non-empty word", c.name)));
+            }
+            let addrs: Vec<&str> = c.bootstrap.split(',').map(str::trim).collect();
+            for a in addrs {
+                let ok = a
+                    .rsplit_once(':')
+                    .is_some_and(|(h, port)| !h.is_empty() && port.parse::<u16>().is_ok());
+                if !ok {
+                    return Err(bad(
+                        field,
+                        format!("bootstrap address {a:?} is not host:port"),
+                    ));
+                }
+            }
+        }
+        if self.source.name == self.destination.name {
+            return Err(bad(
+                "destination.name",
+                format!(
+                    "source and destination are both named {:?}; names must differ (they decide loop safety)",
+                    self.source.name
+                ),
+            ));
+        }
+        let m = &self.mirror;
+        if m.topics.is_empty() {
+            return Err(bad("mirror.topics", "list at least one topic or pattern".into()));
+        }
+        self.filter(path)?;
+        if !m.rename.contains("{topic}") {
+            return Err(bad(
+                "mirror.rename",
+                format!("{:?} must contain {{topic}}", m.rename),
+            ));
+        }
+        let probe = m.rename.replace("{source}", "").replace("{topic}", "");
+        if probe.contains(['{', '}']) {
+            return Err(bad(
+                "mirror.rename",
+                format!("{:?}: only {{source}} and {{topic}} may be used", m.rename),
+            ));
+        }
+        if m.fetch_bytes < 1024 || m.fetch_bytes > 64 * 1024 * 1024 {
+            return Err(bad("mirror.fetch_bytes", "must be between 1 KiB and 64 MiB".into()));
+        }
+        if m.in_flight_bytes < 2 * m.fetch_bytes {
+            return Err(bad(
+                "mirror.in_flight_bytes",
+                "must be at least twice mirror.fetch_bytes".into(),
+            ));
+        }
+        if m.max_pad_records < 0 {
+            return Err(bad("mirror.max_pad_records", "must not be negative".into()));
+        }
+        if m.metadata_refresh_secs == 0 || m.progress_interval_secs == 0 {
+            return Err(bad(
+                "mirror.metadata_refresh_secs",
+                "intervals must be at least 1 second".into(),
+            ));
+        }
+        if m.replication_factor == 0 || m.replication_factor < -1 {
+            return Err(bad(
+                "mirror.replication_factor",
+                "must be -1 (broker default) or at least 1".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn filter(&self, path: &str) -> Result<TopicFilter, ConfigError> {
+        Ok(TopicFilter {
+            include: compile(path, "mirror.topics", &self.mirror.topics)?,
+            exclude: compile(path, "mirror.exclude", &self.mirror.exclude)?,
+        })
+    }
+
+    /// The destination topic for a source topic.
+    pub fn dest_topic(&self, source_topic: &str) -> String {
+        self.mirror
+            .rename
+            .replace("{source}", &self.source.name)
+            .replace("{topic}", source_topic)
+    }
+
+    pub fn fence_id(&self) -> String {
+        self.mirror.fence_id.clone().unwrap_or_else(|| {
+            format!("wanmirror.{}.{}", self.source.name, self.destination.name)
+        })
+    }
+}
+
+fn one_line(s: &str) -> String {
+    // toml errors look like "TOML parse error at line 3, column 1\n  |\n3 | x\n  | ^\nunknown field ..."
+    let mut lines = s.lines().map(str::trim).filter(|l| !l.is_empty());
+    let first = lines.next().unwrap_or("invalid TOML").to_string();
+    match s.lines().map(str::trim).filter(|l| !l.is_empty()).last() {
+        Some(last) if last != first => format!("{first}: {last}"),
+        _ => first,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[source]
+name = "dc-a"
+bootstrap = "127.0.0.1:19092"
+[destination]
+name = "dc-b"
+bootstrap = "127.0.0.1:29092"
+[mirror]
+topics = ["orders", "payments\\..*"]
+"#;
+
+    #[test]
+    fn accepts_the_documented_shape_with_defaults() {
+        let c = Config::parse("t", GOOD).unwrap();
+        assert_eq!(c.dest_topic("orders"), "dc-a.orders");
+        assert_eq!(c.mirror.start_policy, StartPolicy::Pad);
+        let f = c.filter("t").unwrap();
+        assert!(f.matches("orders") && f.matches("payments.eu"));
+        assert!(!f.matches("orders2") && !f.matches("xpayments.eu"));
+        assert_eq!(c.fence_id(), "wanmirror.dc-a.dc-b");
+    }
+
+    fn err(text: &str) -> String {
+        Config::parse("t", text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let e = err(&GOOD.replace("[mirror]", "[mirror]\ntopicz = 1"));
+        assert!(e.contains("unknown field") && e.contains("topicz"), "{e}");
+        assert!(!e.contains('\n'));
+    }
+
+    #[test]
+    fn missing_fields_are_named() {
+        let e = err(&GOOD.replace("bootstrap = \"127.0.0.1:29092\"", ""));
+        assert!(e.contains("bootstrap"), "{e}");
+    }
+
+    #[test]
+    fn bad_regex_is_named() {
+        let e = err(&GOOD.replace("\"orders\",", "\"ord(ers\","));
+        assert!(e.contains("mirror.topics") && e.contains("ord(ers"), "{e}");
+    }
+
+    #[test]
+    fn bad_address_and_same_names_are_refused() {
+        assert!(err(&GOOD.replace("127.0.0.1:19092", "nohost")).contains("host:port"));
+        assert!(err(&GOOD.replace("dc-b", "dc-a")).contains("must differ"));
+        assert!(err(&GOOD.replace("[mirror]", "[mirror]\nrename = \"x\"")).contains("{topic}"));
+    }
+}

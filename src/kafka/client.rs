@@ -1,0 +1,568 @@
+//! A cluster client: bootstrap, metadata and leader routing, retries, and the typed
+//! operations the mirror needs (fetch and produce of raw batches, topic admin, producer ids).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use kafka_protocol::messages::create_partitions_request::CreatePartitionsTopic;
+use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
+use kafka_protocol::messages::describe_configs_request::DescribeConfigsResource;
+use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
+use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
+use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+use kafka_protocol::messages::*;
+use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::ResponseError;
+use tokio::sync::Mutex;
+
+use super::connection::{broker_err, Connection, SocketOptions};
+use super::error::{KafkaError, Result};
+
+/// One partition as metadata describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionMeta {
+    pub index: i32,
+    pub leader: i32,
+    pub leader_epoch: i32,
+}
+
+/// One topic as metadata describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicMeta {
+    pub name: String,
+    pub internal: bool,
+    pub partitions: Vec<PartitionMeta>,
+}
+
+/// Result of fetching one partition: raw record batches and the partition's bounds.
+#[derive(Debug, Clone)]
+pub struct Fetched {
+    pub records: Bytes,
+    pub high_watermark: i64,
+    pub log_start_offset: i64,
+}
+
+/// The live state of a cluster: brokers, leaders, and one connection per broker.
+pub struct Cluster {
+    name: String,
+    bootstrap: Vec<String>,
+    opts: SocketOptions,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    brokers: HashMap<i32, String>,
+    topics: BTreeMap<String, TopicMeta>,
+    conns: HashMap<i32, Connection>,
+    bootstrap_conn: Option<Connection>,
+}
+
+/// How long the retry helper keeps trying a retriable failure before giving up.
+const RETRY_DEADLINE: Duration = Duration::from_secs(60);
+
+impl Cluster {
+    pub fn new(name: &str, bootstrap: &str, opts: SocketOptions) -> Arc<Cluster> {
+        Arc::new(Cluster {
+            name: name.to_string(),
+            bootstrap: bootstrap
+                .split(',')
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect(),
+            opts,
+            state: Mutex::new(State::default()),
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Any live connection: a known broker, else a bootstrap address.
+    async fn any_conn(&self) -> Result<Connection> {
+        {
+            let st = self.state.lock().await;
+            if let Some(c) = st.conns.values().find(|c| c.is_alive()) {
+                return Ok(c.clone());
+            }
+            if let Some(c) = st.bootstrap_conn.as_ref().filter(|c| c.is_alive()) {
+                return Ok(c.clone());
+            }
+        }
+        let mut last = String::from("no bootstrap address");
+        for addr in &self.bootstrap {
+            match Connection::connect(addr, &self.opts).await {
+                Ok(c) => {
+                    self.state.lock().await.bootstrap_conn = Some(c.clone());
+                    return Ok(c);
+                }
+                Err(e) => last = e.to_string(),
+            }
+        }
+        Err(KafkaError::Unreachable {
+            cluster: self.name.clone(),
+            bootstrap: self.bootstrap.join(","),
+            last,
+        })
+    }
+
+    /// The connection to broker `id`, reconnecting if the old one died.
+    pub async fn broker_conn(&self, id: i32) -> Result<Connection> {
+        let addr = {
+            let st = self.state.lock().await;
+            if let Some(c) = st.conns.get(&id).filter(|c| c.is_alive()) {
+                return Ok(c.clone());
+            }
+            st.brokers.get(&id).cloned()
+        };
+        let addr = match addr {
+            Some(a) => a,
+            None => {
+                self.refresh(None).await?;
+                let st = self.state.lock().await;
+                st.brokers
+                    .get(&id)
+                    .cloned()
+                    .ok_or_else(|| KafkaError::Unreachable {
+                        cluster: self.name.clone(),
+                        bootstrap: self.bootstrap.join(","),
+                        last: format!("broker {id} is not in metadata"),
+                    })?
+            }
+        };
+        let conn = Connection::connect(&addr, &self.opts).await?;
+        tracing::debug!(cluster = %self.name, broker = id, %addr, "connected");
+        self.state.lock().await.conns.insert(id, conn.clone());
+        Ok(conn)
+    }
+
+    /// Fetches metadata for `topics` (all topics when `None`) and updates the cache.
+    pub async fn refresh(&self, topics: Option<&[String]>) -> Result<Vec<TopicMeta>> {
+        let conn = self.any_conn().await?;
+        let req = MetadataRequest::default()
+            .with_topics(topics.map(|ts| {
+                ts.iter()
+                    .map(|t| {
+                        MetadataRequestTopic::default()
+                            .with_name(Some(TopicName(StrBytes::from_string(t.clone()))))
+                    })
+                    .collect()
+            }))
+            .with_allow_auto_topic_creation(false);
+        let resp = match conn.send(&req).await {
+            Ok(r) => r,
+            Err(e) => {
+                self.state.lock().await.bootstrap_conn = None;
+                return Err(e);
+            }
+        };
+        throttle(resp.throttle_time_ms).await;
+        let mut out = Vec::new();
+        let mut st = self.state.lock().await;
+        for b in &resp.brokers {
+            st.brokers
+                .insert(b.node_id.0, format!("{}:{}", b.host.as_str(), b.port));
+        }
+        for t in resp.topics {
+            let Some(name) = t.name.map(|n| n.0.to_string()) else {
+                continue;
+            };
+            if t.error_code != 0 {
+                st.topics.remove(&name);
+                continue;
+            }
+            let mut partitions: Vec<PartitionMeta> = t
+                .partitions
+                .iter()
+                .map(|p| PartitionMeta {
+                    index: p.partition_index,
+                    leader: p.leader_id.0,
+                    leader_epoch: p.leader_epoch,
+                })
+                .collect();
+            partitions.sort_by_key(|p| p.index);
+            let meta = TopicMeta {
+                name: name.clone(),
+                internal: t.is_internal,
+                partitions,
+            };
+            st.topics.insert(name, meta.clone());
+            out.push(meta);
+        }
+        Ok(out)
+    }
+
+    /// Metadata of one topic, or `None` if the cluster does not have it.
+    pub async fn topic(&self, topic: &str) -> Result<Option<TopicMeta>> {
+        let metas = self.refresh(Some(&[topic.to_string()])).await?;
+        Ok(metas.into_iter().find(|t| t.name == topic))
+    }
+
+    async fn leader_of(&self, topic: &str, partition: i32) -> Result<i32> {
+        let cached = {
+            let st = self.state.lock().await;
+            st.topics
+                .get(topic)
+                .and_then(|t| t.partitions.iter().find(|p| p.index == partition))
+                .map(|p| p.leader)
+        };
+        let leader = match cached {
+            Some(l) if l >= 0 => Some(l),
+            _ => {
+                self.refresh(Some(&[topic.to_string()])).await?;
+                let st = self.state.lock().await;
+                st.topics
+                    .get(topic)
+                    .and_then(|t| t.partitions.iter().find(|p| p.index == partition))
+                    .map(|p| p.leader)
+            }
+        };
+        match leader {
+            Some(l) if l >= 0 => Ok(l),
+            _ => Err(KafkaError::NoLeader {
+                cluster: self.name.clone(),
+                topic: topic.to_string(),
+                partition,
+            }),
+        }
+    }
+
+    /// The connection to the current leader of a partition.
+    pub async fn leader_conn(&self, topic: &str, partition: i32) -> Result<Connection> {
+        let leader = self.leader_of(topic, partition).await?;
+        self.broker_conn(leader).await
+    }
+
+    /// Runs `op` until it succeeds, fails for good, or the retry deadline passes.
+    /// Stale leadership triggers a metadata refresh; backoff doubles up to 2 s.
+    pub async fn retry<T, F, Fut>(&self, what: &str, mut op: F) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T>>,
+    {
+        let start = tokio::time::Instant::now();
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            match op().await {
+                Ok(v) => return Ok(v),
+                Err(e) if e.is_retriable() && start.elapsed() < RETRY_DEADLINE => {
+                    tracing::debug!(cluster = %self.name, what, error = %e, "retrying");
+                    if e.needs_metadata_refresh() {
+                        let _ = self.refresh(None).await;
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Fetches raw batches of one partition from `offset`, holding the request at the
+    /// broker up to `max_wait` when nothing is there yet (0 for catch-up reads).
+    pub async fn fetch(
+        &self,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+        max_bytes: i32,
+        max_wait: Duration,
+    ) -> Result<Fetched> {
+        let conn = self.leader_conn(topic, partition).await?;
+        let req = FetchRequest::default()
+            .with_replica_id(BrokerId(-1))
+            .with_max_wait_ms(max_wait.as_millis() as i32)
+            .with_min_bytes(1)
+            .with_max_bytes(max_bytes)
+            .with_isolation_level(0)
+            .with_session_id(0)
+            .with_session_epoch(-1)
+            .with_topics(vec![FetchTopic::default()
+                .with_topic(TopicName(StrBytes::from_string(topic.to_string())))
+                .with_partitions(vec![FetchPartition::default()
+                    .with_partition(partition)
+                    .with_current_leader_epoch(-1)
+                    .with_fetch_offset(offset)
+                    .with_last_fetched_epoch(-1)
+                    .with_log_start_offset(-1)
+                    .with_partition_max_bytes(max_bytes)])]);
+        let resp = conn.send_wait(&req, max_wait).await?;
+        throttle(resp.throttle_time_ms).await;
+        if resp.error_code != 0 {
+            return Err(broker_err("Fetch", resp.error_code, None));
+        }
+        let part = resp
+            .responses
+            .into_iter()
+            .flat_map(|t| t.partitions)
+            .find(|p| p.partition_index == partition)
+            .ok_or_else(|| KafkaError::Decode {
+                addr: conn.addr().to_string(),
+                api: "Fetch",
+                reason: format!("no data for {topic}/{partition} in response"),
+            })?;
+        if part.error_code != 0 {
+            return Err(partition_err("Fetch", topic, partition, part.error_code));
+        }
+        Ok(Fetched {
+            records: part.records.unwrap_or_default(),
+            high_watermark: part.high_watermark,
+            log_start_offset: part.log_start_offset,
+        })
+    }
+
+    /// Appends raw record batches to a partition; returns the base offset the broker chose.
+    pub async fn produce(
+        &self,
+        topic: &str,
+        partition: i32,
+        records: Bytes,
+        timeout: Duration,
+    ) -> Result<i64> {
+        let conn = self.leader_conn(topic, partition).await?;
+        let req = ProduceRequest::default()
+            .with_acks(-1)
+            .with_timeout_ms(timeout.as_millis() as i32)
+            .with_topic_data(vec![TopicProduceData::default()
+                .with_name(TopicName(StrBytes::from_string(topic.to_string())))
+                .with_partition_data(vec![PartitionProduceData::default()
+                    .with_index(partition)
+                    .with_records(Some(records))])]);
+        let resp = conn.send_wait(&req, timeout).await?;
+        throttle(resp.throttle_time_ms).await;
+        let part = resp
+            .responses
+            .into_iter()
+            .flat_map(|t| t.partition_responses)
+            .find(|p| p.index == partition)
+            .ok_or_else(|| KafkaError::Decode {
+                addr: conn.addr().to_string(),
+                api: "Produce",
+                reason: format!("no answer for {topic}/{partition} in response"),
+            })?;
+        if part.error_code != 0 {
+            return Err(partition_err("Produce", topic, partition, part.error_code));
+        }
+        Ok(part.base_offset)
+    }
+
+    /// Log start offset (ListOffsets EARLIEST).
+    pub async fn log_start(&self, topic: &str, partition: i32) -> Result<i64> {
+        self.list_offset(topic, partition, -2).await
+    }
+
+    /// The high watermark: the offset the next appended record gets.
+    ///
+    /// ListOffsets(LATEST) gives a first answer; a Fetch there returns the exact high
+    /// watermark. The second step guards against brokers whose LATEST lags the true end
+    /// (tansu 0.6 answers the last batch's base offset + 1).
+    pub async fn end_offset(&self, topic: &str, partition: i32) -> Result<i64> {
+        let latest = self.list_offset(topic, partition, -1).await?;
+        let start = self.log_start(topic, partition).await?;
+        let probe = latest.max(start);
+        let f = self
+            .fetch(topic, partition, probe, 1, Duration::ZERO)
+            .await?;
+        Ok(f.high_watermark.max(latest))
+    }
+
+    async fn list_offset(&self, topic: &str, partition: i32, timestamp: i64) -> Result<i64> {
+        let conn = self.leader_conn(topic, partition).await?;
+        let req = ListOffsetsRequest::default()
+            .with_replica_id(BrokerId(-1))
+            .with_isolation_level(0)
+            .with_topics(vec![ListOffsetsTopic::default()
+                .with_name(TopicName(StrBytes::from_string(topic.to_string())))
+                .with_partitions(vec![ListOffsetsPartition::default()
+                    .with_partition_index(partition)
+                    .with_current_leader_epoch(-1)
+                    .with_timestamp(timestamp)])]);
+        let resp = conn.send(&req).await?;
+        throttle(resp.throttle_time_ms).await;
+        let part = resp
+            .topics
+            .into_iter()
+            .flat_map(|t| t.partitions)
+            .find(|p| p.partition_index == partition)
+            .ok_or_else(|| KafkaError::Decode {
+                addr: conn.addr().to_string(),
+                api: "ListOffsets",
+                reason: format!("no answer for {topic}/{partition}"),
+            })?;
+        if part.error_code != 0 {
+            return Err(partition_err(
+                "ListOffsets",
+                topic,
+                partition,
+                part.error_code,
+            ));
+        }
+        Ok(part.offset)
+    }
+
+    /// Topic configs that are set explicitly (not broker defaults).
+    pub async fn topic_configs(&self, topic: &str) -> Result<BTreeMap<String, String>> {
+        let conn = self.any_conn().await?;
+        let req = DescribeConfigsRequest::default().with_resources(vec![
+            DescribeConfigsResource::default()
+                .with_resource_type(2)
+                .with_resource_name(StrBytes::from_string(topic.to_string()))
+                .with_configuration_keys(None),
+        ]);
+        let resp = conn.send(&req).await?;
+        throttle(resp.throttle_time_ms).await;
+        let mut out = BTreeMap::new();
+        for r in resp.results {
+            if r.error_code != 0 {
+                return Err(broker_err(
+                    "DescribeConfigs",
+                    r.error_code,
+                    r.error_message.map(|m| m.to_string()),
+                ));
+            }
+            for c in r.configs {
+                // Source 1 = DYNAMIC_TOPIC_CONFIG: set on this topic, not inherited.
+                if let (Some(v), false) = (c.value, c.is_sensitive) {
+                    if c.config_source == 1 || c.config_source == -1 {
+                        out.insert(c.name.to_string(), v.to_string());
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Creates a topic. Returns false if it already existed.
+    pub async fn create_topic(
+        &self,
+        topic: &str,
+        partitions: i32,
+        replication_factor: i16,
+        configs: &BTreeMap<String, String>,
+    ) -> Result<bool> {
+        let conn = self.any_conn().await?;
+        let req = CreateTopicsRequest::default()
+            .with_timeout_ms(30_000)
+            .with_topics(vec![CreatableTopic::default()
+                .with_name(TopicName(StrBytes::from_string(topic.to_string())))
+                .with_num_partitions(partitions)
+                .with_replication_factor(replication_factor)
+                .with_configs(
+                    configs
+                        .iter()
+                        .map(|(k, v)| {
+                            CreatableTopicConfig::default()
+                                .with_name(StrBytes::from_string(k.clone()))
+                                .with_value(Some(StrBytes::from_string(v.clone())))
+                        })
+                        .collect(),
+                )]);
+        let resp = conn.send(&req).await?;
+        throttle(resp.throttle_time_ms).await;
+        for t in resp.topics {
+            match t.error_code {
+                0 => {}
+                36 => return Ok(false), // TOPIC_ALREADY_EXISTS
+                code => {
+                    return Err(broker_err(
+                        "CreateTopics",
+                        code,
+                        t.error_message.map(|m| format!("{topic}: {m}")),
+                    ))
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    /// Grows a topic to `count` partitions.
+    pub async fn create_partitions(&self, topic: &str, count: i32) -> Result<()> {
+        let conn = self.any_conn().await?;
+        let req = CreatePartitionsRequest::default()
+            .with_timeout_ms(30_000)
+            .with_topics(vec![CreatePartitionsTopic::default()
+                .with_name(TopicName(StrBytes::from_string(topic.to_string())))
+                .with_count(count)
+                .with_assignments(None)]);
+        let resp = conn.send(&req).await?;
+        throttle(resp.throttle_time_ms).await;
+        for r in resp.results {
+            if r.error_code != 0 {
+                return Err(broker_err(
+                    "CreatePartitions",
+                    r.error_code,
+                    r.error_message.map(|m| format!("{topic}: {m}")),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Obtains a producer id and epoch for `transactional_id`. Each call bumps the epoch,
+    /// which fences every earlier holder of the same id: that is our single-writer lock.
+    pub async fn init_producer_id(&self, transactional_id: &str) -> Result<(i64, i16)> {
+        let conn = self.coordinator(transactional_id).await?;
+        let req = InitProducerIdRequest::default()
+            .with_transactional_id(Some(TransactionalId(StrBytes::from_string(
+                transactional_id.to_string(),
+            ))))
+            .with_transaction_timeout_ms(60_000)
+            .with_producer_id(ProducerId(-1))
+            .with_producer_epoch(-1);
+        let resp = conn.send(&req).await?;
+        throttle(resp.throttle_time_ms).await;
+        if resp.error_code != 0 {
+            return Err(broker_err(
+                "InitProducerId",
+                resp.error_code,
+                Some(format!("transactional id {transactional_id}")),
+            ));
+        }
+        Ok((resp.producer_id.0, resp.producer_epoch))
+    }
+
+    async fn coordinator(&self, transactional_id: &str) -> Result<Connection> {
+        let conn = self.any_conn().await?;
+        let req = FindCoordinatorRequest::default()
+            .with_key(StrBytes::from_string(transactional_id.to_string()))
+            .with_key_type(1);
+        let resp = conn.send(&req).await?;
+        throttle(resp.throttle_time_ms).await;
+        if resp.error_code != 0 {
+            return Err(broker_err(
+                "FindCoordinator",
+                resp.error_code,
+                resp.error_message.map(|m| m.to_string()),
+            ));
+        }
+        let addr = format!("{}:{}", resp.host.as_str(), resp.port);
+        self.state
+            .lock()
+            .await
+            .brokers
+            .entry(resp.node_id.0)
+            .or_insert(addr);
+        self.broker_conn(resp.node_id.0).await
+    }
+}
+
+fn partition_err(api: &'static str, topic: &str, partition: i32, code: i16) -> KafkaError {
+    KafkaError::Partition {
+        api,
+        topic: topic.to_string(),
+        partition,
+        code: ResponseError::try_from_code(code).unwrap_or(ResponseError::Unknown(code)),
+    }
+}
+
+/// Brokers ask clients to back off by `throttle_time_ms` (KIP-219); we wait it out.
+async fn throttle(ms: i32) {
+    if ms > 0 {
+        tracing::debug!(ms, "broker throttled us");
+        tokio::time::sleep(Duration::from_millis(ms as u64)).await;
+    }
+}

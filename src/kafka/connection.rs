@@ -1,0 +1,362 @@
+//! One TCP connection to one broker: framing, correlation ids, many requests in flight.
+//!
+//! A writer task owns the write half and a reader task the read half; callers hand a
+//! request to the writer and wait on a oneshot for the matching response. Requests are
+//! answered in the order the broker chooses, matched by correlation id, so several
+//! callers (several partitions) share one connection without waiting for each other.
+//! Pooling several connections per broker is built on top of this type.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use kafka_protocol::messages::{
+    ApiKey, ApiVersionsRequest, ApiVersionsResponse, RequestHeader, ResponseHeader,
+};
+use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, Request, StrBytes};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+
+use super::error::{KafkaError, Result};
+use super::versions::Versions;
+
+/// Largest response frame we accept; larger means a corrupt stream.
+const MAX_FRAME: usize = 256 * 1024 * 1024;
+const CLIENT_ID: &str = "wanmirror";
+
+struct Outgoing {
+    api_key: i16,
+    version: i16,
+    body: Bytes,
+    reply: oneshot::Sender<Result<Bytes>>,
+}
+
+type Pending = Arc<Mutex<HashMap<i32, oneshot::Sender<Result<Bytes>>>>>;
+
+/// A live connection to one broker. Cheap to clone; dropping the last clone closes it.
+#[derive(Clone)]
+pub struct Connection {
+    addr: Arc<str>,
+    tx: mpsc::Sender<Outgoing>,
+    versions: Arc<Versions>,
+    dead: Arc<AtomicBool>,
+    request_timeout: Duration,
+}
+
+/// Socket options applied when connecting.
+#[derive(Debug, Clone)]
+pub struct SocketOptions {
+    pub connect_timeout: Duration,
+    pub request_timeout: Duration,
+    /// `None` leaves the receive buffer to kernel autotuning (a fixed size turns it off).
+    pub recv_buffer: Option<usize>,
+}
+
+impl Default for SocketOptions {
+    fn default() -> Self {
+        SocketOptions {
+            connect_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(30),
+            recv_buffer: None,
+        }
+    }
+}
+
+impl Connection {
+    /// Connects, starts the I/O tasks and negotiates API versions.
+    pub async fn connect(addr: &str, opts: &SocketOptions) -> Result<Connection> {
+        let connect_err = |source| KafkaError::Connect {
+            addr: addr.to_string(),
+            source,
+        };
+        let stream = tokio::time::timeout(opts.connect_timeout, TcpStream::connect(addr))
+            .await
+            .map_err(|_| {
+                connect_err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "connect timed out",
+                ))
+            })?
+            .map_err(connect_err)?;
+        // Small requests (fetch, acks) must not wait for Nagle.
+        stream.set_nodelay(true).map_err(connect_err)?;
+        if let Some(size) = opts.recv_buffer {
+            let sock = socket2::SockRef::from(&stream);
+            sock.set_recv_buffer_size(size).map_err(connect_err)?;
+        }
+        let (rd, wr) = stream.into_split();
+        let pending: Pending = Arc::new(Mutex::new(HashMap::new()));
+        let dead = Arc::new(AtomicBool::new(false));
+        let (tx, rx) = mpsc::channel::<Outgoing>(1024);
+        let addr_arc: Arc<str> = Arc::from(addr);
+        tokio::spawn(write_loop(
+            addr_arc.clone(),
+            wr,
+            rx,
+            pending.clone(),
+            dead.clone(),
+        ));
+        tokio::spawn(read_loop(addr_arc.clone(), rd, pending, dead.clone()));
+
+        let mut conn = Connection {
+            addr: addr_arc,
+            tx,
+            versions: Arc::new(Versions::default()),
+            dead,
+            request_timeout: opts.request_timeout,
+        };
+        conn.versions = Arc::new(conn.negotiate().await?);
+        Ok(conn)
+    }
+
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    /// False once the socket failed; the owner should reconnect.
+    pub fn is_alive(&self) -> bool {
+        !self.dead.load(Ordering::Relaxed) && !self.tx.is_closed()
+    }
+
+    pub fn versions(&self) -> &Versions {
+        &self.versions
+    }
+
+    async fn negotiate(&self) -> Result<Versions> {
+        // v3 is flexible and carries our client name; brokers that do not know it answer
+        // UNSUPPORTED_VERSION in a v0 body, after which v0 is asked.
+        let req = ApiVersionsRequest::default()
+            .with_client_software_name(StrBytes::from_static_str(CLIENT_ID))
+            .with_client_software_version(StrBytes::from_static_str(env!("CARGO_PKG_VERSION")));
+        let resp: ApiVersionsResponse = match self.send_versioned(&req, 3).await {
+            Ok(r) if r.error_code == 0 => r,
+            _ => self.send_versioned(&ApiVersionsRequest::default(), 0).await?,
+        };
+        if resp.error_code != 0 {
+            return Err(broker_err("ApiVersions", resp.error_code, None));
+        }
+        Ok(Versions::from_response(&resp))
+    }
+
+    /// Sends a request at the highest version both sides support.
+    pub async fn send<R: Request>(&self, req: &R) -> Result<R::Response> {
+        let version = self.versions.pick::<R>(&self.addr)?;
+        self.send_versioned_wait(req, version, Duration::ZERO).await
+    }
+
+    /// Like [`Connection::send`], for requests the broker may hold for `wait` (long polls).
+    pub async fn send_wait<R: Request>(&self, req: &R, wait: Duration) -> Result<R::Response> {
+        let version = self.versions.pick::<R>(&self.addr)?;
+        self.send_versioned_wait(req, version, wait).await
+    }
+
+    /// The version [`Connection::send`] would use for `R`.
+    pub fn version_of<R: Request>(&self) -> Result<i16> {
+        self.versions.pick::<R>(&self.addr)
+    }
+
+    /// Sends a request at an explicit version.
+    pub async fn send_versioned<R: Request>(&self, req: &R, version: i16) -> Result<R::Response> {
+        self.send_versioned_wait(req, version, Duration::ZERO).await
+    }
+
+    async fn send_versioned_wait<R: Request>(
+        &self,
+        req: &R,
+        version: i16,
+        wait: Duration,
+    ) -> Result<R::Response> {
+        let api = api_name(R::KEY);
+        let mut body = BytesMut::with_capacity(req.compute_size(version).unwrap_or(64));
+        req.encode(&mut body, version)
+            .map_err(|e| KafkaError::Encode {
+                api,
+                reason: e.to_string(),
+            })?;
+        let (reply, rx) = oneshot::channel();
+        let out = Outgoing {
+            api_key: R::KEY,
+            version,
+            body: body.freeze(),
+            reply,
+        };
+        let lost = || KafkaError::ConnectionLost {
+            addr: self.addr.to_string(),
+            reason: "connection closed".into(),
+        };
+        self.tx.send(out).await.map_err(|_| lost())?;
+        let timeout = self.request_timeout + wait;
+        let mut frame = match tokio::time::timeout(timeout, rx).await {
+            Err(_) => {
+                return Err(KafkaError::Timeout {
+                    addr: self.addr.to_string(),
+                    api,
+                    ms: timeout.as_millis() as u64,
+                })
+            }
+            Ok(Err(_)) => return Err(lost()),
+            Ok(Ok(r)) => r?,
+        };
+        let decode_err = |e: anyhow::Error| KafkaError::Decode {
+            addr: self.addr.to_string(),
+            api,
+            reason: e.to_string(),
+        };
+        ResponseHeader::decode(&mut frame, R::Response::header_version(version))
+            .map_err(decode_err)?;
+        R::Response::decode(&mut frame, version).map_err(decode_err)
+    }
+}
+
+pub(crate) fn api_name(key: i16) -> &'static str {
+    match key {
+        0 => "Produce",
+        1 => "Fetch",
+        2 => "ListOffsets",
+        3 => "Metadata",
+        10 => "FindCoordinator",
+        18 => "ApiVersions",
+        19 => "CreateTopics",
+        22 => "InitProducerId",
+        32 => "DescribeConfigs",
+        37 => "CreatePartitions",
+        _ => "request",
+    }
+}
+
+pub(crate) fn broker_err(api: &'static str, code: i16, detail: Option<String>) -> KafkaError {
+    KafkaError::Broker {
+        api,
+        code: kafka_protocol::ResponseError::try_from_code(code)
+            .unwrap_or(kafka_protocol::ResponseError::Unknown(code)),
+        detail,
+    }
+}
+
+async fn write_loop(
+    addr: Arc<str>,
+    wr: tokio::net::tcp::OwnedWriteHalf,
+    mut rx: mpsc::Receiver<Outgoing>,
+    pending: Pending,
+    dead: Arc<AtomicBool>,
+) {
+    let mut wr = BufWriter::with_capacity(256 * 1024, wr);
+    let mut next_id: i32 = 0;
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        // Coalesce whatever else is queued into one write.
+        while let Ok(more) = rx.try_recv() {
+            batch.push(more);
+            if batch.len() >= 64 {
+                break;
+            }
+        }
+        for out in batch {
+            next_id = next_id.wrapping_add(1).max(1);
+            let header = RequestHeader::default()
+                .with_request_api_key(out.api_key)
+                .with_request_api_version(out.version)
+                .with_correlation_id(next_id)
+                .with_client_id(Some(StrBytes::from_static_str(CLIENT_ID)));
+            let hv = match ApiKey::try_from(out.api_key) {
+                Ok(k) => k.request_header_version(out.version),
+                Err(_) => 1,
+            };
+            let mut head = BytesMut::with_capacity(64);
+            if let Err(e) = header.encode(&mut head, hv) {
+                let _ = out.reply.send(Err(KafkaError::Encode {
+                    api: api_name(out.api_key),
+                    reason: e.to_string(),
+                }));
+                continue;
+            }
+            let len = head.len() + out.body.len();
+            let mut prefix = [0u8; 4];
+            (&mut prefix[..]).put_i32(len as i32);
+            pending
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(next_id, out.reply);
+            let res = async {
+                wr.write_all(&prefix).await?;
+                wr.write_all(&head).await?;
+                wr.write_all(&out.body).await
+            }
+            .await;
+            if let Err(e) = res {
+                fail_all(&addr, &pending, &dead, &e.to_string());
+                return;
+            }
+        }
+        if let Err(e) = wr.flush().await {
+            fail_all(&addr, &pending, &dead, &e.to_string());
+            return;
+        }
+    }
+}
+
+async fn read_loop(
+    addr: Arc<str>,
+    mut rd: tokio::net::tcp::OwnedReadHalf,
+    pending: Pending,
+    dead: Arc<AtomicBool>,
+) {
+    loop {
+        let len = match rd.read_i32().await {
+            Ok(n) if n >= 4 && (n as usize) <= MAX_FRAME => n as usize,
+            Ok(n) => {
+                fail_all(&addr, &pending, &dead, &format!("bad frame length {n}"));
+                return;
+            }
+            Err(e) => {
+                fail_all(&addr, &pending, &dead, &e.to_string());
+                return;
+            }
+        };
+        let mut buf = BytesMut::zeroed(len);
+        if let Err(e) = rd.read_exact(&mut buf).await {
+            fail_all(&addr, &pending, &dead, &e.to_string());
+            return;
+        }
+        let mut frame: Bytes = buf.freeze();
+        let correlation = frame.clone().get_i32();
+        let waiter = pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&correlation);
+        match waiter {
+            Some(tx) => {
+                // The header is decoded by the caller, who knows its version.
+                let _ = tx.send(Ok(std::mem::take(&mut frame)));
+            }
+            None => {
+                fail_all(
+                    &addr,
+                    &pending,
+                    &dead,
+                    &format!("response with unknown correlation id {correlation}"),
+                );
+                return;
+            }
+        }
+    }
+}
+
+fn fail_all(addr: &str, pending: &Pending, dead: &AtomicBool, reason: &str) {
+    dead.store(true, Ordering::Relaxed);
+    tracing::debug!(broker = addr, reason, "connection closed");
+    let waiters: Vec<_> = pending
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .drain()
+        .collect();
+    for (_, tx) in waiters {
+        let _ = tx.send(Err(KafkaError::ConnectionLost {
+            addr: addr.to_string(),
+            reason: reason.to_string(),
+        }));
+    }
+}

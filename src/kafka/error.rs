@@ -1,0 +1,112 @@
+//! Errors of the Kafka client layer, with the broker, topic and partition they concern.
+
+use kafka_protocol::ResponseError;
+
+/// Everything that can go wrong talking to a Kafka-compatible broker.
+#[derive(Debug, thiserror::Error)]
+pub enum KafkaError {
+    #[error("cannot connect to {addr}: {source}")]
+    Connect {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("connection to {addr} lost: {reason}")]
+    ConnectionLost { addr: String, reason: String },
+    #[error("request {api} to {addr} timed out after {ms} ms")]
+    Timeout { addr: String, api: &'static str, ms: u64 },
+    #[error("cannot encode {api} request: {reason}")]
+    Encode { api: &'static str, reason: String },
+    #[error("cannot decode {api} response from {addr}: {reason}")]
+    Decode {
+        addr: String,
+        api: &'static str,
+        reason: String,
+    },
+    #[error("broker {addr} does not support {api} in versions {ours} (it offers {theirs})")]
+    UnsupportedVersion {
+        addr: String,
+        api: &'static str,
+        ours: String,
+        theirs: String,
+    },
+    #[error("{api} for {topic}/{partition} failed: {code}")]
+    Partition {
+        api: &'static str,
+        topic: String,
+        partition: i32,
+        code: ResponseError,
+    },
+    #[error("{api} failed: {code}{}", detail.as_ref().map(|d| format!(" ({d})")).unwrap_or_default())]
+    Broker {
+        api: &'static str,
+        code: ResponseError,
+        detail: Option<String>,
+    },
+    #[error("topic {topic} is unknown to cluster {cluster}")]
+    UnknownTopic { cluster: String, topic: String },
+    #[error("no leader known for {topic}/{partition} in cluster {cluster}")]
+    NoLeader {
+        cluster: String,
+        topic: String,
+        partition: i32,
+    },
+    #[error("no broker of cluster {cluster} is reachable ({bootstrap}): {last}")]
+    Unreachable {
+        cluster: String,
+        bootstrap: String,
+        last: String,
+    },
+    #[error("corrupt record batch in {topic}/{partition} at offset {offset}: {reason}")]
+    CorruptBatch {
+        topic: String,
+        partition: i32,
+        offset: i64,
+        reason: String,
+    },
+}
+
+impl KafkaError {
+    /// Whether retrying after a metadata refresh and a backoff may succeed.
+    pub fn is_retriable(&self) -> bool {
+        match self {
+            KafkaError::Connect { .. }
+            | KafkaError::ConnectionLost { .. }
+            | KafkaError::Timeout { .. }
+            | KafkaError::NoLeader { .. }
+            | KafkaError::Unreachable { .. } => true,
+            KafkaError::Partition { code, .. } | KafkaError::Broker { code, .. } => {
+                code.is_retriable()
+            }
+            _ => false,
+        }
+    }
+
+    /// Whether the error means our view of partition leadership is stale.
+    pub fn needs_metadata_refresh(&self) -> bool {
+        match self {
+            KafkaError::Partition { code, .. } | KafkaError::Broker { code, .. } => matches!(
+                code,
+                ResponseError::NotLeaderOrFollower
+                    | ResponseError::UnknownTopicOrPartition
+                    | ResponseError::LeaderNotAvailable
+                    | ResponseError::FencedLeaderEpoch
+                    | ResponseError::NotCoordinator
+                    | ResponseError::CoordinatorNotAvailable
+            ),
+            KafkaError::Connect { .. }
+            | KafkaError::ConnectionLost { .. }
+            | KafkaError::NoLeader { .. } => true,
+            _ => false,
+        }
+    }
+
+    /// The broker error code, if this error carries one.
+    pub fn code(&self) -> Option<ResponseError> {
+        match self {
+            KafkaError::Partition { code, .. } | KafkaError::Broker { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, KafkaError>;

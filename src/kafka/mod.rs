@@ -1,0 +1,8 @@
+//! The Kafka client layer: connections, version negotiation, cluster routing, batches.
+
+pub mod batch;
+pub mod client;
+pub mod connection;
+pub mod error;
+pub mod records;
+pub mod versions;

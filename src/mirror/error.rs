@@ -1,0 +1,53 @@
+//! Errors of the mirror pipeline, always naming topic, partition and offset where known.
+
+use crate::kafka::error::KafkaError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum MirrorError {
+    #[error("{cluster}: {source}")]
+    Kafka {
+        cluster: String,
+        source: KafkaError,
+    },
+    #[error("{topic}/{partition} diverges at offset {offset}: {detail}")]
+    Diverged {
+        topic: String,
+        partition: i32,
+        offset: i64,
+        detail: String,
+    },
+    #[error("{topic}/{partition}: {detail} (offset {offset}); set {setting} to change this")]
+    PolicyRefused {
+        topic: String,
+        partition: i32,
+        offset: i64,
+        detail: String,
+        setting: &'static str,
+    },
+    #[error("corrupt or unsupported data in {topic}/{partition} at offset {offset}: {detail}")]
+    BadBatch {
+        topic: String,
+        partition: i32,
+        offset: i64,
+        detail: String,
+    },
+    #[error("destination topic {topic}: {detail}")]
+    Topic { topic: String, detail: String },
+    #[error("fenced: another wanmirror instance took over ({detail})")]
+    Fenced { detail: String },
+}
+
+impl MirrorError {
+    pub fn kafka(cluster: &str, source: KafkaError) -> MirrorError {
+        use kafka_protocol::ResponseError as R;
+        match source.code() {
+            Some(R::ProducerFenced | R::InvalidProducerEpoch) => MirrorError::Fenced {
+                detail: format!("{cluster}: {source}"),
+            },
+            _ => MirrorError::Kafka {
+                cluster: cluster.to_string(),
+                source,
+            },
+        }
+    }
+}

@@ -1,0 +1,348 @@
+//! The mirror pipeline: topic planning, per-partition drivers, the sink, progress.
+//!
+//! `run` wires it together: validate everything (writing nothing), fence earlier
+//! instances, create destination topics, then drive one task per partition until a
+//! signal (or, in stop-at-end mode, until every partition reached the source end).
+
+pub mod cursor;
+pub mod error;
+pub mod offset_map;
+pub mod partition;
+pub mod sink;
+pub mod tail;
+pub mod topics;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::task::JoinSet;
+
+use crate::config::{Config, TopicFilter};
+use crate::kafka::client::Cluster;
+use crate::kafka::connection::SocketOptions;
+use error::MirrorError;
+use offset_map::OffsetMap;
+use partition::Job;
+
+/// State shared by every partition task.
+pub struct Shared {
+    pub config: Config,
+    pub filter: TopicFilter,
+    pub source: Arc<Cluster>,
+    pub dest: Arc<Cluster>,
+    pub map: Arc<OffsetMap>,
+    /// Producer id and epoch from the fencing lock.
+    pub producer: (i64, i16),
+    /// In-flight byte budget, in KiB permits.
+    pub budget: Arc<Semaphore>,
+    pub shutdown: watch::Receiver<bool>,
+    pub stop_at_end: bool,
+    pub stats: Stats,
+}
+
+/// Progress counters read by the periodic progress log.
+#[derive(Default)]
+pub struct Stats {
+    bytes: AtomicU64,
+    parts: Mutex<BTreeMap<Job, (i64, i64)>>,
+}
+
+impl Stats {
+    pub fn record(&self, job: &Job, end: i64, high_watermark: i64, bytes: u64) {
+        self.bytes.fetch_add(bytes, Ordering::Relaxed);
+        self.parts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(job.clone(), (end, high_watermark));
+    }
+
+    /// Lag (source high watermark - destination end) summed per topic.
+    fn lag_by_topic(&self) -> BTreeMap<String, i64> {
+        let mut out = BTreeMap::new();
+        for (job, (end, hwm)) in self.parts.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            *out.entry(job.source_topic.clone()).or_insert(0) += (hwm - end).max(0);
+        }
+        out
+    }
+}
+
+/// How a run ended; the binary maps it to an exit code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Clean stop (signal, or stop-at-end reached everywhere).
+    Clean,
+    /// At least one partition stopped with an error; others may have run on.
+    PartitionsFailed,
+    /// Another instance took over the fencing lock.
+    Fenced,
+}
+
+/// Errors before any data moves: the operator must fix something.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Mirror(#[from] MirrorError),
+}
+
+pub struct RunOptions {
+    pub stop_at_end: bool,
+}
+
+/// Runs the mirror until a signal or, with `stop_at_end`, until it caught up.
+pub async fn run(config: Config, opts: RunOptions) -> Result<Outcome, StartError> {
+    let filter = config.filter("config")?;
+    let sock = SocketOptions::default();
+    let source = Cluster::new(&config.source.name, &config.source.bootstrap, sock.clone());
+    let dest = Cluster::new(&config.destination.name, &config.destination.bootstrap, sock);
+    // Both clusters must answer before anything else happens.
+    source
+        .refresh(None)
+        .await
+        .map_err(|e| MirrorError::kafka(source.name(), e))?;
+    dest.refresh(None)
+        .await
+        .map_err(|e| MirrorError::kafka(dest.name(), e))?;
+    let map = Arc::new(OffsetMap::new(dest.clone(), &config.mirror.offset_map_topic));
+    let (shutdown_tx, shutdown) = watch::channel(false);
+    let budget_kib = (config.mirror.in_flight_bytes / 1024).min(Semaphore::MAX_PERMITS);
+    let mut shared = Shared {
+        filter,
+        source,
+        dest,
+        map,
+        producer: (-1, -1),
+        budget: Arc::new(Semaphore::new(budget_kib)),
+        shutdown,
+        stop_at_end: opts.stop_at_end,
+        stats: Stats::default(),
+        config,
+    };
+
+    let plans = topics::plan(&shared, &BTreeSet::new()).await?;
+    for plan in &plans {
+        topics::check_count(plan)?;
+    }
+    if plans.is_empty() {
+        tracing::warn!(patterns = ?shared.config.mirror.topics, "no source topic matches; waiting for one to appear");
+    }
+    // Fencing: bumping the epoch of our transactional id makes every earlier instance's
+    // writes fail with PRODUCER_FENCED.
+    let fence = shared.config.fence_id();
+    let dst = shared.dest.clone();
+    shared.producer = dst
+        .retry("init producer id", || dst.init_producer_id(&fence))
+        .await
+        .map_err(|e| MirrorError::kafka(dst.name(), e))?;
+    tracing::info!(fence_id = %fence, producer_id = shared.producer.0, epoch = shared.producer.1, "holding the fencing lock");
+    shared
+        .map
+        .ensure(shared.config.mirror.replication_factor)
+        .await?;
+
+    let mut known: BTreeMap<String, (String, usize)> = BTreeMap::new();
+    let mut jobs = Vec::new();
+    for plan in &plans {
+        jobs.extend(topics::prepare(&shared, plan).await?);
+        known.insert(
+            plan.source.name.clone(),
+            (plan.dest_topic.clone(), plan.source.partitions.len()),
+        );
+    }
+    let shared = Arc::new(shared);
+    let (job_tx, mut job_rx) = mpsc::unbounded_channel::<Job>();
+    for j in jobs {
+        let _ = job_tx.send(j);
+    }
+    let mut background = JoinSet::new();
+    background.spawn(progress_loop(shared.clone()));
+    if !opts.stop_at_end {
+        background.spawn(discovery_loop(shared.clone(), known, job_tx.clone()));
+    }
+    drop(job_tx);
+
+    let mut set: JoinSet<(Job, Result<(), MirrorError>)> = JoinSet::new();
+    let mut failed = false;
+    let mut fenced = false;
+    let mut signals = Signals::new();
+    let mut receiving = true;
+    loop {
+        tokio::select! {
+            sig = signals.next() => {
+                tracing::info!(signal = sig, "shutting down: finishing in-flight produces");
+                break;
+            }
+            j = job_rx.recv(), if receiving => match j {
+                Some(job) => {
+                    let s = shared.clone();
+                    set.spawn(async move { let r = supervise(s, job.clone()).await; (job, r) });
+                }
+                None => {
+                    receiving = false;
+                    if set.is_empty() && opts.stop_at_end {
+                        break;
+                    }
+                }
+            },
+            Some(done) = set.join_next() => {
+                if let Ok((job, Err(e))) = done {
+                    if matches!(e, MirrorError::Fenced { .. }) {
+                        tracing::error!(error = %e, "stopping");
+                        fenced = true;
+                        break;
+                    }
+                    tracing::error!(topic = %job.source_topic, partition = job.partition, error = %e, "partition stopped");
+                    failed = true;
+                }
+                if set.is_empty() && !receiving && opts.stop_at_end {
+                    break;
+                }
+            }
+        }
+    }
+    let _ = shutdown_tx.send(true);
+    while let Some(done) = set.join_next().await {
+        if let Ok((job, Err(e))) = done {
+            if matches!(e, MirrorError::Fenced { .. }) {
+                fenced = true;
+            } else {
+                tracing::error!(topic = %job.source_topic, partition = job.partition, error = %e, "partition stopped");
+                failed = true;
+            }
+        }
+    }
+    background.abort_all();
+    log_progress(&shared, 0, Duration::from_secs(1));
+    Ok(if fenced {
+        Outcome::Fenced
+    } else if failed {
+        Outcome::PartitionsFailed
+    } else {
+        Outcome::Clean
+    })
+}
+
+/// Restarts a partition after transient failures (a cluster unreachable for longer than
+/// the retry helper's deadline); stops it for good on anything else.
+async fn supervise(shared: Arc<Shared>, job: Job) -> Result<(), MirrorError> {
+    loop {
+        match partition::run(shared.clone(), job.clone()).await {
+            Err(MirrorError::Kafka { cluster, source }) if source.is_retriable() => {
+                tracing::warn!(topic = %job.source_topic, partition = job.partition, %cluster, error = %source, "partition interrupted; restarting in 5 s");
+                let mut sd = shared.shutdown.clone();
+                tokio::select! {
+                    _ = sd.changed() => return Ok(()),
+                    _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+                }
+            }
+            other => return other,
+        }
+    }
+}
+
+async fn discovery_loop(
+    shared: Arc<Shared>,
+    mut known: BTreeMap<String, (String, usize)>,
+    jobs: mpsc::UnboundedSender<Job>,
+) {
+    let every = Duration::from_secs(shared.config.mirror.metadata_refresh_secs);
+    loop {
+        tokio::time::sleep(every).await;
+        let skip = BTreeSet::new();
+        let plans = match topics::plan(&shared, &skip).await {
+            Ok(p) => p,
+            Err(MirrorError::Topic { topic, detail }) => {
+                tracing::error!(%topic, %detail, "topic refused");
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "topic discovery failed; will retry");
+                continue;
+            }
+        };
+        for plan in plans {
+            let n = plan.source.partitions.len();
+            let new_jobs = match known.get(&plan.source.name) {
+                None if topics::check_count(&plan).is_err() => {
+                    topics::check_count(&plan).map(|_| vec![])
+                }
+                None => {
+                    tracing::info!(topic = %plan.source.name, partitions = n, "new source topic");
+                    topics::prepare(&shared, &plan).await
+                }
+                Some((_, old)) if *old < n => {
+                    tracing::info!(topic = %plan.source.name, from = old, to = n, "source topic gained partitions");
+                    match topics::grow(&shared, &plan.dest_topic, n).await {
+                        Ok(()) => topics::prepare(&shared, &plan).await.map(|js| {
+                            js.into_iter().filter(|j| j.partition as usize >= *old).collect()
+                        }),
+                        Err(e) => Err(e),
+                    }
+                }
+                Some(_) => continue,
+            };
+            match new_jobs {
+                Ok(js) => {
+                    known.insert(plan.source.name.clone(), (plan.dest_topic.clone(), n));
+                    for j in js {
+                        let _ = jobs.send(j);
+                    }
+                }
+                Err(e) => tracing::error!(topic = %plan.source.name, error = %e, "cannot prepare topic"),
+            }
+        }
+    }
+}
+
+async fn progress_loop(shared: Arc<Shared>) {
+    let every = Duration::from_secs(shared.config.mirror.progress_interval_secs);
+    let mut last = 0u64;
+    loop {
+        tokio::time::sleep(every).await;
+        let total = shared.stats.bytes.load(Ordering::Relaxed);
+        log_progress(&shared, total - last, every);
+        last = total;
+    }
+}
+
+fn log_progress(shared: &Shared, bytes: u64, over: Duration) {
+    let rate = bytes as f64 / over.as_secs_f64();
+    let lag = shared.stats.lag_by_topic();
+    tracing::info!(
+        bytes_per_sec = rate as u64,
+        total_bytes = shared.stats.bytes.load(Ordering::Relaxed),
+        lag = ?lag,
+        "progress"
+    );
+}
+
+/// SIGINT and SIGTERM as one stream.
+struct Signals {
+    term: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    fn new() -> Self {
+        Signals {
+            term: tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok(),
+        }
+    }
+    async fn next(&mut self) -> &'static str {
+        let term = async {
+            match self.term.as_mut() {
+                Some(t) => {
+                    t.recv().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => "SIGINT",
+            _ = term => "SIGTERM",
+        }
+    }
+}

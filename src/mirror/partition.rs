@@ -1,0 +1,294 @@
+//! The driver of one partition: resume from the destination end, verify the tail,
+//! then fetch -> plan -> write until shutdown. Fetching runs one step ahead of writing.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use kafka_protocol::ResponseError;
+use tokio::sync::{mpsc, OwnedSemaphorePermit};
+
+use crate::config::StartPolicy;
+use crate::kafka::batch::{split_batches, RawBatch};
+use crate::kafka::error::KafkaError;
+use crate::mirror::cursor::{Cursor, Refusal};
+use crate::mirror::error::MirrorError;
+use crate::mirror::sink::PartitionSink;
+use crate::mirror::tail::verify_tail;
+use crate::mirror::Shared;
+
+/// One source partition and where it goes.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Job {
+    pub source_topic: String,
+    pub dest_topic: String,
+    pub partition: i32,
+}
+
+enum Chunk {
+    Data {
+        batches: Vec<RawBatch>,
+        high_watermark: i64,
+        _permit: OwnedSemaphorePermit,
+    },
+    /// The source no longer holds offsets below `log_start`.
+    Gone { log_start: i64 },
+    /// Stop-at-end mode: the source end was reached.
+    End,
+    Failed(MirrorError),
+}
+
+const KIB: usize = 1024;
+
+/// Runs one partition until shutdown, the end (stop-at-end mode) or an error.
+pub async fn run(shared: Arc<Shared>, job: Job) -> Result<(), MirrorError> {
+    let src = &shared.source;
+    let dst = &shared.dest;
+    let (st, p) = (&job.source_topic, job.partition);
+    let dt = &job.dest_topic;
+    let serr = |e| MirrorError::kafka(src.name(), e);
+    let derr = |e| MirrorError::kafka(dst.name(), e);
+
+    let dest_end = dst
+        .retry("end offset", || dst.end_offset(dt, p))
+        .await
+        .map_err(derr)?;
+    let src_start = src
+        .retry("log start", || src.log_start(st, p))
+        .await
+        .map_err(serr)?;
+    let src_end = src
+        .retry("end offset", || src.end_offset(st, p))
+        .await
+        .map_err(serr)?;
+    tracing::info!(
+        topic = %st, partition = p, dest_topic = %dt, dest_end, src_start, src_end,
+        "partition resuming from destination end"
+    );
+    if dest_end > src_end {
+        return Err(MirrorError::Diverged {
+            topic: dt.clone(),
+            partition: p,
+            offset: src_end,
+            detail: format!(
+                "destination ends at {dest_end} but the source only at {src_end}; the destination holds records the source does not"
+            ),
+        });
+    }
+    if dest_end > 0 {
+        verify_tail(&shared, &job, dest_end, src_start).await?;
+    }
+
+    let cfg = &shared.config.mirror;
+    let mut cursor = Cursor::new(dest_end, cfg.gap_policy);
+    let mut sink = PartitionSink {
+        dest: dst.clone(),
+        map: shared.map.clone(),
+        topic: dt.clone(),
+        partition: p,
+        source_cluster: src.name().to_string(),
+        source_topic: st.clone(),
+        producer_id: shared.producer.0,
+        producer_epoch: shared.producer.1,
+        sequence: 0,
+        end: dest_end,
+        max_request: cfg.fetch_bytes,
+    };
+    pad_to(&shared, &job, &mut cursor, &mut sink, src_start).await?;
+
+    let (tx, mut rx) = mpsc::channel(4);
+    let fetcher = tokio::spawn(fetch_loop(shared.clone(), job.clone(), cursor.next(), tx));
+    let _abort = AbortOnDrop(fetcher);
+    let mut shutdown = shared.shutdown.clone();
+    let mut caught_up = false;
+    loop {
+        let chunk = tokio::select! {
+            _ = shutdown.changed() => return Ok(()),
+            c = rx.recv() => c,
+        };
+        match chunk {
+            None | Some(Chunk::End) => {
+                tracing::info!(topic = %st, partition = p, end = cursor.next(), "partition reached the source end");
+                return Ok(());
+            }
+            Some(Chunk::Failed(e)) => return Err(e),
+            Some(Chunk::Gone { log_start }) => {
+                pad_to(&shared, &job, &mut cursor, &mut sink, log_start).await?;
+            }
+            Some(Chunk::Data {
+                batches,
+                high_watermark,
+                _permit,
+            }) => {
+                let (steps, refusal) = cursor.plan(&batches);
+                let bytes = sink.write(steps).await?;
+                shared.stats.record(&job, sink.end, high_watermark, bytes);
+                if let Some(r) = refusal {
+                    return Err(refused(&job, r));
+                }
+                let now_caught_up = sink.end >= high_watermark;
+                if now_caught_up != caught_up {
+                    caught_up = now_caught_up;
+                    if caught_up {
+                        tracing::info!(topic = %st, partition = p, end = sink.end, "partition caught up; tailing");
+                    } else {
+                        tracing::info!(topic = %st, partition = p, end = sink.end, high_watermark, "partition behind; catching up");
+                    }
+                }
+            }
+        }
+    }
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+fn refused(job: &Job, r: Refusal) -> MirrorError {
+    match r {
+        Refusal::Transactional { offset } => MirrorError::BadBatch {
+            topic: job.source_topic.clone(),
+            partition: job.partition,
+            offset,
+            detail: "transactional batches and control markers are not mirrored by this version".into(),
+        },
+        Refusal::Gap { from, to } => MirrorError::PolicyRefused {
+            topic: job.source_topic.clone(),
+            partition: job.partition,
+            offset: from,
+            detail: format!("source offsets {from}..{to} do not exist (compaction)"),
+            setting: "mirror.gap_policy = \"fill\"",
+        },
+    }
+}
+
+/// Applies the start policy when the source log starts above the destination end.
+async fn pad_to(
+    shared: &Shared,
+    job: &Job,
+    cursor: &mut Cursor,
+    sink: &mut PartitionSink,
+    log_start: i64,
+) -> Result<(), MirrorError> {
+    let from = cursor.next();
+    if log_start <= from {
+        return Ok(());
+    }
+    let cfg = &shared.config.mirror;
+    let count = log_start - from;
+    if cfg.start_policy == StartPolicy::Refuse || count > cfg.max_pad_records {
+        return Err(MirrorError::PolicyRefused {
+            topic: job.source_topic.clone(),
+            partition: job.partition,
+            offset: from,
+            detail: format!(
+                "the source log starts at {log_start}, above the destination end {from} ({count} offsets missing)"
+            ),
+            setting: if cfg.start_policy == StartPolicy::Refuse {
+                "mirror.start_policy = \"pad\""
+            } else {
+                "mirror.max_pad_records"
+            },
+        });
+    }
+    cursor.skip_to(log_start);
+    sink.fill(from, log_start, crate::mirror::offset_map::now_ms(), "pad")
+        .await
+}
+
+async fn fetch_loop(shared: Arc<Shared>, job: Job, mut offset: i64, tx: mpsc::Sender<Chunk>) {
+    let src = &shared.source;
+    let cfg = &shared.config.mirror;
+    let (topic, p) = (&job.source_topic, job.partition);
+    let mut max_bytes = cfg.fetch_bytes;
+    let mut high_watermark = i64::MAX;
+    loop {
+        let reserve = (max_bytes / KIB).max(1) as u32;
+        let Ok(mut permit) = shared.budget.clone().acquire_many_owned(reserve).await else {
+            return;
+        };
+        // Catch-up reads return at once; only a fetch at the end waits for new data.
+        let wait = if offset >= high_watermark {
+            Duration::from_millis(cfg.tail_wait_ms)
+        } else {
+            Duration::ZERO
+        };
+        let res = src
+            .retry("fetch", || src.fetch(topic, p, offset, max_bytes as i32, wait))
+            .await;
+        let msg = match res {
+            Ok(f) => {
+                high_watermark = f.high_watermark;
+                let batches = match split_batches(&f.records) {
+                    Ok(b) => b,
+                    Err(e) => {
+                        let _ = tx
+                            .send(Chunk::Failed(MirrorError::BadBatch {
+                                topic: topic.clone(),
+                                partition: p,
+                                offset,
+                                detail: e.to_string(),
+                            }))
+                            .await;
+                        return;
+                    }
+                };
+                let Some(last) = batches.last() else {
+                    if !f.records.is_empty() {
+                        // One batch larger than the fetch size: ask for more next time.
+                        max_bytes = (max_bytes * 2).min(64 << 20);
+                        continue;
+                    }
+                    if offset >= f.high_watermark && shared.stop_at_end {
+                        let _ = tx.send(Chunk::End).await;
+                        return;
+                    }
+                    continue;
+                };
+                offset = last.header.next_offset();
+                let size = f.records.len();
+                let reserved = reserve as usize * KIB;
+                if size > reserved {
+                    let extra = ((size - reserved) / KIB + 1) as u32;
+                    let cap = (cfg.in_flight_bytes / KIB / 2) as u32;
+                    if let Ok(more) = shared
+                        .budget
+                        .clone()
+                        .acquire_many_owned(extra.min(cap))
+                        .await
+                    {
+                        permit.merge(more);
+                    }
+                }
+                Chunk::Data {
+                    batches,
+                    high_watermark: f.high_watermark,
+                    _permit: permit,
+                }
+            }
+            Err(KafkaError::Partition {
+                code: ResponseError::OffsetOutOfRange,
+                ..
+            }) => match src.retry("log start", || src.log_start(topic, p)).await {
+                Ok(start) if start > offset => {
+                    offset = start;
+                    Chunk::Gone { log_start: start }
+                }
+                Ok(_) => Chunk::Failed(MirrorError::Diverged {
+                    topic: topic.clone(),
+                    partition: p,
+                    offset,
+                    detail: "the source log ends below this offset (truncated source?)".into(),
+                }),
+                Err(e) => Chunk::Failed(MirrorError::kafka(src.name(), e)),
+            },
+            Err(e) => Chunk::Failed(MirrorError::kafka(src.name(), e)),
+        };
+        let stop = matches!(msg, Chunk::Failed(_));
+        if tx.send(msg).await.is_err() || stop {
+            return;
+        }
+    }
+}

@@ -1,0 +1,373 @@
+//! Shared test harness: real tansu brokers, the real librdkafka client (rdkafka crate)
+//! for producing and reading, and the wanmirror binary as a child process.
+//! Every process started here is killed on drop, also when a test fails.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError as RdError;
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::{Offset, TopicPartitionList};
+use wanmirror::demo::broker::TansuBroker;
+use wanmirror::kafka::client::Cluster;
+use wanmirror::kafka::connection::SocketOptions;
+
+/// A record as a consumer sees it: everything the mirror must preserve.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rec {
+    pub offset: i64,
+    pub timestamp: Option<i64>,
+    pub key: Option<Vec<u8>>,
+    pub value: Option<Vec<u8>>,
+    pub headers: Vec<(String, Option<Vec<u8>>)>,
+}
+
+/// Two clusters: dc-a (source) and dc-b (destination).
+pub struct Pair {
+    pub a: TansuBroker,
+    pub b: TansuBroker,
+    pub dir: tempfile::TempDir,
+}
+
+impl Pair {
+    pub fn start() -> Pair {
+        Pair {
+            a: TansuBroker::start("dc-a").expect("start source broker"),
+            b: TansuBroker::start("dc-b").expect("start destination broker"),
+            dir: tempfile::tempdir().expect("tempdir"),
+        }
+    }
+
+    pub fn src(&self) -> std::sync::Arc<Cluster> {
+        Cluster::new("dc-a", &self.a.bootstrap(), SocketOptions::default())
+    }
+
+    pub fn dst(&self) -> std::sync::Arc<Cluster> {
+        Cluster::new("dc-b", &self.b.bootstrap(), SocketOptions::default())
+    }
+
+    /// Writes a config mirroring `topics` from a to b; `extra` lines go under [mirror].
+    pub fn config(&self, name: &str, topics: &[&str], extra: &str) -> PathBuf {
+        let list: Vec<String> = topics.iter().map(|t| format!("{t:?}")).collect();
+        let text = format!(
+            "[source]\nname = \"dc-a\"\nbootstrap = \"{}\"\n\n[destination]\nname = \"dc-b\"\nbootstrap = \"{}\"\n\n[mirror]\ntopics = [{}]\nreplication_factor = 1\nprogress_interval_secs = 1\nmetadata_refresh_secs = 1\n{extra}\n",
+            self.a.bootstrap(),
+            self.b.bootstrap(),
+            list.join(", ")
+        );
+        let p = self.dir.path().join(name);
+        std::fs::write(&p, text).expect("write config");
+        p
+    }
+}
+
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+/// Creates a topic through our admin client (data always goes through rdkafka).
+pub fn create_topic(bootstrap: &str, topic: &str, partitions: i32) {
+    let rt = runtime();
+    rt.block_on(async {
+        let c = Cluster::new("t", bootstrap, SocketOptions::default());
+        c.create_topic(topic, partitions, 1, &BTreeMap::new())
+            .await
+            .expect("create topic");
+        for _ in 0..100 {
+            if let Ok(Some(t)) = c.topic(topic).await {
+                if t.partitions.len() == partitions as usize
+                    && t.partitions.iter().all(|p| p.leader >= 0)
+                {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("topic {topic} never got leaders");
+    });
+}
+
+/// The exact end offset (high watermark) of a partition, through our client.
+pub fn end_offset(bootstrap: &str, topic: &str, partition: i32) -> i64 {
+    runtime().block_on(async {
+        let c = Cluster::new("t", bootstrap, SocketOptions::default());
+        c.end_offset(topic, partition).await.expect("end offset")
+    })
+}
+
+pub fn topic_exists(bootstrap: &str, topic: &str) -> bool {
+    runtime().block_on(async {
+        let c = Cluster::new("t", bootstrap, SocketOptions::default());
+        c.topic(topic).await.expect("metadata").is_some()
+    })
+}
+
+/// A librdkafka producer with the given compression codec.
+pub fn producer(bootstrap: &str, codec: &str, idempotent: bool) -> BaseProducer {
+    ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("compression.codec", codec)
+        .set("enable.idempotence", if idempotent { "true" } else { "false" })
+        .set("linger.ms", "5")
+        .set("batch.num.messages", "500")
+        .set("message.max.bytes", "2000000")
+        .set("api.version.request", "true")
+        .create()
+        .expect("create producer")
+}
+
+/// Produces records and waits for every acknowledgement.
+pub fn produce(p: &BaseProducer, topic: &str, partition: i32, recs: &[Rec]) {
+    for r in recs {
+        let mut headers = OwnedHeaders::new();
+        for (k, v) in &r.headers {
+            headers = headers.insert(Header {
+                key: k,
+                value: v.as_deref(),
+            });
+        }
+        let mut rec: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic)
+            .partition(partition)
+            .headers(headers);
+        if let Some(k) = &r.key {
+            rec = rec.key(k.as_slice());
+        }
+        if let Some(v) = &r.value {
+            rec = rec.payload(v.as_slice());
+        }
+        if let Some(ts) = r.timestamp {
+            rec = rec.timestamp(ts);
+        }
+        let mut rec = rec;
+        loop {
+            match p.send(rec) {
+                Ok(()) => break,
+                Err((RdError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull), back)) => {
+                    p.poll(Duration::from_millis(50));
+                    rec = back;
+                }
+                Err((e, _)) => panic!("produce failed: {e}"),
+            }
+        }
+        p.poll(Duration::ZERO);
+    }
+    p.flush(Duration::from_secs(60)).expect("flush");
+}
+
+/// Generates `n` varied records: keys and values of mixed sizes, some null, headers.
+pub fn sample(n: usize, seed: u64, value_len: impl Fn(usize) -> usize) -> Vec<Rec> {
+    let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
+    let mut next = move || {
+        x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (x >> 33) as usize
+    };
+    (0..n)
+        .map(|i| {
+            let len = value_len(i);
+            let value = match i % 7 {
+                3 => None,
+                _ if i % 2 == 0 => Some(
+                    format!("{{\"id\":{i},\"name\":\"record-{i}\"}}")
+                        .into_bytes()
+                        .into_iter()
+                        .cycle()
+                        .take(len)
+                        .collect(),
+                ),
+                _ => Some((0..len).map(|_| next() as u8).collect()),
+            };
+            Rec {
+                offset: i as i64,
+                timestamp: Some(1_700_000_000_000 + (i as i64) * 3),
+                key: if i % 5 == 0 { None } else { Some(format!("key-{}", next() % 1000).into_bytes()) },
+                value,
+                headers: match i % 3 {
+                    0 => vec![],
+                    1 => vec![("trace".into(), Some(format!("t{i}").into_bytes()))],
+                    _ => vec![
+                        ("a".into(), Some(vec![1, 2, 3])),
+                        ("empty".into(), None),
+                    ],
+                },
+            }
+        })
+        .collect()
+}
+
+/// Reads a whole partition from the beginning to its end with librdkafka.
+pub fn consume_all(bootstrap: &str, topic: &str, partition: i32) -> Vec<Rec> {
+    let end = end_offset(bootstrap, topic, partition);
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", "wanmirror-tests")
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "false")
+        .set("fetch.message.max.bytes", "2000000")
+        .create()
+        .expect("create consumer");
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, partition, Offset::Beginning)
+        .expect("tpl");
+    c.assign(&tpl).expect("assign");
+    let mut out = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut next = 0i64;
+    while next < end {
+        assert!(
+            Instant::now() < deadline,
+            "timed out reading {topic}/{partition} at {next} of {end}"
+        );
+        match c.poll(Duration::from_millis(500)) {
+            None => continue,
+            Some(Err(e)) => panic!("consume {topic}/{partition}: {e}"),
+            Some(Ok(m)) => {
+                next = m.offset() + 1;
+                out.push(Rec {
+                    offset: m.offset(),
+                    timestamp: m.timestamp().to_millis(),
+                    key: m.key().map(|k| k.to_vec()),
+                    value: m.payload().map(|v| v.to_vec()),
+                    headers: m
+                        .headers()
+                        .map(|hs| {
+                            hs.iter()
+                                .map(|h| (h.key.to_string(), h.value.map(|v| v.to_vec())))
+                                .collect()
+                        })
+                        .unwrap_or_default(),
+                });
+            }
+        }
+    }
+    out
+}
+
+/// Asserts that a destination partition is a record-by-record copy of the source.
+pub fn assert_same(pair: &Pair, src_topic: &str, dst_topic: &str, partition: i32) -> usize {
+    let s = consume_all(&pair.a.bootstrap(), src_topic, partition);
+    let d = consume_all(&pair.b.bootstrap(), dst_topic, partition);
+    assert_eq!(
+        s.len(),
+        d.len(),
+        "{src_topic}/{partition}: source has {} records, destination {}",
+        s.len(),
+        d.len()
+    );
+    for (x, y) in s.iter().zip(&d) {
+        assert_eq!(x, y, "{src_topic}/{partition} differs at offset {}", x.offset);
+    }
+    s.len()
+}
+
+/// The wanmirror binary as a child process, killed on drop.
+pub struct Mirror {
+    child: Option<Child>,
+    pub log: PathBuf,
+}
+
+impl Mirror {
+    pub fn spawn(config: &std::path::Path, args: &[&str]) -> Mirror {
+        let log = config.with_extension(format!(
+            "{}.log",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+        ));
+        let f = std::fs::File::create(&log).expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_wanmirror"))
+            .arg("run")
+            .arg("--config")
+            .arg(config)
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(f)
+            .spawn()
+            .expect("spawn wanmirror");
+        Mirror {
+            child: Some(child),
+            log,
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().map(|c| c.id() as i32).unwrap_or(-1)
+    }
+
+    pub fn log_text(&self) -> String {
+        let mut s = String::new();
+        if let Ok(mut f) = std::fs::File::open(&self.log) {
+            let _ = f.read_to_string(&mut s);
+        }
+        s
+    }
+
+    /// Waits for exit up to `limit`; panics with the log if it does not exit.
+    pub fn wait(&mut self, limit: Duration) -> ExitStatus {
+        let deadline = Instant::now() + limit;
+        let child = self.child.as_mut().expect("running");
+        loop {
+            if let Some(st) = child.try_wait().expect("try_wait") {
+                return st;
+            }
+            if Instant::now() > deadline {
+                panic!("wanmirror did not exit within {limit:?}; log:\n{}", self.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn signal(&self, sig: i32) {
+        unsafe_kill(self.pid(), sig);
+    }
+
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+    }
+}
+
+impl Drop for Mirror {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Sends a signal with the `kill` command (keeps the tests free of unsafe code).
+pub fn unsafe_kill(pid: i32, sig: i32) {
+    let _ = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status();
+}
+
+/// Runs the mirror to the source end and returns its exit status and log.
+pub fn mirror_to_end(config: &std::path::Path) -> (ExitStatus, String) {
+    let mut m = Mirror::spawn(config, &["--stop-at-end"]);
+    let st = m.wait(Duration::from_secs(180));
+    (st, m.log_text())
+}
+
+/// Polls until `f` holds or the limit passes.
+pub fn eventually(limit: Duration, what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

@@ -1,0 +1,113 @@
+//! End-to-end mirror tests: two real tansu brokers, librdkafka producing and reading,
+//! the wanmirror binary in between. Each test owns its brokers and ports.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+#[test]
+fn every_codec_with_idempotent_producers_headers_and_nulls() {
+    let pair = Pair::start();
+    let codecs = ["none", "gzip", "snappy", "lz4", "zstd"];
+    for codec in codecs {
+        let topic = format!("codec-{codec}");
+        create_topic(&pair.a.bootstrap(), &topic, 1);
+        let p = producer(&pair.a.bootstrap(), codec, true);
+        produce(&p, &topic, 0, &sample(3000, 7, |i| (i * 13) % 2000));
+    }
+    let cfg = pair.config("m.toml", &["codec-.*"], "");
+    let (st, log) = mirror_to_end(&cfg);
+    assert!(st.success(), "mirror failed: {log}");
+    for codec in codecs {
+        let topic = format!("codec-{codec}");
+        let n = assert_same(&pair, &topic, &format!("dc-a.{topic}"), 0);
+        assert_eq!(n, 3000);
+    }
+}
+
+#[test]
+fn sixteen_partitions_and_record_sizes_up_to_the_limit() {
+    let pair = Pair::start();
+    create_topic(&pair.a.bootstrap(), "wide", 16);
+    create_topic(&pair.a.bootstrap(), "sizes", 1);
+    let p = producer(&pair.a.bootstrap(), "lz4", true);
+    for part in 0..16 {
+        produce(&p, "wide", part, &sample(200 + part as usize * 10, part as u64, |i| i % 300));
+    }
+    // 0 B up to just under the 1 MiB default max.message.bytes (batch overhead included).
+    let sizes = [0usize, 1, 100, 10_000, 100_000, 500_000, 1_000_000];
+    let recs: Vec<Rec> = sizes
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| Rec {
+            offset: i as i64,
+            timestamp: Some(1_700_000_000_000 + i as i64),
+            key: Some(format!("size-{n}").into_bytes()),
+            value: Some((0..n).map(|x| (x * 7 + i) as u8).collect()),
+            headers: vec![],
+        })
+        .collect();
+    let big = producer(&pair.a.bootstrap(), "none", false);
+    produce(&big, "sizes", 0, &recs);
+    let cfg = pair.config("m.toml", &["wide", "sizes"], "rename = \"{topic}\"");
+    let (st, log) = mirror_to_end(&cfg);
+    assert!(st.success(), "mirror failed: {log}");
+    for part in 0..16 {
+        assert_eq!(
+            assert_same(&pair, "wide", "wide", part),
+            200 + part as usize * 10
+        );
+    }
+    assert_eq!(assert_same(&pair, "sizes", "sizes", 0), sizes.len());
+}
+
+#[test]
+fn tails_new_records_new_topics_and_stops_cleanly_on_sigterm() {
+    let pair = Pair::start();
+    create_topic(&pair.a.bootstrap(), "live", 2);
+    let p = producer(&pair.a.bootstrap(), "snappy", true);
+    produce(&p, "live", 0, &sample(500, 1, |i| i % 100));
+    let cfg = pair.config("m.toml", &["live", "late"], "tail_wait_ms = 200");
+    let mut m = Mirror::spawn(&cfg, &[]);
+    let b = pair.b.bootstrap();
+    eventually(Duration::from_secs(60), "initial copy", || {
+        topic_exists(&b, "dc-a.live") && end_offset(&b, "dc-a.live", 0) == 500
+    });
+    // Records produced while tailing, and a topic created while running.
+    produce(&p, "live", 1, &sample(300, 2, |i| i % 50));
+    create_topic(&pair.a.bootstrap(), "late", 1);
+    produce(&p, "late", 0, &sample(100, 3, |i| i));
+    eventually(Duration::from_secs(60), "tailed copy", || {
+        end_offset(&b, "dc-a.live", 1) == 300
+            && topic_exists(&b, "dc-a.late")
+            && end_offset(&b, "dc-a.late", 0) == 100
+    });
+    m.signal(15);
+    let st = m.wait(Duration::from_secs(30));
+    assert!(st.success(), "SIGTERM should exit 0: {}", m.log_text());
+    let log = m.log_text();
+    assert!(log.contains("caught up"), "{log}");
+    assert!(log.contains("progress"), "{log}");
+    assert_same(&pair, "live", "dc-a.live", 0);
+    assert_same(&pair, "live", "dc-a.live", 1);
+    assert_same(&pair, "late", "dc-a.late", 0);
+}
+
+#[test]
+fn resumes_after_a_clean_stop_without_duplicates() {
+    let pair = Pair::start();
+    create_topic(&pair.a.bootstrap(), "t", 1);
+    let p = producer(&pair.a.bootstrap(), "zstd", true);
+    let recs = sample(2000, 5, |i| i % 500);
+    produce(&p, "t", 0, &recs[..1000]);
+    let cfg = pair.config("m.toml", &["t"], "");
+    let (st, log) = mirror_to_end(&cfg);
+    assert!(st.success(), "{log}");
+    produce(&p, "t", 0, &recs[1000..]);
+    let (st, log) = mirror_to_end(&cfg);
+    assert!(st.success(), "{log}");
+    assert!(log.contains("destination tail matches the source"), "{log}");
+    assert_eq!(assert_same(&pair, "t", "dc-a.t", 0), 2000);
+}
