@@ -201,12 +201,12 @@ impl Config {
             field,
             message,
         };
-        for (field, c) in [
-            ("source", &self.source),
-            ("destination", &self.destination),
-        ] {
+        for (field, c) in [("source", &self.source), ("destination", &self.destination)] {
             if c.name.trim().is_empty() || c.name.contains(['/', ' ']) {
-                return Err(bad(field, format!("name {:?} must be a non-empty word", c.name)));
+                return Err(bad(
+                    field,
+                    format!("name {:?} must be a non-empty word", c.name),
+                ));
             }
             let addrs: Vec<&str> = c.bootstrap.split(',').map(str::trim).collect();
             for a in addrs {
@@ -232,7 +232,10 @@ impl Config {
         }
         let m = &self.mirror;
         if m.topics.is_empty() {
-            return Err(bad("mirror.topics", "list at least one topic or pattern".into()));
+            return Err(bad(
+                "mirror.topics",
+                "list at least one topic or pattern".into(),
+            ));
         }
         self.filter(path)?;
         if !m.rename.contains("{topic}") {
@@ -249,7 +252,10 @@ impl Config {
             ));
         }
         if m.fetch_bytes < 1024 || m.fetch_bytes > 64 * 1024 * 1024 {
-            return Err(bad("mirror.fetch_bytes", "must be between 1 KiB and 64 MiB".into()));
+            return Err(bad(
+                "mirror.fetch_bytes",
+                "must be between 1 KiB and 64 MiB".into(),
+            ));
         }
         if m.in_flight_bytes < 2 * m.fetch_bytes {
             return Err(bad(
@@ -291,9 +297,10 @@ impl Config {
     }
 
     pub fn fence_id(&self) -> String {
-        self.mirror.fence_id.clone().unwrap_or_else(|| {
-            format!("wanmirror.{}.{}", self.source.name, self.destination.name)
-        })
+        self.mirror
+            .fence_id
+            .clone()
+            .unwrap_or_else(|| format!("wanmirror.{}.{}", self.source.name, self.destination.name))
     }
 }
 
@@ -301,7 +308,7 @@ fn one_line(s: &str) -> String {
     // toml errors look like "TOML parse error at line 3, column 1\n  |\n3 | x\n  | ^\nunknown field ..."
     let mut lines = s.lines().map(str::trim).filter(|l| !l.is_empty());
     let first = lines.next().unwrap_or("invalid TOML").to_string();
-    match s.lines().map(str::trim).filter(|l| !l.is_empty()).last() {
+    match s.lines().map(str::trim).rfind(|l| !l.is_empty()) {
         Some(last) if last != first => format!("{first}: {last}"),
         _ => first,
     }

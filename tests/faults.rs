@@ -13,10 +13,19 @@ fn kill_nine_at_random_moments_loses_and_duplicates_nothing() {
     create_topic(&pair.a.bootstrap(), "crash", 4);
     let p = producer(&pair.a.bootstrap(), "lz4", true);
     for part in 0..4 {
-        produce(&p, "crash", part, &sample(15_000, part as u64, |i| (i * 37) % 1500));
+        produce(
+            &p,
+            "crash",
+            part,
+            &sample(15_000, part as u64, |i| (i * 37) % 1500),
+        );
     }
     // Small fetches make each run take many produce round trips, so kills land mid-copy.
-    let cfg = pair.config("m.toml", &["crash"], "fetch_bytes = 16384\nin_flight_bytes = 65536");
+    let cfg = pair.config(
+        "m.toml",
+        &["crash"],
+        "fetch_bytes = 16384\nin_flight_bytes = 65536",
+    );
     let mut rng = rand::rng();
     let mut kills = 0;
     for round in 0..12 {
@@ -30,7 +39,12 @@ fn kill_nine_at_random_moments_loses_and_duplicates_nothing() {
         kills += 1;
         // Between kills, add records so later runs also resume mid-stream.
         if round % 3 == 0 {
-            produce(&p, "crash", round % 4, &sample(500, 100 + round as u64, |i| i % 200));
+            produce(
+                &p,
+                "crash",
+                round % 4,
+                &sample(500, 100 + round as u64, |i| i % 200),
+            );
         }
     }
     assert!(kills >= 10);
@@ -92,9 +106,11 @@ fn a_second_instance_fences_the_first() {
         topic_exists(&b, "dc-a.f") && end_offset(&b, "dc-a.f", 0) == 500
     });
     let mut second = Mirror::spawn(&cfg, &[]);
-    eventually(Duration::from_secs(30), "second instance to hold the lock", || {
-        second.log_text().contains("holding the fencing lock")
-    });
+    eventually(
+        Duration::from_secs(30),
+        "second instance to hold the lock",
+        || second.log_text().contains("holding the fencing lock"),
+    );
     // The first instance learns it was fenced on its next write.
     produce(&p, "f", 0, &sample(200, 10, |i| i % 100));
     let st = first.wait(Duration::from_secs(60));

@@ -34,7 +34,12 @@ fn sixteen_partitions_and_record_sizes_up_to_the_limit() {
     create_topic(&pair.a.bootstrap(), "sizes", 1);
     let p = producer(&pair.a.bootstrap(), "lz4", true);
     for part in 0..16 {
-        produce(&p, "wide", part, &sample(200 + part as usize * 10, part as u64, |i| i % 300));
+        produce(
+            &p,
+            "wide",
+            part,
+            &sample(200 + part as usize * 10, part as u64, |i| i % 300),
+        );
     }
     // 0 B up to just under the 1 MiB default max.message.bytes (batch overhead included).
     let sizes = [0usize, 1, 100, 10_000, 100_000, 500_000, 1_000_000];

@@ -119,9 +119,12 @@ async fn produce_sample(
             let recs: Vec<Content> = (0..k)
                 .map(|j| {
                     let id = i + j;
-                    let value = if id % 2 == 0 {
-                        format!("{{\"order\":{id},\"status\":\"shipped\",\"pad\":\"{}\"}}", "x".repeat(id % 200))
-                            .into_bytes()
+                    let value = if id.is_multiple_of(2) {
+                        format!(
+                            "{{\"order\":{id},\"status\":\"shipped\",\"pad\":\"{}\"}}",
+                            "x".repeat(id % 200)
+                        )
+                        .into_bytes()
                     } else {
                         (0..(id % 300)).map(|x| (x * 31 + id * 7) as u8).collect()
                     };
@@ -130,7 +133,10 @@ async fn produce_sample(
                         timestamp: 1_700_000_000_000 + id as i64,
                         key: Some(Bytes::from(format!("key-{id}"))),
                         value: Some(Bytes::from(value)),
-                        headers: vec![(Bytes::from_static(b"source"), Some(Bytes::from_static(b"demo")))],
+                        headers: vec![(
+                            Bytes::from_static(b"source"),
+                            Some(Bytes::from_static(b"demo")),
+                        )],
                     }
                 })
                 .collect();

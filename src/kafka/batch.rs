@@ -316,7 +316,10 @@ mod tests {
         let h = parse_header(&out).unwrap();
         assert_eq!(h.base_offset, 0);
         assert_eq!(h.partition_leader_epoch, -1);
-        assert_eq!((h.producer_id, h.producer_epoch, h.base_sequence), (77, 1, 500));
+        assert_eq!(
+            (h.producer_id, h.producer_epoch, h.base_sequence),
+            (77, 1, 500)
+        );
         assert!(!h.is_transactional());
         assert_eq!(h.compression(), 3);
         assert_eq!((h.base_timestamp, h.max_timestamp), (1000, 2000));

@@ -133,7 +133,10 @@ impl Connection {
             .with_client_software_version(StrBytes::from_static_str(env!("CARGO_PKG_VERSION")));
         let resp: ApiVersionsResponse = match self.send_versioned(&req, 3).await {
             Ok(r) if r.error_code == 0 => r,
-            _ => self.send_versioned(&ApiVersionsRequest::default(), 0).await?,
+            _ => {
+                self.send_versioned(&ApiVersionsRequest::default(), 0)
+                    .await?
+            }
         };
         if resp.error_code != 0 {
             return Err(broker_err("ApiVersions", resp.error_code, None));

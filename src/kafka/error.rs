@@ -13,7 +13,11 @@ pub enum KafkaError {
     #[error("connection to {addr} lost: {reason}")]
     ConnectionLost { addr: String, reason: String },
     #[error("request {api} to {addr} timed out after {ms} ms")]
-    Timeout { addr: String, api: &'static str, ms: u64 },
+    Timeout {
+        addr: String,
+        api: &'static str,
+        ms: u64,
+    },
     #[error("cannot encode {api} request: {reason}")]
     Encode { api: &'static str, reason: String },
     #[error("cannot decode {api} response from {addr}: {reason}")]

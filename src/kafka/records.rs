@@ -6,8 +6,7 @@ use bytes::{Bytes, BytesMut};
 use indexmap::IndexMap;
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::records::{
-    Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions,
-    TimestampType,
+    Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
 };
 
 use super::batch::RawBatch;
@@ -50,16 +49,18 @@ pub fn decode(batches: &[RawBatch]) -> Result<Vec<Content>, String> {
                 b.header.base_offset
             )
         })?;
-        out.extend(set.records.into_iter().map(|r| Content {
-            offset: r.offset,
-            timestamp: r.timestamp,
-            key: r.key,
-            value: r.value,
-            headers: r
-                .headers
-                .into_iter()
-                .map(|(k, v)| (k.into_bytes(), v))
-                .collect(),
+        out.extend(set.records.into_iter().map(|r| {
+            Content {
+                offset: r.offset,
+                timestamp: r.timestamp,
+                key: r.key,
+                value: r.value,
+                headers: r
+                    .headers
+                    .into_iter()
+                    .map(|(k, v)| (k.into_bytes(), v))
+                    .collect(),
+            }
         }));
     }
     Ok(out)
@@ -200,7 +201,10 @@ mod tests {
         let b = split_batches(&dense).unwrap();
         assert!(b[0].header.is_dense());
         let got = decode(&b).unwrap();
-        assert_eq!(got.iter().map(|c| c.offset).collect::<Vec<_>>(), vec![21, 22, 23, 24, 25]);
+        assert_eq!(
+            got.iter().map(|c| c.offset).collect::<Vec<_>>(),
+            vec![21, 22, 23, 24, 25]
+        );
         assert!(got[0].is_filler() && !got[2].is_filler());
         assert_eq!(got[2], rec(23, "b"));
     }

@@ -5,10 +5,7 @@ use crate::kafka::error::KafkaError;
 #[derive(Debug, thiserror::Error)]
 pub enum MirrorError {
     #[error("{cluster}: {source}")]
-    Kafka {
-        cluster: String,
-        source: KafkaError,
-    },
+    Kafka { cluster: String, source: KafkaError },
     #[error("{topic}/{partition} diverges at offset {offset}: {detail}")]
     Diverged {
         topic: String,

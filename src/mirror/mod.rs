@@ -98,7 +98,11 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<Outcome, StartError
     let filter = config.filter("config")?;
     let sock = SocketOptions::default();
     let source = Cluster::new(&config.source.name, &config.source.bootstrap, sock.clone());
-    let dest = Cluster::new(&config.destination.name, &config.destination.bootstrap, sock);
+    let dest = Cluster::new(
+        &config.destination.name,
+        &config.destination.bootstrap,
+        sock,
+    );
     // Both clusters must answer before anything else happens.
     source
         .refresh(None)
@@ -107,7 +111,10 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<Outcome, StartError
     dest.refresh(None)
         .await
         .map_err(|e| MirrorError::kafka(dest.name(), e))?;
-    let map = Arc::new(OffsetMap::new(dest.clone(), &config.mirror.offset_map_topic));
+    let map = Arc::new(OffsetMap::new(
+        dest.clone(),
+        &config.mirror.offset_map_topic,
+    ));
     let (shutdown_tx, shutdown) = watch::channel(false);
     let budget_kib = (config.mirror.in_flight_bytes / 1024).min(Semaphore::MAX_PERMITS);
     let mut shared = Shared {
@@ -278,7 +285,9 @@ async fn discovery_loop(
                     tracing::info!(topic = %plan.source.name, from = old, to = n, "source topic gained partitions");
                     match topics::grow(&shared, &plan.dest_topic, n).await {
                         Ok(()) => topics::prepare(&shared, &plan).await.map(|js| {
-                            js.into_iter().filter(|j| j.partition as usize >= *old).collect()
+                            js.into_iter()
+                                .filter(|j| j.partition as usize >= *old)
+                                .collect()
                         }),
                         Err(e) => Err(e),
                     }
@@ -292,7 +301,9 @@ async fn discovery_loop(
                         let _ = jobs.send(j);
                     }
                 }
-                Err(e) => tracing::error!(topic = %plan.source.name, error = %e, "cannot prepare topic"),
+                Err(e) => {
+                    tracing::error!(topic = %plan.source.name, error = %e, "cannot prepare topic")
+                }
             }
         }
     }

@@ -31,13 +31,17 @@ enum Chunk {
         _permit: OwnedSemaphorePermit,
     },
     /// The source no longer holds offsets below `log_start`.
-    Gone { log_start: i64 },
+    Gone {
+        log_start: i64,
+    },
     /// Stop-at-end mode: the source end was reached.
     End,
     Failed(MirrorError),
 }
 
 const KIB: usize = 1024;
+/// Upper bound of a grown fetch: larger than any batch a broker accepts by default.
+const MAX_FETCH: usize = 64 << 20;
 
 /// Runs one partition until shutdown, the end (stop-at-end mode) or an error.
 pub async fn run(shared: Arc<Shared>, job: Job) -> Result<(), MirrorError> {
@@ -152,7 +156,8 @@ fn refused(job: &Job, r: Refusal) -> MirrorError {
             topic: job.source_topic.clone(),
             partition: job.partition,
             offset,
-            detail: "transactional batches and control markers are not mirrored by this version".into(),
+            detail: "transactional batches and control markers are not mirrored by this version"
+                .into(),
         },
         Refusal::Gap { from, to } => MirrorError::PolicyRefused {
             topic: job.source_topic.clone(),
@@ -204,8 +209,10 @@ async fn fetch_loop(shared: Arc<Shared>, job: Job, mut offset: i64, tx: mpsc::Se
     let (topic, p) = (&job.source_topic, job.partition);
     let mut max_bytes = cfg.fetch_bytes;
     let mut high_watermark = i64::MAX;
+    // A single permit request larger than the whole budget would never be granted.
+    let budget_kib = (cfg.in_flight_bytes / KIB) as u32;
     loop {
-        let reserve = (max_bytes / KIB).max(1) as u32;
+        let reserve = ((max_bytes / KIB).max(1) as u32).min(budget_kib);
         let Ok(mut permit) = shared.budget.clone().acquire_many_owned(reserve).await else {
             return;
         };
@@ -216,7 +223,9 @@ async fn fetch_loop(shared: Arc<Shared>, job: Job, mut offset: i64, tx: mpsc::Se
             Duration::ZERO
         };
         let res = src
-            .retry("fetch", || src.fetch(topic, p, offset, max_bytes as i32, wait))
+            .retry("fetch", || {
+                src.fetch(topic, p, offset, max_bytes as i32, wait)
+            })
             .await;
         let msg = match res {
             Ok(f) => {
@@ -236,31 +245,33 @@ async fn fetch_loop(shared: Arc<Shared>, job: Job, mut offset: i64, tx: mpsc::Se
                     }
                 };
                 let Some(last) = batches.last() else {
-                    if !f.records.is_empty() {
-                        // One batch larger than the fetch size: ask for more next time.
-                        max_bytes = (max_bytes * 2).min(64 << 20);
+                    if offset < f.high_watermark {
+                        // Data exists but no whole batch came back: the next batch is
+                        // larger than the fetch size (some brokers then return a cut
+                        // batch, others nothing). Ask for more.
+                        max_bytes = (max_bytes * 2).min(MAX_FETCH);
                         continue;
                     }
-                    if offset >= f.high_watermark && shared.stop_at_end {
+                    if shared.stop_at_end {
                         let _ = tx.send(Chunk::End).await;
                         return;
                     }
                     continue;
                 };
                 offset = last.header.next_offset();
+                max_bytes = cfg.fetch_bytes;
                 let size = f.records.len();
                 let reserved = reserve as usize * KIB;
                 if size > reserved {
-                    let extra = ((size - reserved) / KIB + 1) as u32;
-                    let cap = (cfg.in_flight_bytes / KIB / 2) as u32;
-                    if let Ok(more) = shared
-                        .budget
-                        .clone()
-                        .acquire_many_owned(extra.min(cap))
-                        .await
-                    {
-                        permit.merge(more);
-                    }
+                    // Trade the reservation for one of the right size in a single
+                    // acquire: holding part while waiting for more deadlocks when every
+                    // partition does it at once.
+                    let needed = ((size / KIB + 1) as u32).min(budget_kib);
+                    drop(permit);
+                    permit = match shared.budget.clone().acquire_many_owned(needed).await {
+                        Ok(p) => p,
+                        Err(_) => return,
+                    };
                 }
                 Chunk::Data {
                     batches,

@@ -173,12 +173,7 @@ impl PartitionSink {
         Ok(total as u64)
     }
 
-    async fn produce(
-        &self,
-        records: Bytes,
-        expected: i64,
-        count: i64,
-    ) -> Result<i64, MirrorError> {
+    async fn produce(&self, records: Bytes, expected: i64, count: i64) -> Result<i64, MirrorError> {
         let c = &self.dest;
         let res = c
             .retry("produce", || {

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use crate::kafka::batch::split_batches;
+use crate::kafka::batch::{split_batches, RawBatch};
 use crate::kafka::client::Cluster;
 use crate::kafka::records::{decode, Content};
 use crate::mirror::error::MirrorError;
@@ -30,6 +30,10 @@ pub async fn verify_tail(
     )
     .await?;
     let Some(lo) = dest_recs.first().map(|r| r.offset) else {
+        tracing::warn!(
+            topic = %job.dest_topic, partition = p, dest_end,
+            "cannot verify the destination tail: no records below the end offset are readable"
+        );
         return Ok(());
     };
     let from = lo.max(src_start);
@@ -104,8 +108,66 @@ fn difference(a: &Content, b: &Content) -> Option<&'static str> {
     }
 }
 
-/// Reads and decodes records with offsets in `[from, to)`. The first fetch may start
-/// inside a batch; the whole batch is decoded so the caller sees its first record.
+/// Fetches batches starting with the one that contains `offset`.
+///
+/// Apache Kafka answers a fetch inside a batch with the whole batch; tansu 0.6 answers
+/// with the next batch. So when the answer starts after `offset`, probe further back
+/// (doubling the step) and read forward until the batch holding `offset` is found.
+async fn batches_from(
+    cluster: &Cluster,
+    topic: &str,
+    partition: i32,
+    offset: i64,
+    log_start: i64,
+    fetch_bytes: usize,
+) -> Result<Vec<RawBatch>, MirrorError> {
+    let fetch = |at: i64| async move {
+        let f = cluster
+            .retry("fetch", || {
+                cluster.fetch(topic, partition, at, fetch_bytes as i32, Duration::ZERO)
+            })
+            .await
+            .map_err(|e| MirrorError::kafka(cluster.name(), e))?;
+        split_batches(&f.records).map_err(|e| MirrorError::BadBatch {
+            topic: topic.to_string(),
+            partition,
+            offset: at,
+            detail: e.to_string(),
+        })
+    };
+    let mut step = 0i64;
+    loop {
+        let probe = (offset - step).max(log_start);
+        let mut at = probe;
+        let mut saw_earlier = false;
+        loop {
+            let batches = fetch(at).await?;
+            let Some(last) = batches.last() else {
+                if probe <= log_start || saw_earlier {
+                    return Ok(vec![]);
+                }
+                break;
+            };
+            if let Some(i) = batches
+                .iter()
+                .position(|b| b.header.last_offset() >= offset)
+            {
+                let found = &batches[i];
+                if found.header.base_offset <= offset || saw_earlier || i > 0 || probe <= log_start
+                {
+                    return Ok(batches[i..].to_vec());
+                }
+                break;
+            }
+            saw_earlier = true;
+            at = last.header.next_offset();
+        }
+        step = (step * 2).max(1);
+    }
+}
+
+/// Reads and decodes records with offsets in `[from, to)`, plus the records before
+/// `from` in the batch that holds `from`.
 async fn read_range(
     cluster: &Cluster,
     topic: &str,
@@ -114,36 +176,36 @@ async fn read_range(
     to: i64,
     fetch_bytes: usize,
 ) -> Result<Vec<Content>, MirrorError> {
+    let log_start = cluster
+        .retry("log start", || cluster.log_start(topic, partition))
+        .await
+        .map_err(|e| MirrorError::kafka(cluster.name(), e))?;
     let mut out = Vec::new();
-    let mut next = from;
-    let mut first = true;
-    while next < to {
+    let mut batches = batches_from(cluster, topic, partition, from, log_start, fetch_bytes).await?;
+    while let Some(last) = batches.last() {
+        let next = last.header.next_offset();
+        let recs = decode(&batches).map_err(|detail| MirrorError::BadBatch {
+            topic: topic.to_string(),
+            partition,
+            offset: batches[0].header.base_offset,
+            detail,
+        })?;
+        out.extend(recs.into_iter().filter(|r| r.offset < to));
+        if next >= to {
+            break;
+        }
         let f = cluster
             .retry("fetch", || {
                 cluster.fetch(topic, partition, next, fetch_bytes as i32, Duration::ZERO)
             })
             .await
             .map_err(|e| MirrorError::kafka(cluster.name(), e))?;
-        let batches = split_batches(&f.records).map_err(|e| MirrorError::BadBatch {
+        batches = split_batches(&f.records).map_err(|e| MirrorError::BadBatch {
             topic: topic.to_string(),
             partition,
             offset: next,
             detail: e.to_string(),
         })?;
-        let Some(last) = batches.last() else { break };
-        let new_next = last.header.next_offset();
-        let recs = decode(&batches).map_err(|detail| MirrorError::BadBatch {
-            topic: topic.to_string(),
-            partition,
-            offset: next,
-            detail,
-        })?;
-        out.extend(
-            recs.into_iter()
-                .filter(|r| r.offset < to && (first || r.offset >= next)),
-        );
-        first = false;
-        next = new_next;
     }
     Ok(out)
 }

@@ -54,7 +54,10 @@ pub fn loop_guard(
 
 /// Reads the source cluster's provenance records: topic -> origin cluster.
 pub async fn source_origins(shared: &Shared) -> Result<BTreeMap<String, String>, MirrorError> {
-    let map = OffsetMap::new(shared.source.clone(), &shared.config.mirror.offset_map_topic);
+    let map = OffsetMap::new(
+        shared.source.clone(),
+        &shared.config.mirror.offset_map_topic,
+    );
     let (_, provs) = map.read_all().await?;
     Ok(provs
         .into_iter()
@@ -63,10 +66,7 @@ pub async fn source_origins(shared: &Shared) -> Result<BTreeMap<String, String>,
 }
 
 /// Lists matching source topics and checks their destinations. Writes nothing.
-pub async fn plan(
-    shared: &Shared,
-    skip: &BTreeSet<String>,
-) -> Result<Vec<TopicPlan>, MirrorError> {
+pub async fn plan(shared: &Shared, skip: &BTreeSet<String>) -> Result<Vec<TopicPlan>, MirrorError> {
     let src = &shared.source;
     let dst = &shared.dest;
     let origins = source_origins(shared).await?;

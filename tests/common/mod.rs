@@ -118,7 +118,10 @@ pub fn producer(bootstrap: &str, codec: &str, idempotent: bool) -> BaseProducer 
     ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("compression.codec", codec)
-        .set("enable.idempotence", if idempotent { "true" } else { "false" })
+        .set(
+            "enable.idempotence",
+            if idempotent { "true" } else { "false" },
+        )
         .set("linger.ms", "5")
         .set("batch.num.messages", "500")
         .set("message.max.bytes", "2000000")
@@ -137,9 +140,8 @@ pub fn produce(p: &BaseProducer, topic: &str, partition: i32, recs: &[Rec]) {
                 value: v.as_deref(),
             });
         }
-        let mut rec: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic)
-            .partition(partition)
-            .headers(headers);
+        let mut rec: BaseRecord<'_, [u8], [u8]> =
+            BaseRecord::to(topic).partition(partition).headers(headers);
         if let Some(k) = &r.key {
             rec = rec.key(k.as_slice());
         }
@@ -153,7 +155,10 @@ pub fn produce(p: &BaseProducer, topic: &str, partition: i32, recs: &[Rec]) {
         loop {
             match p.send(rec) {
                 Ok(()) => break,
-                Err((RdError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull), back)) => {
+                Err((
+                    RdError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull),
+                    back,
+                )) => {
                     p.poll(Duration::from_millis(50));
                     rec = back;
                 }
@@ -169,7 +174,9 @@ pub fn produce(p: &BaseProducer, topic: &str, partition: i32, recs: &[Rec]) {
 pub fn sample(n: usize, seed: u64, value_len: impl Fn(usize) -> usize) -> Vec<Rec> {
     let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
     let mut next = move || {
-        x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         (x >> 33) as usize
     };
     (0..n)
@@ -190,15 +197,16 @@ pub fn sample(n: usize, seed: u64, value_len: impl Fn(usize) -> usize) -> Vec<Re
             Rec {
                 offset: i as i64,
                 timestamp: Some(1_700_000_000_000 + (i as i64) * 3),
-                key: if i % 5 == 0 { None } else { Some(format!("key-{}", next() % 1000).into_bytes()) },
+                key: if i % 5 == 0 {
+                    None
+                } else {
+                    Some(format!("key-{}", next() % 1000).into_bytes())
+                },
                 value,
                 headers: match i % 3 {
                     0 => vec![],
                     1 => vec![("trace".into(), Some(format!("t{i}").into_bytes()))],
-                    _ => vec![
-                        ("a".into(), Some(vec![1, 2, 3])),
-                        ("empty".into(), None),
-                    ],
+                    _ => vec![("a".into(), Some(vec![1, 2, 3])), ("empty".into(), None)],
                 },
             }
         })
@@ -265,7 +273,11 @@ pub fn assert_same(pair: &Pair, src_topic: &str, dst_topic: &str, partition: i32
         d.len()
     );
     for (x, y) in s.iter().zip(&d) {
-        assert_eq!(x, y, "{src_topic}/{partition} differs at offset {}", x.offset);
+        assert_eq!(
+            x, y,
+            "{src_topic}/{partition} differs at offset {}",
+            x.offset
+        );
     }
     s.len()
 }
@@ -324,7 +336,10 @@ impl Mirror {
                 return st;
             }
             if Instant::now() > deadline {
-                panic!("wanmirror did not exit within {limit:?}; log:\n{}", self.log_text());
+                panic!(
+                    "wanmirror did not exit within {limit:?}; log:\n{}",
+                    self.log_text()
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }
