@@ -9,7 +9,6 @@ use bytes::Bytes;
 use kafka_protocol::messages::create_partitions_request::CreatePartitionsTopic;
 use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
 use kafka_protocol::messages::describe_configs_request::DescribeConfigsResource;
-use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
@@ -20,6 +19,7 @@ use tokio::sync::Mutex;
 
 use super::connection::{broker_err, Connection, SocketOptions};
 use super::error::{KafkaError, Result};
+use super::fetch_mux::FetchMux;
 
 /// One partition as metadata describes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,6 +58,7 @@ struct State {
     brokers: HashMap<i32, String>,
     topics: BTreeMap<String, TopicMeta>,
     conns: HashMap<i32, Connection>,
+    muxes: HashMap<i32, FetchMux>,
     bootstrap_conn: Option<Connection>,
 }
 
@@ -264,6 +265,7 @@ impl Cluster {
 
     /// Fetches raw batches of one partition from `offset`, holding the request at the
     /// broker up to `max_wait` when nothing is there yet (0 for catch-up reads).
+    /// Concurrent fetches to one broker share a request (see `fetch_mux`).
     pub async fn fetch(
         &self,
         topic: &str,
@@ -272,47 +274,32 @@ impl Cluster {
         max_bytes: i32,
         max_wait: Duration,
     ) -> Result<Fetched> {
-        let conn = self.leader_conn(topic, partition).await?;
-        let req = FetchRequest::default()
-            .with_replica_id(BrokerId(-1))
-            .with_max_wait_ms(max_wait.as_millis() as i32)
-            .with_min_bytes(1)
-            .with_max_bytes(max_bytes)
-            .with_isolation_level(0)
-            .with_session_id(0)
-            .with_session_epoch(-1)
-            .with_topics(vec![FetchTopic::default()
-                .with_topic(TopicName(StrBytes::from_string(topic.to_string())))
-                .with_partitions(vec![FetchPartition::default()
-                    .with_partition(partition)
-                    .with_current_leader_epoch(-1)
-                    .with_fetch_offset(offset)
-                    .with_last_fetched_epoch(-1)
-                    .with_log_start_offset(-1)
-                    .with_partition_max_bytes(max_bytes)])]);
-        let resp = conn.send_wait(&req, max_wait).await?;
-        throttle(resp.throttle_time_ms).await;
-        if resp.error_code != 0 {
-            return Err(broker_err("Fetch", resp.error_code, None));
+        let leader = self.leader_of(topic, partition).await?;
+        let mux = self.fetch_mux(leader).await?;
+        mux.fetch(topic, partition, offset, max_bytes, max_wait)
+            .await
+    }
+
+    async fn fetch_mux(&self, broker: i32) -> Result<FetchMux> {
+        let mut st = self.state.lock().await;
+        let addr = match st.brokers.get(&broker) {
+            Some(a) => a.clone(),
+            None => {
+                return Err(KafkaError::Unreachable {
+                    cluster: self.name.clone(),
+                    bootstrap: self.bootstrap.join(","),
+                    last: format!("broker {broker} is not in metadata"),
+                })
+            }
+        };
+        match st.muxes.get(&broker) {
+            Some(m) if m.addr() == addr => Ok(m.clone()),
+            _ => {
+                let m = FetchMux::spawn(&addr, self.opts.clone());
+                st.muxes.insert(broker, m.clone());
+                Ok(m)
+            }
         }
-        let part = resp
-            .responses
-            .into_iter()
-            .flat_map(|t| t.partitions)
-            .find(|p| p.partition_index == partition)
-            .ok_or_else(|| KafkaError::Decode {
-                addr: conn.addr().to_string(),
-                api: "Fetch",
-                reason: format!("no data for {topic}/{partition} in response"),
-            })?;
-        if part.error_code != 0 {
-            return Err(partition_err("Fetch", topic, partition, part.error_code));
-        }
-        Ok(Fetched {
-            records: part.records.unwrap_or_default(),
-            high_watermark: part.high_watermark,
-            log_start_offset: part.log_start_offset,
-        })
     }
 
     /// Appends raw record batches to a partition; returns the base offset the broker chose.

@@ -4,5 +4,6 @@ pub mod batch;
 pub mod client;
 pub mod connection;
 pub mod error;
+pub mod fetch_mux;
 pub mod records;
 pub mod versions;

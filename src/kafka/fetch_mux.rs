@@ -1,0 +1,224 @@
+//! Fetch multiplexing: every partition fetch for one broker shares one Fetch request.
+//!
+//! Brokers answer the requests of one connection strictly in order, so a long poll for
+//! an idle partition would hold up every other partition queued behind it. Like the
+//! Java consumer, we send one Fetch per broker covering all partitions that want data,
+//! on a connection of its own (so metadata and produce traffic never wait behind a
+//! long poll). Requests that arrive while one is in flight go into the next round.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+use kafka_protocol::messages::{BrokerId, FetchRequest, TopicName};
+use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::ResponseError;
+use tokio::sync::{mpsc, oneshot};
+
+use super::client::Fetched;
+use super::connection::{broker_err, Connection, SocketOptions};
+use super::error::{KafkaError, Result};
+
+/// Largest total response we ask a broker for in one round.
+const MAX_RESPONSE: i32 = 64 << 20;
+
+/// One partition's wish for data.
+struct Want {
+    topic: String,
+    partition: i32,
+    offset: i64,
+    max_bytes: i32,
+    /// How long this caller is willing to let the broker wait for new data.
+    max_wait: Duration,
+    reply: oneshot::Sender<Result<Fetched>>,
+}
+
+/// Handle to the fetch loop of one broker.
+#[derive(Clone)]
+pub struct FetchMux {
+    addr: String,
+    tx: mpsc::UnboundedSender<Want>,
+}
+
+impl FetchMux {
+    pub fn spawn(addr: &str, opts: SocketOptions) -> FetchMux {
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(run(addr.to_string(), opts, rx));
+        FetchMux {
+            addr: addr.to_string(),
+            tx,
+        }
+    }
+
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    pub async fn fetch(
+        &self,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+        max_bytes: i32,
+        max_wait: Duration,
+    ) -> Result<Fetched> {
+        let (reply, rx) = oneshot::channel();
+        let lost = || KafkaError::ConnectionLost {
+            addr: self.addr.clone(),
+            reason: "fetch loop stopped".into(),
+        };
+        self.tx
+            .send(Want {
+                topic: topic.to_string(),
+                partition,
+                offset,
+                max_bytes,
+                max_wait,
+                reply,
+            })
+            .map_err(|_| lost())?;
+        rx.await.map_err(|_| lost())?
+    }
+}
+
+async fn run(addr: String, opts: SocketOptions, mut rx: mpsc::UnboundedReceiver<Want>) {
+    let mut conn: Option<Connection> = None;
+    while let Some(first) = rx.recv().await {
+        let mut round = vec![first];
+        while let Ok(w) = rx.try_recv() {
+            round.push(w);
+        }
+        // The same partition twice in one request is not allowed; later wishes wait.
+        let mut seen = HashMap::new();
+        let mut later = Vec::new();
+        let mut now = Vec::new();
+        for w in round {
+            if seen.insert((w.topic.clone(), w.partition), ()).is_some() {
+                later.push(w);
+            } else {
+                now.push(w);
+            }
+        }
+        let c = match conn.as_ref().filter(|c| c.is_alive()) {
+            Some(c) => c.clone(),
+            None => match Connection::connect(&addr, &opts).await {
+                Ok(c) => {
+                    conn = Some(c.clone());
+                    c
+                }
+                Err(e) => {
+                    let reason = e.to_string();
+                    for w in now.into_iter().chain(later) {
+                        let _ = w.reply.send(Err(KafkaError::ConnectionLost {
+                            addr: addr.clone(),
+                            reason: reason.clone(),
+                        }));
+                    }
+                    continue;
+                }
+            },
+        };
+        round_trip(&c, now).await;
+        // Re-queue duplicates at the front of the next round.
+        for w in later {
+            round_trip(&c, vec![w]).await;
+        }
+    }
+}
+
+/// Sends one Fetch for all `wants` and answers each.
+async fn round_trip(conn: &Connection, wants: Vec<Want>) {
+    // Wait at the broker only if every caller is fine with waiting.
+    let max_wait = wants
+        .iter()
+        .map(|w| w.max_wait)
+        .min()
+        .unwrap_or(Duration::ZERO);
+    let mut by_topic: Vec<(String, Vec<FetchPartition>)> = Vec::new();
+    let mut total: i64 = 0;
+    for w in &wants {
+        total += w.max_bytes as i64;
+        let p = FetchPartition::default()
+            .with_partition(w.partition)
+            .with_current_leader_epoch(-1)
+            .with_fetch_offset(w.offset)
+            .with_last_fetched_epoch(-1)
+            .with_log_start_offset(-1)
+            .with_partition_max_bytes(w.max_bytes);
+        match by_topic.iter_mut().find(|(t, _)| *t == w.topic) {
+            Some((_, ps)) => ps.push(p),
+            None => by_topic.push((w.topic.clone(), vec![p])),
+        }
+    }
+    let req = FetchRequest::default()
+        .with_replica_id(BrokerId(-1))
+        .with_max_wait_ms(max_wait.as_millis() as i32)
+        .with_min_bytes(1)
+        .with_max_bytes(total.clamp(1, MAX_RESPONSE as i64) as i32)
+        .with_isolation_level(0)
+        .with_session_id(0)
+        .with_session_epoch(-1)
+        .with_topics(
+            by_topic
+                .into_iter()
+                .map(|(t, ps)| {
+                    FetchTopic::default()
+                        .with_topic(TopicName(StrBytes::from_string(t)))
+                        .with_partitions(ps)
+                })
+                .collect(),
+        );
+    let resp = match conn.send_wait(&req, max_wait).await {
+        Ok(r) => r,
+        Err(e) => {
+            let reason = e.to_string();
+            for w in wants {
+                let _ = w.reply.send(Err(KafkaError::ConnectionLost {
+                    addr: conn.addr().to_string(),
+                    reason: reason.clone(),
+                }));
+            }
+            return;
+        }
+    };
+    if resp.throttle_time_ms > 0 {
+        tokio::time::sleep(Duration::from_millis(resp.throttle_time_ms as u64)).await;
+    }
+    if resp.error_code != 0 {
+        for w in wants {
+            let _ = w
+                .reply
+                .send(Err(broker_err("Fetch", resp.error_code, None)));
+        }
+        return;
+    }
+    let mut parts: HashMap<(String, i32), _> = HashMap::new();
+    for t in resp.responses {
+        let name = t.topic.0.to_string();
+        for p in t.partitions {
+            parts.insert((name.clone(), p.partition_index), p);
+        }
+    }
+    for w in wants {
+        let answer = match parts.remove(&(w.topic.clone(), w.partition)) {
+            None => Err(KafkaError::Decode {
+                addr: conn.addr().to_string(),
+                api: "Fetch",
+                reason: format!("no data for {}/{} in response", w.topic, w.partition),
+            }),
+            Some(p) if p.error_code != 0 => Err(KafkaError::Partition {
+                api: "Fetch",
+                topic: w.topic.clone(),
+                partition: w.partition,
+                code: ResponseError::try_from_code(p.error_code)
+                    .unwrap_or(ResponseError::Unknown(p.error_code)),
+            }),
+            Some(p) => Ok(Fetched {
+                records: p.records.unwrap_or_default(),
+                high_watermark: p.high_watermark,
+                log_start_offset: p.log_start_offset,
+            }),
+        };
+        let _ = w.reply.send(answer);
+    }
+}
