@@ -35,6 +35,18 @@ pub enum BatchError {
     BadCount { offset: i64, count: i32, delta: i32 },
 }
 
+impl BatchError {
+    /// Base offset of the batch at fault.
+    pub fn offset(&self) -> i64 {
+        match self {
+            BatchError::UnsupportedMagic { offset, .. }
+            | BatchError::BadLength { offset, .. }
+            | BatchError::Crc { offset, .. }
+            | BatchError::BadCount { offset, .. } => *offset,
+        }
+    }
+}
+
 /// The fixed header of a v2 record batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BatchHeader {
@@ -144,7 +156,23 @@ pub fn parse_header(b: &[u8]) -> Result<BatchHeader, BatchError> {
 /// Brokers may cut the last batch short at the size limit; that partial tail is not an
 /// error, it is dropped and fetched again next time.
 pub fn split_batches(records: &Bytes) -> Result<Vec<RawBatch>, BatchError> {
+    match split_valid(records) {
+        (batches, None) => Ok(batches),
+        (_, Some(e)) => Err(e),
+    }
+}
+
+/// Like [`split_batches`], but keeps the valid batches before the first bad one, so
+/// that everything up to a corrupt batch can still be copied.
+pub fn split_valid(records: &Bytes) -> (Vec<RawBatch>, Option<BatchError>) {
     let mut out = Vec::new();
+    match split_into(records, &mut out) {
+        Ok(()) => (out, None),
+        Err(e) => (out, Some(e)),
+    }
+}
+
+fn split_into(records: &Bytes, out: &mut Vec<RawBatch>) -> Result<(), BatchError> {
     let mut pos = 0usize;
     while records.len() - pos >= HEADER_LEN {
         let header = parse_header(&records[pos..])?;
@@ -174,7 +202,7 @@ pub fn split_batches(records: &Bytes) -> Result<Vec<RawBatch>, BatchError> {
         out.push(RawBatch { header, bytes });
         pos += size;
     }
-    Ok(out)
+    Ok(())
 }
 
 /// Producer identity stamped on every batch the mirror writes.
@@ -288,6 +316,19 @@ mod tests {
             split_batches(&b.freeze()),
             Err(BatchError::Crc { offset: 5, .. })
         ));
+    }
+
+    #[test]
+    fn split_valid_keeps_the_batches_before_a_bad_one() {
+        let mut buf = BytesMut::new();
+        buf.extend_from_slice(&sample(0, 2, b"xy", 0));
+        let mut bad = BytesMut::from(&sample(2, 1, b"z", 0)[..]);
+        let last = bad.len() - 1;
+        bad[last] ^= 1;
+        buf.extend_from_slice(&bad);
+        let (good, err) = split_valid(&buf.freeze());
+        assert_eq!(good.len(), 1);
+        assert!(matches!(err, Some(BatchError::Crc { offset: 2, .. })));
     }
 
     #[test]

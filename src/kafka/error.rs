@@ -26,6 +26,8 @@ pub enum KafkaError {
         api: &'static str,
         reason: String,
     },
+    #[error("broker {addr} does not offer the {api} API")]
+    UnsupportedApi { addr: String, api: &'static str },
     #[error("broker {addr} does not support {api} in versions {ours} (it offers {theirs})")]
     UnsupportedVersion {
         addr: String,

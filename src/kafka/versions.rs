@@ -57,7 +57,12 @@ impl Versions {
             Some(r) => *r,
             // Before negotiation (ApiVersions itself) any version we pick explicitly is used.
             None if self.ranges.is_empty() => return Ok(ours_max),
-            None => (i16::MAX, -1),
+            None => {
+                return Err(KafkaError::UnsupportedApi {
+                    addr: addr.to_string(),
+                    api: api_name(R::KEY),
+                })
+            }
         };
         let v = ours_max.min(theirs_max);
         if v < ours_min || v < theirs_min {

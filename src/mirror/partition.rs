@@ -8,7 +8,7 @@ use kafka_protocol::ResponseError;
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 
 use crate::config::StartPolicy;
-use crate::kafka::batch::{split_batches, RawBatch};
+use crate::kafka::batch::{split_valid, RawBatch};
 use crate::kafka::error::KafkaError;
 use crate::mirror::cursor::{Cursor, Refusal};
 use crate::mirror::error::MirrorError;
@@ -230,20 +230,28 @@ async fn fetch_loop(shared: Arc<Shared>, job: Job, mut offset: i64, tx: mpsc::Se
         let msg = match res {
             Ok(f) => {
                 high_watermark = f.high_watermark;
-                let batches = match split_batches(&f.records) {
-                    Ok(b) => b,
-                    Err(e) => {
+                let (batches, bad) = split_valid(&f.records);
+                if let Some(e) = bad {
+                    // Copy what came before the bad batch, then stop at it.
+                    if !batches.is_empty() {
                         let _ = tx
-                            .send(Chunk::Failed(MirrorError::BadBatch {
-                                topic: topic.clone(),
-                                partition: p,
-                                offset,
-                                detail: e.to_string(),
-                            }))
+                            .send(Chunk::Data {
+                                batches,
+                                high_watermark: f.high_watermark,
+                                _permit: permit,
+                            })
                             .await;
-                        return;
                     }
-                };
+                    let _ = tx
+                        .send(Chunk::Failed(MirrorError::BadBatch {
+                            topic: topic.clone(),
+                            partition: p,
+                            offset: e.offset(),
+                            detail: e.to_string(),
+                        }))
+                        .await;
+                    return;
+                }
                 let Some(last) = batches.last() else {
                     if offset < f.high_watermark {
                         // Data exists but no whole batch came back: the next batch is
