@@ -116,3 +116,72 @@ fn resumes_after_a_clean_stop_without_duplicates() {
     assert!(log.contains("destination tail matches the source"), "{log}");
     assert_eq!(assert_same(&pair, "t", "dc-a.t", 0), 2000);
 }
+
+/// The copy holds the source's batches as bytes: same batch boundaries, same codec,
+/// same compressed record bytes; only producer fields and the CRC differ.
+#[test]
+fn batches_are_forwarded_as_bytes_and_topic_configs_are_copied() {
+    use std::collections::BTreeMap;
+    use wanmirror::kafka::batch::{split_batches, HEADER_LEN};
+
+    let pair = Pair::start();
+    let rt = runtime();
+    let configs = BTreeMap::from([
+        ("cleanup.policy".to_string(), "delete".to_string()),
+        ("retention.ms".to_string(), "86400000".to_string()),
+    ]);
+    rt.block_on(async {
+        pair.src()
+            .create_topic("raw", 1, 1, &configs)
+            .await
+            .unwrap()
+    });
+    let p = producer(&pair.a.bootstrap(), "zstd", true);
+    produce(&p, "raw", 0, &sample(2000, 3, |i| i % 400));
+    let cfg = pair.config("m.toml", &["raw"], "");
+    let (st, log) = mirror_to_end(&cfg);
+    assert!(st.success(), "{log}");
+
+    rt.block_on(async {
+        let (src, dst) = (pair.src(), pair.dst());
+        let mut next = 0;
+        let mut compared = 0;
+        while next < 2000 {
+            let a = src
+                .fetch("raw", 0, next, 1 << 20, Duration::ZERO)
+                .await
+                .unwrap();
+            let b = dst
+                .fetch("dc-a.raw", 0, next, 1 << 20, Duration::ZERO)
+                .await
+                .unwrap();
+            let (a, b) = (
+                split_batches(&a.records).unwrap(),
+                split_batches(&b.records).unwrap(),
+            );
+            for (x, y) in a.iter().zip(&b) {
+                assert_eq!(x.header.base_offset, y.header.base_offset);
+                assert_eq!(x.header.last_offset_delta, y.header.last_offset_delta);
+                assert_eq!(x.header.compression(), 4);
+                assert_eq!(y.header.compression(), 4);
+                assert_eq!(x.header.base_timestamp, y.header.base_timestamp);
+                assert_eq!(x.header.max_timestamp, y.header.max_timestamp);
+                assert_eq!(&x.bytes[HEADER_LEN..], &y.bytes[HEADER_LEN..]);
+                compared += 1;
+            }
+            next = a.last().unwrap().header.next_offset();
+        }
+        assert!(compared > 1);
+        let copied = dst.topic_configs("dc-a.raw").await.unwrap();
+        assert_eq!(
+            copied.get("retention.ms").map(String::as_str),
+            Some("86400000"),
+            "{copied:?}"
+        );
+        assert_eq!(
+            copied.get("message.timestamp.type").map(String::as_str),
+            Some("CreateTime"),
+            "{copied:?}"
+        );
+    });
+}

@@ -391,7 +391,7 @@ impl Cluster {
         Ok(part.offset)
     }
 
-    /// Topic configs that are set explicitly (not broker defaults).
+    /// A topic's effective configs (explicit and inherited; sensitive ones left out).
     pub async fn topic_configs(&self, topic: &str) -> Result<BTreeMap<String, String>> {
         let conn = self.any_conn().await?;
         let req = DescribeConfigsRequest::default().with_resources(vec![
@@ -412,11 +412,8 @@ impl Cluster {
                 ));
             }
             for c in r.configs {
-                // Source 1 = DYNAMIC_TOPIC_CONFIG: set on this topic, not inherited.
                 if let (Some(v), false) = (c.value, c.is_sensitive) {
-                    if c.config_source == 1 || c.config_source == -1 {
-                        out.insert(c.name.to_string(), v.to_string());
-                    }
+                    out.insert(c.name.to_string(), v.to_string());
                 }
             }
         }

@@ -76,3 +76,38 @@ impl Versions {
         Ok(v)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kafka_protocol::messages::api_versions_response::ApiVersion;
+
+    fn offering(key: i16, min: i16, max: i16) -> Versions {
+        Versions::from_response(&ApiVersionsResponse::default().with_api_keys(vec![
+            ApiVersion::default()
+                .with_api_key(key)
+                .with_min_version(min)
+                .with_max_version(max),
+        ]))
+    }
+
+    #[test]
+    fn picks_the_highest_common_version_below_our_cap() {
+        assert_eq!(offering(1, 4, 17).pick::<FetchRequest>("b").unwrap(), 11);
+        assert_eq!(offering(1, 4, 8).pick::<FetchRequest>("b").unwrap(), 8);
+    }
+
+    #[test]
+    fn names_the_api_when_ranges_do_not_meet_or_it_is_missing() {
+        let e = offering(1, 13, 17).pick::<FetchRequest>("b").unwrap_err();
+        assert!(e.to_string().contains("Fetch"), "{e}");
+        let e = offering(1, 4, 17)
+            .pick::<CreatePartitionsRequest>("b")
+            .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("does not offer the CreatePartitions API"),
+            "{e}"
+        );
+    }
+}

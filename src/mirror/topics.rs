@@ -9,7 +9,9 @@ use crate::mirror::offset_map::{OffsetMap, Provenance};
 use crate::mirror::partition::Job;
 use crate::mirror::Shared;
 
-/// Topic configs copied to a destination topic the mirror creates.
+/// Topic configs copied to a destination topic the mirror creates. The source's
+/// effective value is copied even when inherited from its broker: the copy must keep
+/// what the source keeps, whatever the destination brokers' defaults are.
 const COPIED_CONFIGS: &[&str] = &[
     "cleanup.policy",
     "retention.ms",
