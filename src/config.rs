@@ -87,6 +87,10 @@ pub struct MirrorConfig {
     /// How often progress is logged.
     #[serde(default = "default_progress")]
     pub progress_interval_secs: u64,
+    /// How long a transient failure (unreachable broker, leader change) is retried
+    /// before the partition is restarted from the destination end.
+    #[serde(default = "default_retry_secs")]
+    pub retry_secs: u64,
     /// Replication factor of topics the mirror creates; -1 takes the broker default.
     #[serde(default = "default_rf")]
     pub replication_factor: i16,
@@ -125,6 +129,9 @@ fn default_refresh() -> u64 {
 }
 fn default_progress() -> u64 {
     10
+}
+fn default_retry_secs() -> u64 {
+    60
 }
 fn default_rf() -> i16 {
     -1
@@ -266,7 +273,7 @@ impl Config {
         if m.max_pad_records < 0 {
             return Err(bad("mirror.max_pad_records", "must not be negative".into()));
         }
-        if m.metadata_refresh_secs == 0 || m.progress_interval_secs == 0 {
+        if m.metadata_refresh_secs == 0 || m.progress_interval_secs == 0 || m.retry_secs == 0 {
             return Err(bad(
                 "mirror.metadata_refresh_secs",
                 "intervals must be at least 1 second".into(),

@@ -124,3 +124,79 @@ fn a_second_instance_fences_the_first() {
     assert!(second.wait(Duration::from_secs(30)).success());
     assert_eq!(assert_same(&pair, "f", "dc-a.f", 0), 700);
 }
+
+/// WAN outages: the links to the source and to the destination are cut while the
+/// mirror copies a backlog. Short cuts are ridden out by retries; a long one restarts
+/// the partitions from the destination end. The copy must still be exact.
+#[test]
+fn survives_cut_links_to_both_clusters() {
+    use common::proxy::Proxy;
+    use wanmirror::demo::broker::TansuBroker;
+
+    let (pa, pb) = (Proxy::start(), Proxy::start());
+    let a = TansuBroker::start_advertising("dc-a", Some(pa.port)).unwrap();
+    let b = TansuBroker::start_advertising("dc-b", Some(pb.port)).unwrap();
+    pa.forward_to(a.port);
+    pb.forward_to(b.port);
+    let (ba, bb) = (
+        format!("127.0.0.1:{}", pa.port),
+        format!("127.0.0.1:{}", pb.port),
+    );
+    create_topic(&ba, "wan", 2);
+    let p = producer(&ba, "lz4", true);
+    for part in 0..2 {
+        produce(
+            &p,
+            "wan",
+            part,
+            &sample(20_000, part as u64, |i| (i * 37) % 1000),
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("m.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[source]\nname = \"dc-a\"\nbootstrap = \"{ba}\"\n[destination]\nname = \"dc-b\"\nbootstrap = \"{bb}\"\n[mirror]\ntopics = [\"wan\"]\nreplication_factor = 1\nfetch_bytes = 16384\nin_flight_bytes = 65536\nretry_secs = 2\ntail_wait_ms = 100\n"
+        ),
+    )
+    .unwrap();
+    let mut m = Mirror::spawn(&cfg, &[]);
+    let dest_end = || end_offset(&bb, "dc-a.wan", 0) + end_offset(&bb, "dc-a.wan", 1);
+    eventually(Duration::from_secs(60), "copy under way", || {
+        topic_exists(&bb, "dc-a.wan") && dest_end() > 0
+    });
+    // A long cut of the destination while the backlog is copied: past the retry
+    // window, so the partitions restart from the destination end.
+    pb.cut();
+    std::thread::sleep(Duration::from_secs(4));
+    pb.restore();
+    // Short cuts of both links: ridden out by retries.
+    for proxy in [&pa, &pb, &pa, &pb] {
+        proxy.cut();
+        std::thread::sleep(Duration::from_millis(700));
+        proxy.restore();
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    eventually(Duration::from_secs(120), "full copy", || {
+        dest_end() == 40_000
+    });
+    assert!(m.running(), "{}", m.log_text());
+    m.signal(15);
+    assert!(
+        m.wait(Duration::from_secs(30)).success(),
+        "{}",
+        m.log_text()
+    );
+    let log = m.log_text();
+    assert!(
+        log.contains("restarting"),
+        "the long cut should restart partitions: {log}"
+    );
+    // Compare through the proxies (both restored).
+    for part in 0..2 {
+        let s = consume_all(&ba, "wan", part);
+        let d = consume_all(&bb, "dc-a.wan", part);
+        assert_eq!(s, d, "partition {part}");
+    }
+}

@@ -42,6 +42,15 @@ pub fn free_port() -> std::io::Result<u16> {
 impl TansuBroker {
     /// Starts a broker and waits until it accepts connections.
     pub fn start(cluster_id: &str) -> Result<TansuBroker, String> {
+        Self::start_advertising(cluster_id, None)
+    }
+
+    /// Starts a broker that tells clients to connect to `advertised` (a proxy in front
+    /// of it) instead of its own port.
+    pub fn start_advertising(
+        cluster_id: &str,
+        advertised: Option<u16>,
+    ) -> Result<TansuBroker, String> {
         let bin = tansu_binary().ok_or_else(|| {
             format!("tansu {TANSU_VERSION} not found: run scripts/setup.sh (or set TANSU_BIN)")
         })?;
@@ -49,9 +58,10 @@ impl TansuBroker {
         for _ in 0..5 {
             let port = free_port().map_err(|e| e.to_string())?;
             let url = format!("tcp://127.0.0.1:{port}");
+            let adv = format!("tcp://127.0.0.1:{}", advertised.unwrap_or(port));
             let child = Command::new(&bin)
                 .args(["broker", "--cluster-id", cluster_id])
-                .args(["--listener-url", &url, "--advertised-listener-url", &url])
+                .args(["--listener-url", &url, "--advertised-listener-url", &adv])
                 .args(["--storage-engine", &format!("memory://{cluster_id}/")])
                 .arg("--silent")
                 .stdin(Stdio::null())

@@ -62,9 +62,6 @@ struct State {
     bootstrap_conn: Option<Connection>,
 }
 
-/// How long the retry helper keeps trying a retriable failure before giving up.
-const RETRY_DEADLINE: Duration = Duration::from_secs(60);
-
 impl Cluster {
     pub fn new(name: &str, bootstrap: &str, opts: SocketOptions) -> Arc<Cluster> {
         Arc::new(Cluster {
@@ -250,7 +247,7 @@ impl Cluster {
         loop {
             match op().await {
                 Ok(v) => return Ok(v),
-                Err(e) if e.is_retriable() && start.elapsed() < RETRY_DEADLINE => {
+                Err(e) if e.is_retriable() && start.elapsed() < self.opts.retry_deadline => {
                     tracing::debug!(cluster = %self.name, what, error = %e, "retrying");
                     if e.needs_metadata_refresh() {
                         let _ = self.refresh(None).await;

@@ -53,6 +53,8 @@ pub struct SocketOptions {
     pub request_timeout: Duration,
     /// `None` leaves the receive buffer to kernel autotuning (a fixed size turns it off).
     pub recv_buffer: Option<usize>,
+    /// How long [`crate::kafka::client::Cluster::retry`] keeps retrying a transient failure.
+    pub retry_deadline: Duration,
 }
 
 impl Default for SocketOptions {
@@ -61,6 +63,7 @@ impl Default for SocketOptions {
             connect_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(30),
             recv_buffer: None,
+            retry_deadline: Duration::from_secs(60),
         }
     }
 }

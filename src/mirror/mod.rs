@@ -95,8 +95,12 @@ pub struct RunOptions {
 
 /// Runs the mirror until a signal or, with `stop_at_end`, until it caught up.
 pub async fn run(config: Config, opts: RunOptions) -> Result<Outcome, StartError> {
+    let started = std::time::Instant::now();
     let filter = config.filter("config")?;
-    let sock = SocketOptions::default();
+    let sock = SocketOptions {
+        retry_deadline: Duration::from_secs(config.mirror.retry_secs),
+        ..SocketOptions::default()
+    };
     let source = Cluster::new(&config.source.name, &config.source.bootstrap, sock.clone());
     let dest = Cluster::new(
         &config.destination.name,
@@ -223,7 +227,8 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<Outcome, StartError
         }
     }
     background.abort_all();
-    log_progress(&shared, 0, Duration::from_secs(1));
+    let total = shared.stats.bytes.load(Ordering::Relaxed);
+    log_progress(&shared, total, started.elapsed());
     Ok(if fenced {
         Outcome::Fenced
     } else if failed {

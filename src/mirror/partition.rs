@@ -13,7 +13,7 @@ use crate::kafka::error::KafkaError;
 use crate::mirror::cursor::{Cursor, Refusal};
 use crate::mirror::error::MirrorError;
 use crate::mirror::sink::PartitionSink;
-use crate::mirror::tail::verify_tail;
+use crate::mirror::tail::{last_batch, verify_tail};
 use crate::mirror::Shared;
 
 /// One source partition and where it goes.
@@ -83,6 +83,16 @@ pub async fn run(shared: Arc<Shared>, job: Job) -> Result<(), MirrorError> {
     }
 
     let cfg = &shared.config.mirror;
+    let (producer_id, producer_epoch) = shared.producer;
+    // Idempotent sequences run per partition and epoch. After a restart inside this
+    // process (same epoch) they must continue from our last batch, else the broker
+    // takes the next write for a duplicate.
+    let sequence = match last_batch(dst, dt, p, dest_end, cfg.fetch_bytes).await? {
+        Some(h) if h.producer_id == producer_id && h.producer_epoch == producer_epoch => {
+            h.base_sequence.wrapping_add(h.last_offset_delta + 1) & i32::MAX
+        }
+        _ => 0,
+    };
     let mut cursor = Cursor::new(dest_end, cfg.gap_policy);
     let mut sink = PartitionSink {
         dest: dst.clone(),
@@ -91,9 +101,9 @@ pub async fn run(shared: Arc<Shared>, job: Job) -> Result<(), MirrorError> {
         partition: p,
         source_cluster: src.name().to_string(),
         source_topic: st.clone(),
-        producer_id: shared.producer.0,
-        producer_epoch: shared.producer.1,
-        sequence: 0,
+        producer_id,
+        producer_epoch,
+        sequence,
         end: dest_end,
         max_request: cfg.fetch_bytes,
     };

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use crate::kafka::batch::{split_batches, RawBatch};
+use crate::kafka::batch::{split_batches, BatchHeader, RawBatch};
 use crate::kafka::client::Cluster;
 use crate::kafka::records::{decode, Content};
 use crate::mirror::error::MirrorError;
@@ -106,6 +106,28 @@ fn difference(a: &Content, b: &Content) -> Option<&'static str> {
     } else {
         None
     }
+}
+
+/// The header of the last batch below `end` in a partition, if there is one.
+pub async fn last_batch(
+    cluster: &Cluster,
+    topic: &str,
+    partition: i32,
+    end: i64,
+    fetch_bytes: usize,
+) -> Result<Option<BatchHeader>, MirrorError> {
+    let log_start = cluster
+        .retry("log start", || cluster.log_start(topic, partition))
+        .await
+        .map_err(|e| MirrorError::kafka(cluster.name(), e))?;
+    if end <= log_start {
+        return Ok(None);
+    }
+    let batches = batches_from(cluster, topic, partition, end - 1, log_start, fetch_bytes).await?;
+    Ok(batches
+        .first()
+        .filter(|b| b.header.base_offset < end)
+        .map(|b| b.header))
 }
 
 /// Fetches batches starting with the one that contains `offset`.

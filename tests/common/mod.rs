@@ -3,6 +3,8 @@
 //! Every process started here is killed on drop, also when a test fails.
 #![allow(dead_code)]
 
+pub mod proxy;
+
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::PathBuf;
