@@ -6,9 +6,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use kafka_protocol::messages::create_partitions_request::CreatePartitionsTopic;
-use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
-use kafka_protocol::messages::describe_configs_request::DescribeConfigsResource;
 use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
@@ -17,7 +14,7 @@ use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
 use tokio::sync::Mutex;
 
-use super::connection::{broker_err, Connection, SocketOptions};
+use super::connection::{Connection, SocketOptions};
 use super::error::{KafkaError, Result};
 use super::fetch_mux::FetchMux;
 
@@ -81,7 +78,7 @@ impl Cluster {
     }
 
     /// Any live connection: a known broker, else a bootstrap address.
-    async fn any_conn(&self) -> Result<Connection> {
+    pub(super) async fn any_conn(&self) -> Result<Connection> {
         {
             let st = self.state.lock().await;
             if let Some(c) = st.conns.values().find(|c| c.is_alive()) {
@@ -106,6 +103,11 @@ impl Cluster {
             bootstrap: self.bootstrap.join(","),
             last,
         })
+    }
+
+    /// Adds a broker learnt outside metadata (a coordinator address).
+    pub(super) async fn remember_broker(&self, id: i32, addr: String) {
+        self.state.lock().await.brokers.entry(id).or_insert(addr);
     }
 
     /// The connection to broker `id`, reconnecting if the old one died.
@@ -387,151 +389,14 @@ impl Cluster {
         }
         Ok(part.offset)
     }
-
-    /// A topic's effective configs (explicit and inherited; sensitive ones left out).
-    pub async fn topic_configs(&self, topic: &str) -> Result<BTreeMap<String, String>> {
-        let conn = self.any_conn().await?;
-        let req = DescribeConfigsRequest::default().with_resources(vec![
-            DescribeConfigsResource::default()
-                .with_resource_type(2)
-                .with_resource_name(StrBytes::from_string(topic.to_string()))
-                .with_configuration_keys(None),
-        ]);
-        let resp = conn.send(&req).await?;
-        throttle(resp.throttle_time_ms).await;
-        let mut out = BTreeMap::new();
-        for r in resp.results {
-            if r.error_code != 0 {
-                return Err(broker_err(
-                    "DescribeConfigs",
-                    r.error_code,
-                    r.error_message.map(|m| m.to_string()),
-                ));
-            }
-            for c in r.configs {
-                if let (Some(v), false) = (c.value, c.is_sensitive) {
-                    out.insert(c.name.to_string(), v.to_string());
-                }
-            }
-        }
-        Ok(out)
-    }
-
-    /// Creates a topic. Returns false if it already existed.
-    pub async fn create_topic(
-        &self,
-        topic: &str,
-        partitions: i32,
-        replication_factor: i16,
-        configs: &BTreeMap<String, String>,
-    ) -> Result<bool> {
-        let conn = self.any_conn().await?;
-        let req = CreateTopicsRequest::default()
-            .with_timeout_ms(30_000)
-            .with_topics(vec![CreatableTopic::default()
-                .with_name(TopicName(StrBytes::from_string(topic.to_string())))
-                .with_num_partitions(partitions)
-                .with_replication_factor(replication_factor)
-                .with_configs(
-                    configs
-                        .iter()
-                        .map(|(k, v)| {
-                            CreatableTopicConfig::default()
-                                .with_name(StrBytes::from_string(k.clone()))
-                                .with_value(Some(StrBytes::from_string(v.clone())))
-                        })
-                        .collect(),
-                )]);
-        let resp = conn.send(&req).await?;
-        throttle(resp.throttle_time_ms).await;
-        for t in resp.topics {
-            match t.error_code {
-                0 => {}
-                36 => return Ok(false), // TOPIC_ALREADY_EXISTS
-                code => {
-                    return Err(broker_err(
-                        "CreateTopics",
-                        code,
-                        t.error_message.map(|m| format!("{topic}: {m}")),
-                    ))
-                }
-            }
-        }
-        Ok(true)
-    }
-
-    /// Grows a topic to `count` partitions.
-    pub async fn create_partitions(&self, topic: &str, count: i32) -> Result<()> {
-        let conn = self.any_conn().await?;
-        let req = CreatePartitionsRequest::default()
-            .with_timeout_ms(30_000)
-            .with_topics(vec![CreatePartitionsTopic::default()
-                .with_name(TopicName(StrBytes::from_string(topic.to_string())))
-                .with_count(count)
-                .with_assignments(None)]);
-        let resp = conn.send(&req).await?;
-        throttle(resp.throttle_time_ms).await;
-        for r in resp.results {
-            if r.error_code != 0 {
-                return Err(broker_err(
-                    "CreatePartitions",
-                    r.error_code,
-                    r.error_message.map(|m| format!("{topic}: {m}")),
-                ));
-            }
-        }
-        Ok(())
-    }
-
-    /// Obtains a producer id and epoch for `transactional_id`. Each call bumps the epoch,
-    /// which fences every earlier holder of the same id: that is our single-writer lock.
-    pub async fn init_producer_id(&self, transactional_id: &str) -> Result<(i64, i16)> {
-        let conn = self.coordinator(transactional_id).await?;
-        let req = InitProducerIdRequest::default()
-            .with_transactional_id(Some(TransactionalId(StrBytes::from_string(
-                transactional_id.to_string(),
-            ))))
-            .with_transaction_timeout_ms(60_000)
-            .with_producer_id(ProducerId(-1))
-            .with_producer_epoch(-1);
-        let resp = conn.send(&req).await?;
-        throttle(resp.throttle_time_ms).await;
-        if resp.error_code != 0 {
-            return Err(broker_err(
-                "InitProducerId",
-                resp.error_code,
-                Some(format!("transactional id {transactional_id}")),
-            ));
-        }
-        Ok((resp.producer_id.0, resp.producer_epoch))
-    }
-
-    async fn coordinator(&self, transactional_id: &str) -> Result<Connection> {
-        let conn = self.any_conn().await?;
-        let req = FindCoordinatorRequest::default()
-            .with_key(StrBytes::from_string(transactional_id.to_string()))
-            .with_key_type(1);
-        let resp = conn.send(&req).await?;
-        throttle(resp.throttle_time_ms).await;
-        if resp.error_code != 0 {
-            return Err(broker_err(
-                "FindCoordinator",
-                resp.error_code,
-                resp.error_message.map(|m| m.to_string()),
-            ));
-        }
-        let addr = format!("{}:{}", resp.host.as_str(), resp.port);
-        self.state
-            .lock()
-            .await
-            .brokers
-            .entry(resp.node_id.0)
-            .or_insert(addr);
-        self.broker_conn(resp.node_id.0).await
-    }
 }
 
-fn partition_err(api: &'static str, topic: &str, partition: i32, code: i16) -> KafkaError {
+pub(super) fn partition_err(
+    api: &'static str,
+    topic: &str,
+    partition: i32,
+    code: i16,
+) -> KafkaError {
     KafkaError::Partition {
         api,
         topic: topic.to_string(),
@@ -541,7 +406,7 @@ fn partition_err(api: &'static str, topic: &str, partition: i32, code: i16) -> K
 }
 
 /// Brokers ask clients to back off by `throttle_time_ms` (KIP-219); we wait it out.
-async fn throttle(ms: i32) {
+pub(super) async fn throttle(ms: i32) {
     if ms > 0 {
         tracing::debug!(ms, "broker throttled us");
         tokio::time::sleep(Duration::from_millis(ms as u64)).await;

@@ -1,5 +1,6 @@
 //! The Kafka client layer: connections, version negotiation, cluster routing, batches.
 
+pub mod admin;
 pub mod batch;
 pub mod client;
 pub mod connection;

@@ -1,0 +1,152 @@
+//! Cluster administration: topic configs, topic and partition creation, producer ids.
+
+use std::collections::BTreeMap;
+
+use kafka_protocol::messages::create_partitions_request::CreatePartitionsTopic;
+use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
+use kafka_protocol::messages::describe_configs_request::DescribeConfigsResource;
+use kafka_protocol::messages::*;
+use kafka_protocol::protocol::StrBytes;
+
+use super::client::{throttle, Cluster};
+use super::connection::{broker_err, Connection};
+use super::error::Result;
+
+impl Cluster {
+    /// A topic's effective configs (explicit and inherited; sensitive ones left out).
+    pub async fn topic_configs(&self, topic: &str) -> Result<BTreeMap<String, String>> {
+        let conn = self.any_conn().await?;
+        let req = DescribeConfigsRequest::default().with_resources(vec![
+            DescribeConfigsResource::default()
+                .with_resource_type(2)
+                .with_resource_name(StrBytes::from_string(topic.to_string()))
+                .with_configuration_keys(None),
+        ]);
+        let resp = conn.send(&req).await?;
+        throttle(resp.throttle_time_ms).await;
+        let mut out = BTreeMap::new();
+        for r in resp.results {
+            if r.error_code != 0 {
+                return Err(broker_err(
+                    "DescribeConfigs",
+                    r.error_code,
+                    r.error_message.map(|m| m.to_string()),
+                ));
+            }
+            for c in r.configs {
+                if let (Some(v), false) = (c.value, c.is_sensitive) {
+                    out.insert(c.name.to_string(), v.to_string());
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Creates a topic. Returns false if it already existed.
+    pub async fn create_topic(
+        &self,
+        topic: &str,
+        partitions: i32,
+        replication_factor: i16,
+        configs: &BTreeMap<String, String>,
+    ) -> Result<bool> {
+        let conn = self.any_conn().await?;
+        let req = CreateTopicsRequest::default()
+            .with_timeout_ms(30_000)
+            .with_topics(vec![CreatableTopic::default()
+                .with_name(TopicName(StrBytes::from_string(topic.to_string())))
+                .with_num_partitions(partitions)
+                .with_replication_factor(replication_factor)
+                .with_configs(
+                    configs
+                        .iter()
+                        .map(|(k, v)| {
+                            CreatableTopicConfig::default()
+                                .with_name(StrBytes::from_string(k.clone()))
+                                .with_value(Some(StrBytes::from_string(v.clone())))
+                        })
+                        .collect(),
+                )]);
+        let resp = conn.send(&req).await?;
+        throttle(resp.throttle_time_ms).await;
+        for t in resp.topics {
+            match t.error_code {
+                0 => {}
+                36 => return Ok(false), // TOPIC_ALREADY_EXISTS
+                code => {
+                    return Err(broker_err(
+                        "CreateTopics",
+                        code,
+                        t.error_message.map(|m| format!("{topic}: {m}")),
+                    ))
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    /// Grows a topic to `count` partitions.
+    pub async fn create_partitions(&self, topic: &str, count: i32) -> Result<()> {
+        let conn = self.any_conn().await?;
+        let req = CreatePartitionsRequest::default()
+            .with_timeout_ms(30_000)
+            .with_topics(vec![CreatePartitionsTopic::default()
+                .with_name(TopicName(StrBytes::from_string(topic.to_string())))
+                .with_count(count)
+                .with_assignments(None)]);
+        let resp = conn.send(&req).await?;
+        throttle(resp.throttle_time_ms).await;
+        for r in resp.results {
+            if r.error_code != 0 {
+                return Err(broker_err(
+                    "CreatePartitions",
+                    r.error_code,
+                    r.error_message.map(|m| format!("{topic}: {m}")),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Obtains a producer id and epoch for `transactional_id`. Each call bumps the epoch,
+    /// which fences every earlier holder of the same id: that is our single-writer lock.
+    pub async fn init_producer_id(&self, transactional_id: &str) -> Result<(i64, i16)> {
+        let conn = self.coordinator(transactional_id).await?;
+        let req = InitProducerIdRequest::default()
+            .with_transactional_id(Some(TransactionalId(StrBytes::from_string(
+                transactional_id.to_string(),
+            ))))
+            .with_transaction_timeout_ms(60_000)
+            .with_producer_id(ProducerId(-1))
+            .with_producer_epoch(-1);
+        let resp = conn.send(&req).await?;
+        throttle(resp.throttle_time_ms).await;
+        if resp.error_code != 0 {
+            return Err(broker_err(
+                "InitProducerId",
+                resp.error_code,
+                Some(format!("transactional id {transactional_id}")),
+            ));
+        }
+        Ok((resp.producer_id.0, resp.producer_epoch))
+    }
+
+    async fn coordinator(&self, transactional_id: &str) -> Result<Connection> {
+        let conn = self.any_conn().await?;
+        let req = FindCoordinatorRequest::default()
+            .with_key(StrBytes::from_string(transactional_id.to_string()))
+            .with_key_type(1);
+        let resp = conn.send(&req).await?;
+        throttle(resp.throttle_time_ms).await;
+        if resp.error_code != 0 {
+            return Err(broker_err(
+                "FindCoordinator",
+                resp.error_code,
+                resp.error_message.map(|m| m.to_string()),
+            ));
+        }
+        let addr = format!("{}:{}", resp.host.as_str(), resp.port);
+        self.remember_broker(resp.node_id.0, addr).await;
+        self.broker_conn(resp.node_id.0).await
+    }
+}
