@@ -1,0 +1,264 @@
+#!/usr/bin/env python3
+"""wanmirror benchmark: a matrix of WAN link profiles, side by side with a
+MirrorMaker-style librdkafka baseline, over the emulated link of netem/.
+
+One command: `python3 bench/run.py` (root). `--smoke` runs one small profile.
+Results: bench/results/results.{json,md} and goodput.png.
+"""
+import argparse, json, os, signal, statistics, subprocess, sys, time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+REL = ROOT / "target" / "release"
+NAME = "wb"
+SRC_NS, DST_NS = f"{NAME}-src", f"{NAME}-dst"
+SRC_ADDR = "10.201.0.1:9092"
+DST_ADDR = "127.0.0.1:9092"
+CONTENDERS = ["baseline", "wanmirror-1conn", "wanmirror-default"]
+
+
+def sh(cmd, **kw):
+    return subprocess.run(cmd, check=True, text=True, capture_output=True, **kw).stdout
+
+
+def ns(n, cmd):
+    return ["ip", "netns", "exec", n] + cmd
+
+
+def tansu_bin():
+    for d in [os.environ.get("CARGO_HOME", ""), str(Path.home() / ".cargo")]:
+        p = Path(d) / "bin" / "tansu"
+        if p.exists():
+            return str(p)
+    return "tansu"
+
+
+class Procs:
+    """Every process started is stopped again, also on failure."""
+
+    def __init__(self):
+        self.ps = []
+
+    def start(self, cmd, **kw):
+        p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **kw)
+        self.ps.append(p)
+        return p
+
+    def stop_all(self):
+        for p in self.ps:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        self.ps = []
+
+
+def link_up(p):
+    sh([str(REL / "wanlink"), "up", "--name", NAME, "--engine", "user",
+        "--delay", f"{p['rtt_ms'] / 2}ms", "--loss", f"{p['loss_pct']}%",
+        "--rate", f"{p['rate_mbit']}mbit", "--queue", p.get("queue", "8MiB")])
+    sh(["sysctl", "-qw", "net.ipv4.tcp_allowed_congestion_control=reno bbr cubic"])
+    for n in (SRC_NS, DST_NS):
+        # Typical broker hosts run CUBIC; the sender's congestion control limits a fetch.
+        sh(ns(n, ["sysctl", "-qw", "net.ipv4.tcp_congestion_control=cubic"]))
+        sh(ns(n, ["sysctl", "-qw", "net.ipv4.tcp_rmem=4096 131072 33554432"]))
+        sh(ns(n, ["sysctl", "-qw", "net.ipv4.tcp_wmem=4096 16384 4194304"]))
+    return sh(ns(SRC_NS, ["sysctl", "-n", "net.ipv4.tcp_congestion_control"])).strip()
+
+
+def link_down():
+    subprocess.run([str(REL / "wanlink"), "down", "--name", NAME], capture_output=True)
+
+
+def wait_port(nsname, host, port, limit=20):
+    t = time.time()
+    while time.time() - t < limit:
+        r = subprocess.run(ns(nsname, ["python3", "-c", f"import socket; socket.create_connection(('{host}', {port}), 1)"]),
+                           capture_output=True)
+        if r.returncode == 0:
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"broker {host}:{port} in {nsname} did not start")
+
+
+def brokers(procs):
+    t = tansu_bin()
+    procs.start(ns(SRC_NS, [t, "broker", "--cluster-id", "dc-a", "--listener-url", f"tcp://{SRC_ADDR}",
+                            "--advertised-listener-url", f"tcp://{SRC_ADDR}", "--storage-engine", "memory://dc-a/", "--silent"]))
+    procs.start(ns(DST_NS, [t, "broker", "--cluster-id", "dc-b", "--listener-url", f"tcp://{DST_ADDR}",
+                            "--advertised-listener-url", f"tcp://{DST_ADDR}", "--storage-engine", "memory://dc-b/", "--silent"]))
+    wait_port(SRC_NS, "10.201.0.1", 9092)
+    wait_port(DST_NS, "127.0.0.1", 9092)
+
+
+def wb(nsname, args):
+    return json.loads(sh(ns(nsname, [str(REL / "wanbench")] + args)).strip().splitlines()[-1])
+
+
+def mirror_config(path, topics, contender):
+    extra = ""
+    if contender == "wanmirror-1conn":
+        extra = "# one fetch connection per broker (the only mode until pooling lands)\n"
+    path.write_text(
+        f'[source]\nname = "dc-a"\nbootstrap = "{SRC_ADDR}"\n[destination]\nname = "dc-b"\n'
+        f'bootstrap = "{DST_ADDR}"\n[mirror]\ntopics = {json.dumps(topics)}\nreplication_factor = 1\n'
+        f'tail_wait_ms = 100\n{extra}')
+
+
+def contender_cmd(contender, topic, records, tail, cfgdir):
+    if contender == "baseline":
+        return [str(REL / "wanbench"), "baseline", "--source", SRC_ADDR, "--dest", DST_ADDR,
+                "--topic", topic, "--dest-topic", f"dc-a.{topic}", "--records", str(0 if tail else records)]
+    cfg = cfgdir / f"{contender}-{topic}.toml"
+    mirror_config(cfg, [topic], contender)
+    return [str(REL / "wanmirror"), "run", "--config", str(cfg)] + ([] if tail else ["--stop-at-end"])
+
+
+def one_run(profile, contender, args, cfgdir):
+    procs = Procs()
+    try:
+        cc = link_up(profile)
+        brokers(procs)
+        pre = wb(SRC_NS, ["preload", "--bootstrap", SRC_ADDR, "--topic", "bench",
+                          "--partitions", str(args.partitions), "--bytes", str(args.dataset_mb * 1_000_000)])
+        records, payload = pre["records"], pre["bytes"]
+        timefile = cfgdir / "time.txt"
+        cmd = ["/usr/bin/time", "-o", str(timefile), "-f", "%e %U %S %M"] + contender_cmd(contender, "bench", records, False, cfgdir)
+        start = time.time()
+        p = subprocess.Popen(ns(DST_NS, cmd), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        capped = False
+        try:
+            p.wait(timeout=args.cap_secs)
+        except subprocess.TimeoutExpired:
+            capped = True
+            p.send_signal(signal.SIGTERM)  # /usr/bin/time forwards it
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                p.kill(); p.wait()
+        elapsed = time.time() - start
+        e, u, s_, rss_kb = timefile.read_text().split()[-4:] if timefile.exists() else (elapsed, 0, 0, 0)
+        copied = wb(DST_NS, ["ends", "--bootstrap", DST_ADDR, "--topic", "dc-a.bench"])["end_offsets"]
+        copied_bytes = payload * min(copied, records) / records
+        goodput = copied_bytes / elapsed / 1e6
+        gb = copied_bytes / 1e9
+        res = {
+            "congestion_control": cc, "records": records, "copied_records": copied, "capped": capped,
+            "time_s": round(elapsed, 2), "goodput_MBps": round(goodput, 3),
+            "link_pct": round(100 * goodput * 8 / profile["rate_mbit"], 2),
+            "cpu_s_per_GB": round((float(u) + float(s_)) / gb, 2) if gb > 0 else None,
+            "peak_rss_MB": round(int(rss_kb) / 1024, 1),
+        }
+        if args.latency_secs > 0:
+            res.update(latency(contender, args, cfgdir, procs))
+        return res
+    finally:
+        procs.stop_all()
+        link_down()
+
+
+def latency(contender, args, cfgdir, procs):
+    wb(SRC_NS, ["preload", "--bootstrap", SRC_ADDR, "--topic", "lat", "--partitions", "1", "--bytes", "0"])
+    procs.start(ns(DST_NS, contender_cmd(contender, "lat", 0, True, cfgdir)))
+    n = args.latency_rate * args.latency_secs
+    cons = subprocess.Popen(ns(DST_NS, [str(REL / "wanbench"), "latency-consume", "--bootstrap", DST_ADDR,
+                                        "--topic", "dc-a.lat", "--partitions", "1", "--records", str(n),
+                                        "--timeout-secs", str(args.latency_secs + 90)]),
+                            stdout=subprocess.PIPE, text=True)
+    time.sleep(2)
+    sh(ns(SRC_NS, [str(REL / "wanbench"), "latency-produce", "--bootstrap", SRC_ADDR, "--topic", "lat",
+                   "--rate", str(args.latency_rate), "--seconds", str(args.latency_secs)]))
+    out, _ = cons.communicate(timeout=args.latency_secs + 120)
+    r = json.loads(out.strip().splitlines()[-1])
+    return {"lat_p50_ms": r["p50_ms"], "lat_p99_ms": r["p99_ms"], "lat_p999_ms": r["p999_ms"],
+            "lat_records": r["records"]}
+
+
+def summarise(runs):
+    out = {}
+    for k in runs[0]:
+        vals = [r[k] for r in runs if isinstance(r.get(k), (int, float)) and not isinstance(r.get(k), bool)]
+        if vals:
+            out[k] = {"median": statistics.median(vals), "min": min(vals), "max": max(vals)}
+    return out
+
+
+def write_outputs(results, args, outdir):
+    outdir.mkdir(parents=True, exist_ok=True)
+    (outdir / "results.json").write_text(json.dumps({"args": vars(args), "results": results}, indent=2))
+    lines = ["| RTT ms | loss % | contender | goodput MB/s | % of link | time s | lat p50/p99/p99.9 ms | CPU s/GB | RSS MB |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    fmt = lambda s, k: ("%g (%g–%g)" % (s[k]["median"], s[k]["min"], s[k]["max"])) if k in s else "n/a"
+    for r in results:
+        s = r["summary"]
+        lat = "/".join(str(s[k]["median"]) if k in s else "n/a" for k in ("lat_p50_ms", "lat_p99_ms", "lat_p999_ms"))
+        lines.append(f"| {r['profile']['rtt_ms']} | {r['profile']['loss_pct']} | {r['contender']} | {fmt(s, 'goodput_MBps')} | "
+                     f"{fmt(s, 'link_pct')} | {fmt(s, 'time_s')} | {lat} | {fmt(s, 'cpu_s_per_GB')} | {fmt(s, 'peak_rss_MB')} |")
+    md = "\n".join(lines) + "\n\nEach cell: median (min–max) of %d runs. Link cap %s Mbit/s; dataset %d MB; catch-up capped at %d s.\n" % (
+        args.runs, args.rate_mbit, args.dataset_mb, args.cap_secs)
+    (outdir / "results.md").write_text(md)
+    print(md)
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib missing: no chart", file=sys.stderr)
+        return
+    rtts = sorted({r["profile"]["rtt_ms"] for r in results})
+    fig, axes = plt.subplots(1, len(rtts), figsize=(4 * len(rtts), 3.6), squeeze=False, sharey=True)
+    for ax, rtt in zip(axes[0], rtts):
+        for c in CONTENDERS:
+            pts = sorted((r["profile"]["loss_pct"], r["summary"]["goodput_MBps"]["median"] * 8)
+                         for r in results if r["profile"]["rtt_ms"] == rtt and r["contender"] == c)
+            if pts:
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=c)
+        ax.axhline(args.rate_mbit, color="grey", linestyle="--", label="link capacity")
+        ax.set_title(f"RTT {rtt} ms")
+        ax.set_xlabel("loss %")
+        ax.set_xscale("symlog", linthresh=0.1)
+    axes[0][0].set_ylabel("goodput, Mbit/s")
+    axes[0][-1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(outdir / "goodput.png", dpi=110)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--rtts", default="0,50,100,200")
+    ap.add_argument("--losses", default="0,0.1,1")
+    ap.add_argument("--rate-mbit", type=int, default=200)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--dataset-mb", type=int, default=50)
+    ap.add_argument("--partitions", type=int, default=8)
+    ap.add_argument("--cap-secs", type=int, default=60)
+    ap.add_argument("--latency-secs", type=int, default=10)
+    ap.add_argument("--latency-rate", type=int, default=200)
+    ap.add_argument("--contenders", default=",".join(CONTENDERS))
+    ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
+    ap.add_argument("--smoke", action="store_true", help="one small profile, one run")
+    args = ap.parse_args()
+    if args.smoke:
+        args.rtts, args.losses, args.runs, args.dataset_mb = "20", "0.1", 1, 2
+        args.cap_secs, args.latency_secs, args.latency_rate = 30, 3, 50
+    results = []
+    cfgdir = Path(sh(["mktemp", "-d"]).strip())
+    try:
+        for rtt in [float(x) for x in args.rtts.split(",")]:
+            for loss in [float(x) for x in args.losses.split(",")]:
+                profile = {"rtt_ms": rtt, "loss_pct": loss, "rate_mbit": args.rate_mbit}
+                for c in args.contenders.split(","):
+                    runs = []
+                    for i in range(args.runs):
+                        r = one_run(profile, c, args, cfgdir)
+                        print(f"rtt={rtt} loss={loss} {c} run {i + 1}: {json.dumps(r)}", flush=True)
+                        runs.append(r)
+                    results.append({"profile": profile, "contender": c, "runs": runs, "summary": summarise(runs)})
+                    write_outputs(results, args, Path(args.out))
+    finally:
+        link_down()
+    ok = all(r["summary"].get("goodput_MBps", {}).get("median", 0) > 0 for r in results)
+    sys.exit(0 if ok and results else 1)
+
+
+if __name__ == "__main__":
+    main()

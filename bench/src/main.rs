@@ -1,0 +1,408 @@
+//! `wanbench`: the parts of the benchmark that talk Kafka.
+//!
+//! - `preload`: writes the dataset into the source with librdkafka.
+//! - `baseline`: a MirrorMaker-architecture mirror on librdkafka: one consumer (one
+//!   connection per broker) feeding one producer, partition-preserving.
+//! - `latency-produce` / `latency-consume`: records stamped with their send time at a
+//!   fixed rate, and end-to-end latency percentiles on the far side.
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use hdrhistogram::Histogram;
+use rand::Rng;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::{Offset, TopicPartitionList};
+use wanmirror::kafka::client::Cluster;
+use wanmirror::kafka::connection::SocketOptions;
+
+#[derive(Parser)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Create a topic and fill it with a realistic mixed dataset.
+    Preload {
+        #[arg(long)]
+        bootstrap: String,
+        #[arg(long)]
+        topic: String,
+        #[arg(long, default_value_t = 8)]
+        partitions: i32,
+        /// Payload bytes to write in total.
+        #[arg(long)]
+        bytes: u64,
+    },
+    /// Mirror `topic` from source to destination like MirrorMaker; stop after `records`.
+    Baseline {
+        #[arg(long)]
+        source: String,
+        #[arg(long)]
+        dest: String,
+        #[arg(long)]
+        topic: String,
+        #[arg(long)]
+        dest_topic: String,
+        /// Stop after this many records (0 = run until killed).
+        #[arg(long, default_value_t = 0)]
+        records: u64,
+    },
+    /// Produce `rate` records/s of `size` bytes for `seconds`, stamped with send time.
+    LatencyProduce {
+        #[arg(long)]
+        bootstrap: String,
+        #[arg(long)]
+        topic: String,
+        #[arg(long, default_value_t = 200)]
+        rate: u64,
+        #[arg(long, default_value_t = 1024)]
+        size: usize,
+        #[arg(long, default_value_t = 20)]
+        seconds: u64,
+    },
+    /// Print the sum of a topic's end offsets over all partitions (JSON).
+    Ends {
+        #[arg(long)]
+        bootstrap: String,
+        #[arg(long)]
+        topic: String,
+    },
+    /// Read `records` stamped records from the destination and print latency percentiles (JSON).
+    LatencyConsume {
+        #[arg(long)]
+        bootstrap: String,
+        #[arg(long)]
+        topic: String,
+        #[arg(long)]
+        partitions: i32,
+        #[arg(long)]
+        records: u64,
+        #[arg(long, default_value_t = 120)]
+        timeout_secs: u64,
+    },
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn producer(bootstrap: &str, extra: &[(&str, &str)]) -> Result<BaseProducer> {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", bootstrap)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("message.max.bytes", "2000000");
+    for (k, v) in extra {
+        c.set(*k, *v);
+    }
+    Ok(c.create()?)
+}
+
+fn send(p: &BaseProducer, mut rec: BaseRecord<'_, [u8], [u8]>) -> Result<()> {
+    loop {
+        match p.send(rec) {
+            Ok(()) => return Ok(()),
+            Err((
+                rdkafka::error::KafkaError::MessageProduction(
+                    rdkafka::types::RDKafkaErrorCode::QueueFull,
+                ),
+                back,
+            )) => {
+                p.poll(Duration::from_millis(5));
+                rec = back;
+            }
+            Err((e, _)) => bail!("produce: {e}"),
+        }
+    }
+}
+
+async fn create_topic(bootstrap: &str, topic: &str, partitions: i32) -> Result<()> {
+    let c = Cluster::new("bench", bootstrap, SocketOptions::default());
+    c.create_topic(topic, partitions, 1, &Default::default())
+        .await
+        .context("create topic")?;
+    for _ in 0..100 {
+        if let Some(t) = c.topic(topic).await? {
+            if t.partitions.len() == partitions as usize
+                && t.partitions.iter().all(|p| p.leader >= 0)
+            {
+                return Ok(());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bail!("topic {topic} has no leaders")
+}
+
+/// Mixed record sizes (log-uniform 100 B .. 16 KiB); half compressible text, half random.
+fn preload(bootstrap: &str, topic: &str, partitions: i32, bytes: u64) -> Result<u64> {
+    let p = producer(
+        bootstrap,
+        &[
+            ("compression.codec", "lz4"),
+            ("linger.ms", "20"),
+            ("batch.size", "1000000"),
+        ],
+    )?;
+    let mut rng = rand::rng();
+    let mut written = 0u64;
+    let mut n = 0u64;
+    let words = b"order shipped payment settled customer region warehouse invoice ";
+    while written < bytes {
+        let size = (100f64 * (164f64).powf(rng.random::<f64>())) as usize;
+        let value: Vec<u8> = if n.is_multiple_of(2) {
+            words
+                .iter()
+                .cycle()
+                .skip(n as usize % 13)
+                .take(size)
+                .copied()
+                .collect()
+        } else {
+            (0..size).map(|_| rng.random()).collect()
+        };
+        let key = format!("key-{}", n % 10_000);
+        let part = (n % partitions as u64) as i32;
+        send(
+            &p,
+            BaseRecord::to(topic)
+                .partition(part)
+                .key(key.as_bytes())
+                .payload(value.as_slice()),
+        )?;
+        p.poll(Duration::ZERO);
+        written += size as u64;
+        n += 1;
+    }
+    p.flush(Duration::from_secs(300))?;
+    Ok(n)
+}
+
+fn baseline(source: &str, dest: &str, topic: &str, dest_topic: &str, records: u64) -> Result<()> {
+    // Tuned as a careful MirrorMaker user would: large fetches, deep prefetch queue,
+    // batching producer with idempotence and acks=all, kernel socket autotuning.
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", source)
+        .set("group.id", "wanbench-baseline")
+        .set("enable.auto.commit", "false")
+        .set("fetch.max.bytes", "52428800")
+        .set("max.partition.fetch.bytes", "10485760")
+        .set("fetch.wait.max.ms", "100")
+        .set("queued.max.messages.kbytes", "1048576")
+        .set("socket.receive.buffer.bytes", "0")
+        .create()?;
+    let rt = tokio::runtime::Runtime::new()?;
+    let meta = rt.block_on(async {
+        let c = Cluster::new("src", source, SocketOptions::default());
+        c.topic(topic).await
+    })?;
+    let Some(meta) = meta else {
+        bail!("source topic {topic} not found")
+    };
+    let parts = meta.partitions.len() as i32;
+    let dst_exists = rt.block_on(async {
+        Cluster::new("dst", dest, SocketOptions::default())
+            .topic(dest_topic)
+            .await
+    })?;
+    if dst_exists.is_none() {
+        rt.block_on(create_topic(dest, dest_topic, parts))?;
+    }
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..parts {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)?;
+    }
+    consumer.assign(&tpl)?;
+    let p = producer(
+        dest,
+        &[
+            ("linger.ms", "20"),
+            ("batch.size", "1000000"),
+            ("compression.codec", "lz4"),
+            ("queue.buffering.max.kbytes", "1048576"),
+        ],
+    )?;
+    let mut copied = 0u64;
+    while records == 0 || copied < records {
+        match consumer.poll(Duration::from_millis(100)) {
+            None => {
+                p.poll(Duration::ZERO);
+                continue;
+            }
+            Some(Err(e)) => bail!("consume: {e}"),
+            Some(Ok(m)) => {
+                let mut rec: BaseRecord<'_, [u8], [u8]> =
+                    BaseRecord::to(dest_topic).partition(m.partition());
+                if let Some(k) = m.key() {
+                    rec = rec.key(k);
+                }
+                if let Some(v) = m.payload() {
+                    rec = rec.payload(v);
+                }
+                if let Some(ts) = m.timestamp().to_millis() {
+                    rec = rec.timestamp(ts);
+                }
+                if let Some(h) = m.headers() {
+                    rec = rec.headers(h.detach());
+                }
+                send(&p, rec)?;
+                p.poll(Duration::ZERO);
+                copied += 1;
+            }
+        }
+    }
+    p.flush(Duration::from_secs(300))?;
+    Ok(())
+}
+
+fn latency_produce(
+    bootstrap: &str,
+    topic: &str,
+    rate: u64,
+    size: usize,
+    seconds: u64,
+) -> Result<u64> {
+    let p = producer(bootstrap, &[("linger.ms", "0")])?;
+    let start = Instant::now();
+    let total = rate * seconds;
+    let value = vec![b'x'; size];
+    for i in 0..total {
+        let due = start + Duration::from_nanos(i * 1_000_000_000 / rate);
+        let now = Instant::now();
+        if due > now {
+            std::thread::sleep(due - now);
+        }
+        let key = i.to_string();
+        send(
+            &p,
+            BaseRecord::to(topic)
+                .key(key.as_bytes())
+                .payload(value.as_slice())
+                .timestamp(now_ms()),
+        )?;
+        p.poll(Duration::ZERO);
+    }
+    p.flush(Duration::from_secs(60))?;
+    Ok(total)
+}
+
+fn latency_consume(
+    bootstrap: &str,
+    topic: &str,
+    partitions: i32,
+    records: u64,
+    timeout: u64,
+) -> Result<()> {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", "wanbench-latency")
+        .set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", "10")
+        .create()?;
+    let deadline = Instant::now() + Duration::from_secs(timeout);
+    // Wait for the mirror to create the topic.
+    loop {
+        let md = c.fetch_metadata(Some(topic), Duration::from_secs(5))?;
+        if md
+            .topics()
+            .iter()
+            .any(|t| t.name() == topic && t.partitions().len() == partitions as usize)
+        {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("topic {topic} never appeared");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)?;
+    }
+    c.assign(&tpl)?;
+    let mut h = Histogram::<u64>::new(3)?;
+    let mut n = 0;
+    while n < records && Instant::now() < deadline {
+        if let Some(Ok(m)) = c.poll(Duration::from_millis(100)) {
+            if let Some(ts) = m.timestamp().to_millis() {
+                h.saturating_record((now_ms() - ts).max(0) as u64);
+                n += 1;
+            }
+        }
+    }
+    println!(
+        "{}",
+        serde_json::json!({
+            "records": n, "expected": records,
+            "p50_ms": h.value_at_quantile(0.5), "p99_ms": h.value_at_quantile(0.99),
+            "p999_ms": h.value_at_quantile(0.999), "max_ms": h.max(),
+        })
+    );
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().cmd {
+        Cmd::Preload {
+            bootstrap,
+            topic,
+            partitions,
+            bytes,
+        } => {
+            let rt = tokio::runtime::Runtime::new()?;
+            rt.block_on(create_topic(&bootstrap, &topic, partitions))?;
+            let n = preload(&bootstrap, &topic, partitions, bytes)?;
+            println!("{}", serde_json::json!({"records": n, "bytes": bytes}));
+        }
+        Cmd::Baseline {
+            source,
+            dest,
+            topic,
+            dest_topic,
+            records,
+        } => baseline(&source, &dest, &topic, &dest_topic, records)?,
+        Cmd::LatencyProduce {
+            bootstrap,
+            topic,
+            rate,
+            size,
+            seconds,
+        } => {
+            let rt = tokio::runtime::Runtime::new()?;
+            rt.block_on(create_topic(&bootstrap, &topic, 1))?;
+            latency_produce(&bootstrap, &topic, rate, size, seconds)?;
+        }
+        Cmd::Ends { bootstrap, topic } => {
+            let rt = tokio::runtime::Runtime::new()?;
+            let total = rt.block_on(async {
+                let c = Cluster::new("ends", &bootstrap, SocketOptions::default());
+                let mut total = 0i64;
+                if let Some(t) = c.topic(&topic).await? {
+                    for p in t.partitions {
+                        total += c.end_offset(&topic, p.index).await?;
+                    }
+                }
+                anyhow::Ok(total)
+            })?;
+            println!("{}", serde_json::json!({"end_offsets": total}));
+        }
+        Cmd::LatencyConsume {
+            bootstrap,
+            topic,
+            partitions,
+            records,
+            timeout_secs,
+        } => latency_consume(&bootstrap, &topic, partitions, records, timeout_secs)?,
+    }
+    Ok(())
+}
