@@ -18,7 +18,7 @@ if [ "${#need[@]}" -gt 0 ]; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 cargo build --release -q -p wanlink
-WL=target/release/wanlink
+WL="${CARGO_TARGET_DIR:-target}/release/wanlink"
 trap '$WL down --name $NAME >/dev/null 2>&1 || true' EXIT
 sysctl -qw net.ipv4.tcp_allowed_congestion_control="reno bbr cubic"
 
