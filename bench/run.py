@@ -5,7 +5,7 @@ MirrorMaker-style librdkafka baseline, over the emulated link of netem/.
 One command: `python3 bench/run.py` (root). `--smoke` runs one small profile.
 Results: bench/results/results.{json,md} and goodput.png.
 """
-import argparse, json, os, signal, statistics, subprocess, sys, time
+import argparse, json, os, statistics, subprocess, sys, time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -130,13 +130,19 @@ def one_run(profile, contender, args, cfgdir):
             p.wait(timeout=args.cap_secs)
         except subprocess.TimeoutExpired:
             capped = True
-            p.send_signal(signal.SIGTERM)  # /usr/bin/time forwards it
+            # Stop the contender, not /usr/bin/time (which must live to write its report).
+            subprocess.run(["pkill", "-TERM", "-P", str(p.pid)], capture_output=True)
             try:
                 p.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 p.kill(); p.wait()
         elapsed = time.time() - start
-        e, u, s_, rss_kb = timefile.read_text().split()[-4:] if timefile.exists() else (elapsed, 0, 0, 0)
+        fields = timefile.read_text().split()[-4:] if timefile.exists() else []
+        if len(fields) == 4:
+            u, s_, rss_kb = float(fields[1]), float(fields[2]), int(fields[3])
+        else:
+            u = s_ = rss_kb = None
+        timefile.unlink(missing_ok=True)
         copied = wb(DST_NS, ["ends", "--bootstrap", DST_ADDR, "--topic", "dc-a.bench"])["end_offsets"]
         frac = min(copied, records) / records
         copied_bytes = payload * frac
@@ -149,8 +155,8 @@ def one_run(profile, contender, args, cfgdir):
             # Share of the link: compressed batch bytes as they cross it, not payload.
             "wire_Mbps": round(wire_mbit, 2),
             "link_pct": round(100 * wire_mbit / profile["rate_mbit"], 2),
-            "cpu_s_per_GB": round((float(u) + float(s_)) / gb, 2) if gb > 0 else None,
-            "peak_rss_MB": round(int(rss_kb) / 1024, 1),
+            "cpu_s_per_GB": round((u + s_) / gb, 2) if gb > 0 and u is not None else None,
+            "peak_rss_MB": round(rss_kb / 1024, 1) if rss_kb is not None else None,
         }
         if args.latency_secs > 0:
             res.update(latency(contender, args, cfgdir, procs))
@@ -240,17 +246,25 @@ def main():
     ap.add_argument("--contenders", default=",".join(CONTENDERS), help="subset of: " + ", ".join(CONTENDERS))
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"), help="output directory")
     ap.add_argument("--smoke", action="store_true", help="one small profile, one run")
+    ap.add_argument("--resume", action="store_true", help="keep results already in --out and run only the missing ones")
     args = ap.parse_args()
     if args.smoke:
         args.rtts, args.losses, args.runs, args.dataset_mb = "20", "0.1", 1, 2
         args.cap_secs, args.latency_secs, args.latency_rate = 30, 3, 50
     results = []
+    out = Path(args.out)
+    if args.resume and (out / "results.json").exists():
+        results = json.loads((out / "results.json").read_text())["results"]
+        print(f"resuming: {len(results)} profile/contender results kept", flush=True)
+    done = {(r["profile"]["rtt_ms"], r["profile"]["loss_pct"], r["contender"]) for r in results}
     cfgdir = Path(sh(["mktemp", "-d"]).strip())
     try:
         for rtt in [float(x) for x in args.rtts.split(",")]:
             for loss in [float(x) for x in args.losses.split(",")]:
                 profile = {"rtt_ms": rtt, "loss_pct": loss, "rate_mbit": args.rate_mbit}
                 for c in args.contenders.split(","):
+                    if (rtt, loss, c) in done:
+                        continue
                     runs = []
                     for i in range(args.runs):
                         r = one_run(profile, c, args, cfgdir)

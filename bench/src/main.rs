@@ -191,13 +191,17 @@ fn preload(bootstrap: &str, topic: &str, partitions: i32, bytes: u64) -> Result<
 /// Bytes of record batches stored in a topic (compressed, as they cross the link).
 async fn wire_bytes(bootstrap: &str, topic: &str) -> Result<u64> {
     let c = Cluster::new("wire", bootstrap, SocketOptions::default());
-    let Some(t) = c.topic(topic).await? else { return Ok(0) };
+    let Some(t) = c.topic(topic).await? else {
+        return Ok(0);
+    };
     let mut total = 0u64;
     for p in t.partitions {
         let end = c.end_offset(topic, p.index).await?;
         let mut next = 0;
         while next < end {
-            let f = c.fetch(topic, p.index, next, 8 << 20, Duration::ZERO).await?;
+            let f = c
+                .fetch(topic, p.index, next, 8 << 20, Duration::ZERO)
+                .await?;
             let batches = wanmirror::kafka::batch::split_batches(&f.records)?;
             let Some(last) = batches.last() else { break };
             next = last.header.next_offset();
@@ -382,7 +386,10 @@ fn main() -> Result<()> {
             rt.block_on(create_topic(&bootstrap, &topic, partitions))?;
             let n = preload(&bootstrap, &topic, partitions, bytes)?;
             let wire = rt.block_on(wire_bytes(&bootstrap, &topic))?;
-            println!("{}", serde_json::json!({"records": n, "bytes": bytes, "wire_bytes": wire}));
+            println!(
+                "{}",
+                serde_json::json!({"records": n, "bytes": bytes, "wire_bytes": wire})
+            );
         }
         Cmd::Baseline {
             source,
