@@ -14,7 +14,6 @@ const LOG_OVERHEAD: usize = 12;
 const CRC_START: usize = 21;
 
 const ATTR_COMPRESSION_MASK: i16 = 0x07;
-const ATTR_TIMESTAMP_TYPE: i16 = 0x08;
 const ATTR_TRANSACTIONAL: i16 = 0x10;
 const ATTR_CONTROL: i16 = 0x20;
 
@@ -81,9 +80,6 @@ impl BatchHeader {
     }
     pub fn compression(&self) -> i16 {
         self.attributes & ATTR_COMPRESSION_MASK
-    }
-    pub fn log_append_time(&self) -> bool {
-        self.attributes & ATTR_TIMESTAMP_TYPE != 0
     }
     /// Offsets inside the batch are dense: one record per offset. Compaction breaks this.
     pub fn is_dense(&self) -> bool {

@@ -39,7 +39,6 @@ pub struct TopicMeta {
 pub struct Fetched {
     pub records: Bytes,
     pub high_watermark: i64,
-    pub log_start_offset: i64,
 }
 
 /// The live state of a cluster: brokers, leaders, and one connection per broker.

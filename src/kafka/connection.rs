@@ -124,10 +124,6 @@ impl Connection {
         !self.dead.load(Ordering::Relaxed) && !self.tx.is_closed()
     }
 
-    pub fn versions(&self) -> &Versions {
-        &self.versions
-    }
-
     async fn negotiate(&self) -> Result<Versions> {
         // v3 is flexible and carries our client name; brokers that do not know it answer
         // UNSUPPORTED_VERSION in a v0 body, after which v0 is asked.
@@ -157,11 +153,6 @@ impl Connection {
     pub async fn send_wait<R: Request>(&self, req: &R, wait: Duration) -> Result<R::Response> {
         let version = self.versions.pick::<R>(&self.addr)?;
         self.send_versioned_wait(req, version, wait).await
-    }
-
-    /// The version [`Connection::send`] would use for `R`.
-    pub fn version_of<R: Request>(&self) -> Result<i16> {
-        self.versions.pick::<R>(&self.addr)
     }
 
     /// Sends a request at an explicit version.

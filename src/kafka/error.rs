@@ -62,13 +62,6 @@ pub enum KafkaError {
         bootstrap: String,
         last: String,
     },
-    #[error("corrupt record batch in {topic}/{partition} at offset {offset}: {reason}")]
-    CorruptBatch {
-        topic: String,
-        partition: i32,
-        offset: i64,
-        reason: String,
-    },
 }
 
 impl KafkaError {

@@ -216,7 +216,6 @@ async fn round_trip(conn: &Connection, wants: Vec<Want>) {
             Some(p) => Ok(Fetched {
                 records: p.records.unwrap_or_default(),
                 high_watermark: p.high_watermark,
-                log_start_offset: p.log_start_offset,
             }),
         };
         let _ = w.reply.send(answer);

@@ -12,7 +12,7 @@ pub mod sink;
 pub mod tail;
 pub mod topics;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -134,7 +134,7 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<Outcome, StartError
         config,
     };
 
-    let plans = topics::plan(&shared, &BTreeSet::new()).await?;
+    let plans = topics::plan(&shared).await?;
     for plan in &plans {
         topics::check_count(plan)?;
     }
@@ -264,8 +264,7 @@ async fn discovery_loop(
     let every = Duration::from_secs(shared.config.mirror.metadata_refresh_secs);
     loop {
         tokio::time::sleep(every).await;
-        let skip = BTreeSet::new();
-        let plans = match topics::plan(&shared, &skip).await {
+        let plans = match topics::plan(&shared).await {
             Ok(p) => p,
             Err(MirrorError::Topic { topic, detail }) => {
                 tracing::error!(%topic, %detail, "topic refused");
@@ -279,13 +278,13 @@ async fn discovery_loop(
         for plan in plans {
             let n = plan.source.partitions.len();
             let new_jobs = match known.get(&plan.source.name) {
-                None if topics::check_count(&plan).is_err() => {
-                    topics::check_count(&plan).map(|_| vec![])
-                }
-                None => {
-                    tracing::info!(topic = %plan.source.name, partitions = n, "new source topic");
-                    topics::prepare(&shared, &plan).await
-                }
+                None => match topics::check_count(&plan) {
+                    Err(e) => Err(e),
+                    Ok(()) => {
+                        tracing::info!(topic = %plan.source.name, partitions = n, "new source topic");
+                        topics::prepare(&shared, &plan).await
+                    }
+                },
                 Some((_, old)) if *old < n => {
                     tracing::info!(topic = %plan.source.name, from = old, to = n, "source topic gained partitions");
                     match topics::grow(&shared, &plan.dest_topic, n).await {

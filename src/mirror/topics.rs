@@ -1,7 +1,7 @@
 //! Which source topics are mirrored, where they go, and making the destination ready:
 //! naming, loop safety, partition counts and the configs that matter for a copy.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use crate::kafka::client::TopicMeta;
 use crate::mirror::error::MirrorError;
@@ -68,7 +68,7 @@ pub async fn source_origins(shared: &Shared) -> Result<BTreeMap<String, String>,
 }
 
 /// Lists matching source topics and checks their destinations. Writes nothing.
-pub async fn plan(shared: &Shared, skip: &BTreeSet<String>) -> Result<Vec<TopicPlan>, MirrorError> {
+pub async fn plan(shared: &Shared) -> Result<Vec<TopicPlan>, MirrorError> {
     let src = &shared.source;
     let dst = &shared.dest;
     let origins = source_origins(shared).await?;
@@ -78,7 +78,7 @@ pub async fn plan(shared: &Shared, skip: &BTreeSet<String>) -> Result<Vec<TopicP
         .map_err(|e| MirrorError::kafka(src.name(), e))?;
     let mut out = Vec::new();
     for t in all {
-        if skip.contains(&t.name) || t.internal || !shared.filter.matches(&t.name) {
+        if t.internal || !shared.filter.matches(&t.name) {
             continue;
         }
         if let Some(why) = loop_guard(&t.name, dst.name(), &origins) {
