@@ -146,6 +146,46 @@ pub struct Config {
     pub source: ClusterConfig,
     pub destination: ClusterConfig,
     pub mirror: MirrorConfig,
+    #[serde(default)]
+    pub transport: TransportConfig,
+}
+
+/// How data crosses the WAN: the fetch connection pool and socket settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TransportConfig {
+    /// Fewest catch-up connections kept per source broker.
+    pub pool_min: usize,
+    /// Most catch-up connections per source broker.
+    pub pool_max: usize,
+    /// Pool size when catch-up starts; it then grows while goodput rises.
+    pub pool_initial: usize,
+    /// Bytes asked for per piece of a lagging partition (at least one whole batch is
+    /// always asked for).
+    pub piece_bytes: usize,
+    /// A partition further behind than this (estimated bytes) is split into pieces
+    /// fetched in parallel; closer to the end it is read with one fetch at a time.
+    pub split_bytes: usize,
+    /// Fixed socket receive buffer. Unset leaves it to kernel autotuning, which a
+    /// fixed size turns off.
+    pub recv_buffer_bytes: Option<usize>,
+    /// TCP congestion control (e.g. "bbr") for destination connections, where this
+    /// process is the sender. Unset keeps the system default.
+    pub destination_congestion: Option<String>,
+}
+
+impl Default for TransportConfig {
+    fn default() -> Self {
+        TransportConfig {
+            pool_min: 1,
+            pool_max: 256,
+            pool_initial: 16,
+            piece_bytes: 256 * 1024,
+            split_bytes: 4 * 1024 * 1024,
+            recv_buffer_bytes: None,
+            destination_congestion: None,
+        }
+    }
 }
 
 /// The topic selection compiled from `topics` and `exclude`.
@@ -279,6 +319,45 @@ impl Config {
                 "intervals must be at least 1 second".into(),
             ));
         }
+        let t = &self.transport;
+        if t.pool_min == 0 || t.pool_max < t.pool_min || t.pool_max > 4096 {
+            return Err(bad(
+                "transport.pool_max",
+                format!(
+                    "need 1 <= pool_min <= pool_max <= 4096 (got {} and {})",
+                    t.pool_min, t.pool_max
+                ),
+            ));
+        }
+        if t.pool_initial < t.pool_min || t.pool_initial > t.pool_max {
+            return Err(bad(
+                "transport.pool_initial",
+                format!(
+                    "must lie between pool_min {} and pool_max {}",
+                    t.pool_min, t.pool_max
+                ),
+            ));
+        }
+        if t.piece_bytes < 1024 || t.piece_bytes > 64 * 1024 * 1024 {
+            return Err(bad(
+                "transport.piece_bytes",
+                "must be between 1 KiB and 64 MiB".into(),
+            ));
+        }
+        if t.recv_buffer_bytes.is_some_and(|b| b < 4096) {
+            return Err(bad(
+                "transport.recv_buffer_bytes",
+                "must be at least 4096 (or unset for autotuning)".into(),
+            ));
+        }
+        if let Some(cc) = &t.destination_congestion {
+            if cc.is_empty() || !cc.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                return Err(bad(
+                    "transport.destination_congestion",
+                    format!("{cc:?} is not a congestion control name (e.g. \"bbr\", \"cubic\")"),
+                ));
+            }
+        }
         if m.replication_factor == 0 || m.replication_factor < -1 {
             return Err(bad(
                 "mirror.replication_factor",
@@ -368,6 +447,21 @@ topics = ["orders", "payments\\..*"]
     fn bad_regex_is_named() {
         let e = err(&GOOD.replace("\"orders\",", "\"ord(ers\","));
         assert!(e.contains("mirror.topics") && e.contains("ord(ers"), "{e}");
+    }
+
+    #[test]
+    fn transport_defaults_and_bounds() {
+        let c = Config::parse("t", GOOD).unwrap();
+        assert_eq!(c.transport.pool_max, 256);
+        assert_eq!(c.transport.recv_buffer_bytes, None);
+        let with = |t: &str| format!("{GOOD}[transport]\n{t}\n");
+        assert!(err(&with("pool_max = 0")).contains("transport.pool_max"));
+        assert!(err(&with("pool_initial = 999")).contains("transport.pool_initial"));
+        assert!(err(&with("piece_bytes = 10")).contains("transport.piece_bytes"));
+        assert!(err(&with("destination_congestion = \"b b\"")).contains("congestion"));
+        assert!(err(&with("pool = 3")).contains("unknown field"));
+        let c = Config::parse("t", &with("pool_max = 8\npool_initial = 4")).unwrap();
+        assert_eq!((c.transport.pool_max, c.transport.pool_initial), (8, 4));
     }
 
     #[test]

@@ -1,8 +1,10 @@
 //! wanmirror: an offset-identical Kafka mirror for long, lossy links between data centres.
 //!
-//! Layers: [`kafka`] (client), [`mirror`] (pipeline), [`config`], and [`demo`].
+//! Layers: [`kafka`] (client), [`transport`] (connection pools), [`mirror`] (pipeline),
+//! [`config`], and [`demo`].
 
 pub mod config;
 pub mod demo;
 pub mod kafka;
 pub mod mirror;
+pub mod transport;

@@ -17,6 +17,8 @@ use tokio::sync::Mutex;
 use super::connection::{Connection, SocketOptions};
 use super::error::{KafkaError, Result};
 use super::fetch_mux::FetchMux;
+use crate::transport::pool::{Pool, Reports};
+use crate::transport::sizer::PoolConfig;
 
 /// One partition as metadata describes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,6 +41,8 @@ pub struct TopicMeta {
 pub struct Fetched {
     pub records: Bytes,
     pub high_watermark: i64,
+    /// The pool connection that carried it (0: the long-poll connection).
+    pub conn: u64,
 }
 
 /// The live state of a cluster: brokers, leaders, and one connection per broker.
@@ -46,6 +50,10 @@ pub struct Cluster {
     name: String,
     bootstrap: Vec<String>,
     opts: SocketOptions,
+    pool: PoolConfig,
+    /// How often pools log their goodput and RTT.
+    report_every: Duration,
+    reports: Reports,
     state: Mutex<State>,
 }
 
@@ -55,11 +63,29 @@ struct State {
     topics: BTreeMap<String, TopicMeta>,
     conns: HashMap<i32, Connection>,
     muxes: HashMap<i32, FetchMux>,
+    pools: HashMap<i32, Arc<Pool>>,
     bootstrap_conn: Option<Connection>,
 }
 
 impl Cluster {
     pub fn new(name: &str, bootstrap: &str, opts: SocketOptions) -> Arc<Cluster> {
+        Self::with_pool(
+            name,
+            bootstrap,
+            opts,
+            PoolConfig::default(),
+            Duration::from_secs(10),
+        )
+    }
+
+    /// A cluster whose catch-up fetches use pools of `pool` size per broker.
+    pub fn with_pool(
+        name: &str,
+        bootstrap: &str,
+        opts: SocketOptions,
+        pool: PoolConfig,
+        report_every: Duration,
+    ) -> Arc<Cluster> {
         Arc::new(Cluster {
             name: name.to_string(),
             bootstrap: bootstrap
@@ -68,12 +94,20 @@ impl Cluster {
                 .filter(|s| !s.is_empty())
                 .collect(),
             opts,
+            pool,
+            report_every,
+            reports: Reports::default(),
             state: Mutex::new(State::default()),
         })
     }
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The latest window of every fetch pool, by broker.
+    pub fn pool_reports(&self) -> Reports {
+        self.reports.clone()
     }
 
     /// Any live connection: a known broker, else a bootstrap address.
@@ -278,18 +312,55 @@ impl Cluster {
             .await
     }
 
+    /// A catch-up fetch of one offset range's start, over the broker's connection pool:
+    /// no long poll, no fetch session, so many can run in parallel for one partition.
+    pub async fn fetch_piece(
+        &self,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+        max_bytes: i32,
+    ) -> Result<Fetched> {
+        let leader = self.leader_of(topic, partition).await?;
+        let pool = self.pool(leader).await?;
+        pool.fetch(topic, partition, offset, max_bytes).await
+    }
+
+    async fn pool(&self, broker: i32) -> Result<Arc<Pool>> {
+        let mut st = self.state.lock().await;
+        let addr = self.addr_of(&st, broker)?;
+        match st.pools.get(&broker) {
+            Some(p) if p.addr() == addr => Ok(p.clone()),
+            _ => {
+                let p = Pool::spawn(
+                    &self.name,
+                    broker,
+                    &addr,
+                    self.opts.clone(),
+                    self.pool,
+                    self.report_every,
+                    self.reports.clone(),
+                );
+                st.pools.insert(broker, p.clone());
+                Ok(p)
+            }
+        }
+    }
+
+    fn addr_of(&self, st: &State, broker: i32) -> Result<String> {
+        st.brokers
+            .get(&broker)
+            .cloned()
+            .ok_or_else(|| KafkaError::Unreachable {
+                cluster: self.name.clone(),
+                bootstrap: self.bootstrap.join(","),
+                last: format!("broker {broker} is not in metadata"),
+            })
+    }
+
     async fn fetch_mux(&self, broker: i32) -> Result<FetchMux> {
         let mut st = self.state.lock().await;
-        let addr = match st.brokers.get(&broker) {
-            Some(a) => a.clone(),
-            None => {
-                return Err(KafkaError::Unreachable {
-                    cluster: self.name.clone(),
-                    bootstrap: self.bootstrap.join(","),
-                    last: format!("broker {broker} is not in metadata"),
-                })
-            }
-        };
+        let addr = self.addr_of(&st, broker)?;
         match st.muxes.get(&broker) {
             Some(m) if m.addr() == addr => Ok(m.clone()),
             _ => {

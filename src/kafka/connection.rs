@@ -7,7 +7,7 @@
 //! Pooling several connections per broker is built on top of this type.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -44,6 +44,17 @@ pub struct Connection {
     versions: Arc<Versions>,
     dead: Arc<AtomicBool>,
     request_timeout: Duration,
+    stats: Arc<ConnStats>,
+}
+
+/// What one connection has carried, for goodput and RTT reports.
+#[derive(Debug, Default)]
+pub struct ConnStats {
+    /// Response bytes received (frames, without the length prefix).
+    pub bytes_in: AtomicU64,
+    pub responses: AtomicU64,
+    /// The kernel's smoothed RTT of this socket in microseconds (TCP_INFO), 0 if unknown.
+    pub srtt_us: AtomicU32,
 }
 
 /// Socket options applied when connecting.
@@ -55,6 +66,9 @@ pub struct SocketOptions {
     pub recv_buffer: Option<usize>,
     /// How long [`crate::kafka::client::Cluster::retry`] keeps retrying a transient failure.
     pub retry_deadline: Duration,
+    /// TCP congestion control for this socket (e.g. "bbr"); `None` keeps the system's.
+    /// It governs what we send, so it matters on connections where we are the sender.
+    pub congestion: Option<String>,
 }
 
 impl Default for SocketOptions {
@@ -64,6 +78,7 @@ impl Default for SocketOptions {
             request_timeout: Duration::from_secs(30),
             recv_buffer: None,
             retry_deadline: Duration::from_secs(60),
+            congestion: None,
         }
     }
 }
@@ -86,15 +101,24 @@ impl Connection {
             .map_err(connect_err)?;
         // Small requests (fetch, acks) must not wait for Nagle.
         stream.set_nodelay(true).map_err(connect_err)?;
+        let sock = socket2::SockRef::from(&stream);
         if let Some(size) = opts.recv_buffer {
-            let sock = socket2::SockRef::from(&stream);
             sock.set_recv_buffer_size(size).map_err(connect_err)?;
+        }
+        if let Some(cc) = &opts.congestion {
+            sock.set_tcp_congestion(cc.as_bytes()).map_err(|e| {
+                connect_err(std::io::Error::new(
+                    e.kind(),
+                    format!("congestion control {cc:?}: {e}"),
+                ))
+            })?;
         }
         let (rd, wr) = stream.into_split();
         let pending: Pending = Arc::new(Mutex::new(HashMap::new()));
         let dead = Arc::new(AtomicBool::new(false));
         let (tx, rx) = mpsc::channel::<Outgoing>(1024);
         let addr_arc: Arc<str> = Arc::from(addr);
+        let stats = Arc::new(ConnStats::default());
         tokio::spawn(write_loop(
             addr_arc.clone(),
             wr,
@@ -102,7 +126,13 @@ impl Connection {
             pending.clone(),
             dead.clone(),
         ));
-        tokio::spawn(read_loop(addr_arc.clone(), rd, pending, dead.clone()));
+        tokio::spawn(read_loop(
+            addr_arc.clone(),
+            rd,
+            pending,
+            dead.clone(),
+            stats.clone(),
+        ));
 
         let mut conn = Connection {
             addr: addr_arc,
@@ -110,6 +140,7 @@ impl Connection {
             versions: Arc::new(Versions::default()),
             dead,
             request_timeout: opts.request_timeout,
+            stats,
         };
         conn.versions = Arc::new(conn.negotiate().await?);
         Ok(conn)
@@ -117,6 +148,10 @@ impl Connection {
 
     pub fn addr(&self) -> &str {
         &self.addr
+    }
+
+    pub fn stats(&self) -> &ConnStats {
+        &self.stats
     }
 
     /// False once the socket failed; the owner should reconnect.
@@ -300,6 +335,7 @@ async fn read_loop(
     mut rd: tokio::net::tcp::OwnedReadHalf,
     pending: Pending,
     dead: Arc<AtomicBool>,
+    stats: Arc<ConnStats>,
 ) {
     loop {
         let len = match rd.read_i32().await {
@@ -317,6 +353,11 @@ async fn read_loop(
         if let Err(e) = rd.read_exact(&mut buf).await {
             fail_all(&addr, &pending, &dead, &e.to_string());
             return;
+        }
+        stats.bytes_in.fetch_add(len as u64, Ordering::Relaxed);
+        stats.responses.fetch_add(1, Ordering::Relaxed);
+        if let Some(rtt) = srtt_us(rd.as_ref()) {
+            stats.srtt_us.store(rtt, Ordering::Relaxed);
         }
         let mut frame: Bytes = buf.freeze();
         let correlation = frame.clone().get_i32();
@@ -339,6 +380,25 @@ async fn read_loop(
                 return;
             }
         }
+    }
+}
+
+/// The kernel's smoothed round-trip time of a socket (Linux TCP_INFO), in microseconds.
+fn srtt_us(stream: &TcpStream) -> Option<u32> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: getsockopt writes at most `len` bytes into `info`, a plain C struct that
+    // is valid when zeroed; the fd belongs to `stream`, which is borrowed for the call.
+    unsafe {
+        let mut info: libc::tcp_info = std::mem::zeroed();
+        let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+        let rc = libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            &mut info as *mut _ as *mut libc::c_void,
+            &mut len,
+        );
+        (rc == 0 && info.tcpi_rtt > 0).then_some(info.tcpi_rtt)
     }
 }
 

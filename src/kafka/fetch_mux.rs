@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+use kafka_protocol::messages::fetch_response::PartitionData;
 use kafka_protocol::messages::{BrokerId, FetchRequest, TopicName};
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
@@ -134,23 +135,65 @@ async fn round_trip(conn: &Connection, wants: Vec<Want>) {
         .map(|w| w.max_wait)
         .min()
         .unwrap_or(Duration::ZERO);
-    let mut by_topic: Vec<(String, Vec<FetchPartition>)> = Vec::new();
+    let req = fetch_request(
+        wants
+            .iter()
+            .map(|w| (w.topic.as_str(), w.partition, w.offset, w.max_bytes)),
+        max_wait,
+    );
+    let mut answers = match send_fetch(conn, &req, max_wait).await {
+        Ok(a) => a,
+        Err(e) => {
+            for w in wants {
+                let _ = w.reply.send(Err(for_each_caller(&e, conn.addr())));
+            }
+            return;
+        }
+    };
+    for w in wants {
+        let answer = answers.take(conn.addr(), &w.topic, w.partition);
+        let _ = w.reply.send(answer);
+    }
+}
+
+/// The error of a shared request, once per caller (errors are not `Clone`).
+fn for_each_caller(e: &KafkaError, addr: &str) -> KafkaError {
+    match e {
+        KafkaError::Broker { api, code, detail } => KafkaError::Broker {
+            api,
+            code: *code,
+            detail: detail.clone(),
+        },
+        other => KafkaError::ConnectionLost {
+            addr: addr.to_string(),
+            reason: other.to_string(),
+        },
+    }
+}
+
+/// A sessionless Fetch (no incremental fetch session: every request names its
+/// partitions and offsets) for `(topic, partition, offset, max_bytes)` wishes.
+pub(crate) fn fetch_request<'a>(
+    wants: impl Iterator<Item = (&'a str, i32, i64, i32)>,
+    max_wait: Duration,
+) -> FetchRequest {
+    let mut by_topic: Vec<(&str, Vec<FetchPartition>)> = Vec::new();
     let mut total: i64 = 0;
-    for w in &wants {
-        total += w.max_bytes as i64;
+    for (topic, partition, offset, max_bytes) in wants {
+        total += max_bytes as i64;
         let p = FetchPartition::default()
-            .with_partition(w.partition)
+            .with_partition(partition)
             .with_current_leader_epoch(-1)
-            .with_fetch_offset(w.offset)
+            .with_fetch_offset(offset)
             .with_last_fetched_epoch(-1)
             .with_log_start_offset(-1)
-            .with_partition_max_bytes(w.max_bytes);
-        match by_topic.iter_mut().find(|(t, _)| *t == w.topic) {
+            .with_partition_max_bytes(max_bytes);
+        match by_topic.iter_mut().find(|(t, _)| *t == topic) {
             Some((_, ps)) => ps.push(p),
-            None => by_topic.push((w.topic.clone(), vec![p])),
+            None => by_topic.push((topic, vec![p])),
         }
     }
-    let req = FetchRequest::default()
+    FetchRequest::default()
         .with_replica_id(BrokerId(-1))
         .with_max_wait_ms(max_wait.as_millis() as i32)
         .with_min_bytes(1)
@@ -163,61 +206,59 @@ async fn round_trip(conn: &Connection, wants: Vec<Want>) {
                 .into_iter()
                 .map(|(t, ps)| {
                     FetchTopic::default()
-                        .with_topic(TopicName(StrBytes::from_string(t)))
+                        .with_topic(TopicName(StrBytes::from_string(t.to_string())))
                         .with_partitions(ps)
                 })
                 .collect(),
-        );
-    let resp = match conn.send_wait(&req, max_wait).await {
-        Ok(r) => r,
-        Err(e) => {
-            let reason = e.to_string();
-            for w in wants {
-                let _ = w.reply.send(Err(KafkaError::ConnectionLost {
-                    addr: conn.addr().to_string(),
-                    reason: reason.clone(),
-                }));
-            }
-            return;
-        }
-    };
+        )
+}
+
+/// The partitions of one Fetch response, to be taken one by one.
+pub(crate) struct Answers(HashMap<(String, i32), PartitionData>);
+
+/// Sends a Fetch and waits out any throttle the broker asks for.
+pub(crate) async fn send_fetch(
+    conn: &Connection,
+    req: &FetchRequest,
+    max_wait: Duration,
+) -> Result<Answers> {
+    let resp = conn.send_wait(req, max_wait).await?;
     if resp.throttle_time_ms > 0 {
         tokio::time::sleep(Duration::from_millis(resp.throttle_time_ms as u64)).await;
     }
     if resp.error_code != 0 {
-        for w in wants {
-            let _ = w
-                .reply
-                .send(Err(broker_err("Fetch", resp.error_code, None)));
-        }
-        return;
+        return Err(broker_err("Fetch", resp.error_code, None));
     }
-    let mut parts: HashMap<(String, i32), _> = HashMap::new();
+    let mut parts = HashMap::new();
     for t in resp.responses {
         let name = t.topic.0.to_string();
         for p in t.partitions {
             parts.insert((name.clone(), p.partition_index), p);
         }
     }
-    for w in wants {
-        let answer = match parts.remove(&(w.topic.clone(), w.partition)) {
+    Ok(Answers(parts))
+}
+
+impl Answers {
+    pub(crate) fn take(&mut self, addr: &str, topic: &str, partition: i32) -> Result<Fetched> {
+        match self.0.remove(&(topic.to_string(), partition)) {
             None => Err(KafkaError::Decode {
-                addr: conn.addr().to_string(),
+                addr: addr.to_string(),
                 api: "Fetch",
-                reason: format!("no data for {}/{} in response", w.topic, w.partition),
+                reason: format!("no data for {topic}/{partition} in response"),
             }),
             Some(p) if p.error_code != 0 => Err(KafkaError::Partition {
                 api: "Fetch",
-                topic: w.topic.clone(),
-                partition: w.partition,
+                topic: topic.to_string(),
+                partition,
                 code: ResponseError::try_from_code(p.error_code)
                     .unwrap_or(ResponseError::Unknown(p.error_code)),
             }),
             Some(p) => Ok(Fetched {
                 records: p.records.unwrap_or_default(),
                 high_watermark: p.high_watermark,
+                conn: 0,
             }),
-        };
-        let _ = w.reply.send(answer);
+        }
     }
 }

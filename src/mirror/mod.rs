@@ -4,10 +4,12 @@
 //! instances, create destination topics, then drive one task per partition until a
 //! signal (or, in stop-at-end mode, until every partition reached the source end).
 
+pub mod catch_up;
 pub mod cursor;
 pub mod error;
 pub mod offset_map;
 pub mod partition;
+pub mod pieces;
 pub mod sink;
 pub mod tail;
 pub mod topics;
@@ -23,6 +25,7 @@ use tokio::task::JoinSet;
 use crate::config::{Config, TopicFilter};
 use crate::kafka::client::Cluster;
 use crate::kafka::connection::SocketOptions;
+use crate::transport::sizer::PoolConfig;
 use error::MirrorError;
 use offset_map::OffsetMap;
 use partition::Job;
@@ -97,15 +100,30 @@ pub struct RunOptions {
 pub async fn run(config: Config, opts: RunOptions) -> Result<Outcome, StartError> {
     let started = std::time::Instant::now();
     let filter = config.filter("config")?;
+    let t = &config.transport;
     let sock = SocketOptions {
         retry_deadline: Duration::from_secs(config.mirror.retry_secs),
+        recv_buffer: t.recv_buffer_bytes,
         ..SocketOptions::default()
     };
-    let source = Cluster::new(&config.source.name, &config.source.bootstrap, sock.clone());
+    let source = Cluster::with_pool(
+        &config.source.name,
+        &config.source.bootstrap,
+        sock.clone(),
+        PoolConfig {
+            min: t.pool_min,
+            max: t.pool_max,
+            initial: t.pool_initial,
+        },
+        Duration::from_secs(config.mirror.progress_interval_secs),
+    );
     let dest = Cluster::new(
         &config.destination.name,
         &config.destination.bootstrap,
-        sock,
+        SocketOptions {
+            congestion: t.destination_congestion.clone(),
+            ..sock
+        },
     );
     // Both clusters must answer before anything else happens.
     source

@@ -10,6 +10,7 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use crate::config::StartPolicy;
 use crate::kafka::batch::{split_valid, RawBatch};
 use crate::kafka::error::KafkaError;
+use crate::mirror::catch_up;
 use crate::mirror::cursor::{Cursor, Refusal};
 use crate::mirror::error::MirrorError;
 use crate::mirror::sink::PartitionSink;
@@ -24,11 +25,12 @@ pub struct Job {
     pub partition: i32,
 }
 
-enum Chunk {
+pub(super) enum Chunk {
     Data {
         batches: Vec<RawBatch>,
         high_watermark: i64,
-        _permit: OwnedSemaphorePermit,
+        /// Memory reservations, returned when the destination acknowledged the data.
+        _permits: Vec<Arc<OwnedSemaphorePermit>>,
     },
     /// The source no longer holds offsets below `log_start`.
     Gone {
@@ -39,9 +41,9 @@ enum Chunk {
     Failed(MirrorError),
 }
 
-const KIB: usize = 1024;
+pub(super) const KIB: usize = 1024;
 /// Upper bound of a grown fetch: larger than any batch a broker accepts by default.
-const MAX_FETCH: usize = 64 << 20;
+pub(super) const MAX_FETCH: usize = 64 << 20;
 
 /// Runs one partition until shutdown, the end (stop-at-end mode) or an error.
 pub async fn run(shared: Arc<Shared>, job: Job) -> Result<(), MirrorError> {
@@ -131,7 +133,7 @@ pub async fn run(shared: Arc<Shared>, job: Job) -> Result<(), MirrorError> {
             Some(Chunk::Data {
                 batches,
                 high_watermark,
-                _permit,
+                _permits,
             }) => {
                 let (steps, refusal) = cursor.plan(&batches);
                 let bytes = sink.write(steps).await?;
@@ -219,6 +221,9 @@ async fn fetch_loop(shared: Arc<Shared>, job: Job, mut offset: i64, tx: mpsc::Se
     let (topic, p) = (&job.source_topic, job.partition);
     let mut max_bytes = cfg.fetch_bytes;
     let mut high_watermark = i64::MAX;
+    // What recent data looked like, for cutting a backlog into pieces.
+    let mut bytes_per_offset = 1.0f64;
+    let mut largest_batch = 0usize;
     // A single permit request larger than the whole budget would never be granted.
     let budget_kib = (cfg.in_flight_bytes / KIB) as u32;
     loop {
@@ -248,7 +253,7 @@ async fn fetch_loop(shared: Arc<Shared>, job: Job, mut offset: i64, tx: mpsc::Se
                             .send(Chunk::Data {
                                 batches,
                                 high_watermark: f.high_watermark,
-                                _permit: permit,
+                                _permits: vec![Arc::new(permit)],
                             })
                             .await;
                     }
@@ -276,9 +281,13 @@ async fn fetch_loop(shared: Arc<Shared>, job: Job, mut offset: i64, tx: mpsc::Se
                     }
                     continue;
                 };
+                let span = (last.header.next_offset() - batches[0].header.base_offset).max(1);
                 offset = last.header.next_offset();
                 max_bytes = cfg.fetch_bytes;
                 let size = f.records.len();
+                largest_batch =
+                    largest_batch.max(batches.iter().map(|b| b.bytes.len()).max().unwrap_or(0));
+                bytes_per_offset = size as f64 / span as f64;
                 let reserved = reserve as usize * KIB;
                 if size > reserved {
                     // Trade the reservation for one of the right size in a single
@@ -294,7 +303,7 @@ async fn fetch_loop(shared: Arc<Shared>, job: Job, mut offset: i64, tx: mpsc::Se
                 Chunk::Data {
                     batches,
                     high_watermark: f.high_watermark,
-                    _permit: permit,
+                    _permits: vec![Arc::new(permit)],
                 }
             }
             Err(KafkaError::Partition {
@@ -316,8 +325,23 @@ async fn fetch_loop(shared: Arc<Shared>, job: Job, mut offset: i64, tx: mpsc::Se
             Err(e) => Chunk::Failed(MirrorError::kafka(src.name(), e)),
         };
         let stop = matches!(msg, Chunk::Failed(_));
+        let data = matches!(msg, Chunk::Data { .. });
         if tx.send(msg).await.is_err() || stop {
             return;
+        }
+        // Far behind: fetch the backlog in parallel pieces over the pool.
+        let behind = (high_watermark - offset) as f64 * bytes_per_offset;
+        if data && behind > shared.config.transport.split_bytes as f64 {
+            let start = catch_up::Start {
+                offset,
+                high_watermark,
+                bytes_per_offset,
+                largest_batch,
+            };
+            match catch_up::run(&shared, &job, start, &tx).await {
+                Some(next) => offset = next,
+                None => return,
+            }
         }
     }
 }

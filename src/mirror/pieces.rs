@@ -1,0 +1,688 @@
+//! Catch-up by offset-range pieces: which ranges of a lagging partition to fetch, in
+//! parallel over many connections, and the reassembly of the answers into the one
+//! in-order stream of batches the writer needs. Pure: no I/O, time is passed in.
+//!
+//! A fetch at offset `f` answers with whole batches in log order. Brokers differ on a
+//! fetch inside a batch: Kafka starts with the batch holding `f`, tansu with the next
+//! one. Either way the answer lists *every* batch whose base offset lies in
+//! `[f, c)`, where `c` is the end of its last batch. So an answer "covers" `[f, c)`, and
+//! a covered range holds exactly the source batches whose base offset lies in it. Covered
+//! ranges never overlap (later answers only fill what is still uncovered), so
+//! concatenating them in order gives every batch exactly once, in order, whatever
+//! order answers arrive in, and however pieces were cut, duplicated or retried.
+//!
+//! What is not covered yet is requested again: the rest of a piece whose answer was
+//! cut short, a piece whose fetch failed, a piece that is slow (another connection
+//! fetches it too: work stealing).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::kafka::batch::RawBatch;
+
+/// What the reassembler needs to know of a batch.
+pub trait Span {
+    fn base(&self) -> i64;
+    /// One past the last offset.
+    fn next(&self) -> i64;
+}
+
+impl Span for RawBatch {
+    fn base(&self) -> i64 {
+        self.header.base_offset
+    }
+    fn next(&self) -> i64 {
+        self.header.next_offset()
+    }
+}
+
+/// A fetch to send: read from `start`; the range planned ends at `end` (the caller
+/// sizes its byte limit from it, answers may cover less or more).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Request {
+    pub id: u64,
+    pub start: i64,
+    pub end: i64,
+    /// A second fetch of a slow piece's range.
+    pub duplicate: bool,
+}
+
+/// What an answer did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Some or all of the range is now covered (or was already).
+    Covered,
+    /// No batch came back for the range at the head of the stream: the next batch is
+    /// larger than the byte limit. The caller must ask for more bytes.
+    TooSmall,
+    /// No batch came back for a range further on. Its start may sit inside a batch
+    /// (tansu then answers nothing for the log's last batch); it is asked again only
+    /// once everything before it is in.
+    Deferred,
+    /// The answer is for a fetch no longer in flight (failed, or a duplicate's twin).
+    Unknown,
+}
+
+struct Segment<B, T> {
+    end: i64,
+    batches: Vec<B>,
+    token: Option<T>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Flight {
+    start: i64,
+    end: i64,
+    issued_ms: u64,
+    duplicate: bool,
+    /// A duplicate of this flight was issued (at most one).
+    stolen: bool,
+}
+
+/// Plan and reassembly for one partition's catch-up. `B` is a batch, `T` a token held
+/// until the data it came with is handed out (the memory permit).
+pub struct Pieces<B, T> {
+    /// The first offset wanted; a batch holding it is included even if it starts below.
+    origin: i64,
+    /// Everything below has been handed out.
+    emitted: i64,
+    /// Ranges below have been planned.
+    frontier: i64,
+    /// Plan up to here (the source's end when the catch-up started, or later).
+    target: i64,
+    piece_len: i64,
+    covered: BTreeMap<i64, Segment<B, T>>,
+    flights: BTreeMap<u64, Flight>,
+    deferred: BTreeSet<i64>,
+    /// A corrupt batch starts here: hand out nothing at or past it.
+    stop: Option<i64>,
+    next_id: u64,
+    /// Moving average of answer times, for deciding what is slow.
+    avg_ms: f64,
+}
+
+/// Slow means this many times the average answer time (at least `MIN_STEAL_MS`).
+const SLOW_FACTOR: f64 = 2.0;
+const MIN_STEAL_MS: f64 = 200.0;
+
+impl<B: Span, T: Clone> Pieces<B, T> {
+    /// A catch-up of `[start, target)` in pieces of `piece_len` offsets.
+    pub fn new(start: i64, target: i64, piece_len: i64) -> Self {
+        Pieces {
+            origin: start,
+            emitted: start,
+            frontier: start,
+            target: target.max(start),
+            piece_len: piece_len.max(1),
+            covered: BTreeMap::new(),
+            flights: BTreeMap::new(),
+            deferred: BTreeSet::new(),
+            stop: None,
+            next_id: 0,
+            avg_ms: 0.0,
+        }
+    }
+
+    pub fn emitted(&self) -> i64 {
+        self.emitted
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.flights.len()
+    }
+
+    pub fn set_piece_len(&mut self, len: i64) {
+        self.piece_len = len.max(1);
+    }
+
+    /// Moves the target up (the source grew while we caught up).
+    pub fn extend(&mut self, target: i64) {
+        if self.stop.is_none() {
+            self.target = self.target.max(target);
+        }
+    }
+
+    /// True when everything up to the target was handed out and nothing is in flight,
+    /// or when a corrupt batch was reached.
+    pub fn is_done(&self) -> bool {
+        self.stopped().is_some() || (self.flights.is_empty() && self.emitted >= self.target)
+    }
+
+    /// The corrupt batch's offset once everything before it was handed out.
+    pub fn stopped(&self) -> Option<i64> {
+        self.stop.filter(|s| self.emitted >= *s)
+    }
+
+    /// Whether [`Pieces::next_request`] could give work if a permit were at hand.
+    pub fn wants_more(&self, now_ms: u64) -> bool {
+        self.stopped().is_none()
+            && (self.gap(false).is_some()
+                || self.frontier < self.target
+                || self.steal_candidate(now_ms).is_some())
+    }
+
+    /// The next fetch to send. Without a permit only the fetch the stream waits for
+    /// (the range at its head) may go, so memory stays bounded and the head never
+    /// starves while later data holds every permit.
+    pub fn next_request(&mut self, now_ms: u64, permit: bool) -> Option<Request> {
+        if self.stop.is_some_and(|s| self.emitted >= s) {
+            return None;
+        }
+        if let Some((start, end)) = self.gap(!permit) {
+            let end = end.min(start + self.piece_len);
+            return Some(self.fly(start, end, now_ms, false));
+        }
+        // A new piece needs a permit, unless the head itself is still unplanned.
+        if (permit || self.frontier == self.emitted) && self.frontier < self.target {
+            let start = self.frontier;
+            let end = (start + self.piece_len).min(self.target);
+            self.frontier = end;
+            return Some(self.fly(start, end, now_ms, false));
+        }
+        let (id, start, end) = self.steal_candidate(now_ms)?;
+        if !permit && start != self.emitted {
+            return None;
+        }
+        if let Some(f) = self.flights.get_mut(&id) {
+            f.stolen = true;
+        }
+        Some(self.fly(start, end, now_ms, true))
+    }
+
+    fn fly(&mut self, start: i64, end: i64, now_ms: u64, duplicate: bool) -> Request {
+        self.next_id += 1;
+        let id = self.next_id;
+        self.flights.insert(
+            id,
+            Flight {
+                start,
+                end,
+                issued_ms: now_ms,
+                duplicate,
+                stolen: false,
+            },
+        );
+        Request {
+            id,
+            start,
+            end,
+            duplicate,
+        }
+    }
+
+    /// Claimed ranges (covered or in flight), sorted by start.
+    fn claimed(&self) -> Vec<(i64, i64)> {
+        let mut v: Vec<(i64, i64)> = self
+            .covered
+            .iter()
+            .map(|(s, seg)| (*s, seg.end))
+            .chain(self.flights.values().map(|f| (f.start, f.end)))
+            .collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// The lowest planned range nobody covers or fetches, skipping deferred starts
+    /// (except at the head). `head_only`: only a range starting at the head counts.
+    fn gap(&self, head_only: bool) -> Option<(i64, i64)> {
+        let limit = self.stop.map_or(self.frontier, |s| s.min(self.frontier));
+        let mut claimed = self.claimed().into_iter().peekable();
+        let mut at = self.emitted;
+        loop {
+            while let Some(&(s, e)) = claimed.peek() {
+                if s > at {
+                    break;
+                }
+                at = at.max(e);
+                claimed.next();
+            }
+            if at >= limit {
+                return None;
+            }
+            let until = claimed.peek().map_or(limit, |(s, _)| (*s).min(limit));
+            let allowed = at == self.emitted || !self.deferred.contains(&at);
+            if head_only {
+                return (at == self.emitted).then_some((at, until));
+            }
+            if allowed {
+                return Some((at, until));
+            }
+            at = until;
+        }
+    }
+
+    /// A flight worth fetching a second time: slow, and either holding up the stream
+    /// or running while there is nothing else to do (the end game).
+    fn steal_candidate(&self, now_ms: u64) -> Option<(u64, i64, i64)> {
+        let slow = (self.avg_ms * SLOW_FACTOR).max(MIN_STEAL_MS);
+        let endgame = self.frontier >= self.target && self.gap(false).is_none();
+        self.flights
+            .iter()
+            .filter(|(_, f)| !f.duplicate && !f.stolen)
+            .filter(|(_, f)| (now_ms.saturating_sub(f.issued_ms)) as f64 >= slow)
+            .filter_map(|(id, f)| {
+                let start = self.uncovered_from(f.start, f.end)?;
+                let blocks = start == self.emitted;
+                (blocks || endgame).then_some((*id, start, f.end))
+            })
+            .min_by_key(|(_, s, _)| *s)
+    }
+
+    /// The first offset in `[start, end)` not covered yet.
+    fn uncovered_from(&self, start: i64, end: i64) -> Option<i64> {
+        let mut at = start.max(self.emitted);
+        for (s, seg) in self.covered.range(..end) {
+            if seg.end <= at {
+                continue;
+            }
+            if *s > at {
+                break;
+            }
+            at = seg.end;
+        }
+        (at < end).then_some(at)
+    }
+
+    /// An answer to request `id`: the whole batches it returned, in order.
+    pub fn on_answer(
+        &mut self,
+        id: u64,
+        batches: Vec<B>,
+        token: Option<T>,
+        now_ms: u64,
+    ) -> Outcome {
+        self.answer(id, batches, None, token, now_ms)
+    }
+
+    /// An answer whose batch at `bad` is corrupt: `batches` are the valid ones before it.
+    pub fn on_corrupt(
+        &mut self,
+        id: u64,
+        batches: Vec<B>,
+        bad: i64,
+        token: Option<T>,
+        now_ms: u64,
+    ) -> Outcome {
+        self.answer(id, batches, Some(bad), token, now_ms)
+    }
+
+    /// A fetch failed; its range will be asked again.
+    pub fn on_failed(&mut self, id: u64) {
+        self.flights.remove(&id);
+    }
+
+    fn answer(
+        &mut self,
+        id: u64,
+        batches: Vec<B>,
+        bad: Option<i64>,
+        token: Option<T>,
+        now_ms: u64,
+    ) -> Outcome {
+        let Some(f) = self.flights.remove(&id) else {
+            return Outcome::Unknown;
+        };
+        let took = now_ms.saturating_sub(f.issued_ms) as f64;
+        self.avg_ms = if self.avg_ms == 0.0 {
+            took
+        } else {
+            self.avg_ms * 0.9 + took * 0.1
+        };
+        let end = match (bad, batches.last()) {
+            (Some(b), _) => b,
+            (None, Some(last)) => last.next(),
+            (None, None) => f.start,
+        };
+        if let Some(b) = bad {
+            self.stop = Some(self.stop.map_or(b, |s| s.min(b)));
+            self.target = self.target.min(b).max(self.emitted);
+        }
+        if end <= f.start {
+            if bad.is_some() {
+                return Outcome::Covered;
+            }
+            if f.start <= self.emitted {
+                return Outcome::TooSmall;
+            }
+            self.deferred.insert(f.start);
+            return Outcome::Deferred;
+        }
+        self.cover(f.start, end, batches, token);
+        self.frontier = self.frontier.max(end);
+        let stale: Vec<i64> = self.deferred.range(f.start..end).copied().collect();
+        for d in stale {
+            self.deferred.remove(&d);
+        }
+        Outcome::Covered
+    }
+
+    /// Records `[start, end)` where it is not covered yet, each new piece with the
+    /// batches whose base offset lies in it.
+    fn cover(&mut self, start: i64, end: i64, batches: Vec<B>, token: Option<T>) {
+        let mut holes = Vec::new();
+        let mut at = start.max(self.emitted);
+        for (s, seg) in self.covered.range(..end) {
+            if seg.end <= at {
+                continue;
+            }
+            if *s > at {
+                holes.push((at, *s));
+            }
+            at = at.max(seg.end);
+        }
+        if at < end {
+            holes.push((at, end));
+        }
+        let mut batches = batches.into_iter().peekable();
+        for (s, e) in holes {
+            let mut mine = Vec::new();
+            while let Some(b) = batches.peek() {
+                let owned = if s == self.origin {
+                    b.next() > s
+                } else {
+                    b.base() >= s
+                };
+                if b.base() >= e {
+                    break;
+                }
+                let b = batches.next().expect("peeked");
+                if owned {
+                    mine.push(b);
+                }
+            }
+            self.covered.insert(
+                s,
+                Segment {
+                    end: e,
+                    batches: mine,
+                    token: token.clone(),
+                },
+            );
+        }
+    }
+
+    /// Everything that is now contiguous from the head, in order, with the tokens of
+    /// the answers it came from.
+    pub fn pop_ready(&mut self) -> (Vec<B>, Vec<T>) {
+        let mut batches = Vec::new();
+        let mut tokens = Vec::new();
+        while let Some(entry) = self.covered.first_entry() {
+            if *entry.key() > self.emitted {
+                break;
+            }
+            let seg = entry.remove();
+            self.emitted = self.emitted.max(seg.end);
+            batches.extend(seg.batches);
+            tokens.extend(seg.token);
+        }
+        // Flights that are wholly covered now are wasted work; forget them.
+        let covered_ids: Vec<u64> = self
+            .flights
+            .iter()
+            .filter(|(_, f)| self.uncovered_from(f.start, f.end).is_none())
+            .map(|(id, _)| *id)
+            .collect();
+        for id in covered_ids {
+            self.flights.remove(&id);
+        }
+        (batches, tokens)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    struct B(i64, i64);
+    impl Span for B {
+        fn base(&self) -> i64 {
+            self.0
+        }
+        fn next(&self) -> i64 {
+            self.1
+        }
+    }
+
+    /// A source log: batches of `sizes` offsets, with `gaps` missing offsets before each.
+    fn log(shape: &[(i64, i64)]) -> Vec<B> {
+        let mut at = 0;
+        shape
+            .iter()
+            .map(|(gap, len)| {
+                let b = B(at + gap, at + gap + len);
+                at = b.1;
+                b
+            })
+            .collect()
+    }
+
+    /// A broker's answer to a fetch at `f` of at most `n` batches. `kafka`: a fetch
+    /// inside a batch starts with that batch; otherwise (tansu) with the next one.
+    fn fetch(log: &[B], f: i64, n: usize, kafka: bool) -> Vec<B> {
+        log.iter()
+            .filter(|b| if kafka { b.1 > f } else { b.0 >= f })
+            .take(n)
+            .copied()
+            .collect()
+    }
+
+    #[test]
+    fn answers_in_any_order_give_the_log_once() {
+        let src = log(&[(0, 10), (0, 10), (5, 10), (0, 10)]);
+        let mut p: Pieces<B, ()> = Pieces::new(0, 45, 12);
+        let reqs: Vec<Request> = (0..4).filter_map(|_| p.next_request(0, true)).collect();
+        assert_eq!(reqs.len(), 4);
+        assert!(p.next_request(0, true).is_none());
+        for r in reqs.iter().rev() {
+            p.on_answer(r.id, fetch(&src, r.start, 1, true), Some(()), 10);
+        }
+        let mut out = p.pop_ready().0;
+        while !p.is_done() {
+            let r = p.next_request(20, true).unwrap();
+            p.on_answer(r.id, fetch(&src, r.start, 1, true), None, 30);
+            out.extend(p.pop_ready().0);
+        }
+        assert_eq!(out, src);
+    }
+
+    #[test]
+    fn only_the_head_may_go_without_a_permit() {
+        let mut p: Pieces<B, ()> = Pieces::new(100, 1000, 50);
+        let a = p.next_request(0, false).unwrap();
+        assert_eq!((a.start, a.end), (100, 150));
+        assert!(p.next_request(0, false).is_none());
+        let b = p.next_request(0, true).unwrap();
+        assert_eq!(b.start, 150);
+        p.on_failed(a.id);
+        let again = p.next_request(0, false).unwrap();
+        assert_eq!(again.start, 100);
+    }
+
+    #[test]
+    fn empty_answers_ask_for_more_at_the_head_and_wait_elsewhere() {
+        let mut p: Pieces<B, ()> = Pieces::new(0, 100, 50);
+        let a = p.next_request(0, true).unwrap();
+        let b = p.next_request(0, true).unwrap();
+        assert_eq!(p.on_answer(b.id, vec![], None, 1), Outcome::Deferred);
+        assert_eq!(p.on_answer(a.id, vec![], None, 1), Outcome::TooSmall);
+        // The head is asked again; the deferred start is not, until it is the head.
+        let r = p.next_request(2, true).unwrap();
+        assert_eq!(r.start, 0);
+        assert!(
+            p.next_request(2, true).is_none(),
+            "deferred start asked again"
+        );
+        p.on_answer(r.id, vec![B(0, 60), B(60, 100)], None, 3);
+        assert_eq!(p.pop_ready().0, vec![B(0, 60), B(60, 100)]);
+        assert!(p.is_done());
+    }
+
+    #[test]
+    fn a_slow_head_is_fetched_twice() {
+        let mut p: Pieces<B, ()> = Pieces::new(0, 20, 10);
+        let a = p.next_request(0, true).unwrap();
+        let b = p.next_request(0, true).unwrap();
+        p.on_answer(b.id, vec![B(10, 20)], None, 100);
+        assert!(p.next_request(150, true).is_none(), "not slow yet");
+        let dup = p.next_request(1_000, false).unwrap();
+        assert!(dup.duplicate && dup.start == 0);
+        p.on_answer(dup.id, vec![B(0, 10)], None, 1_050);
+        assert_eq!(p.pop_ready().0, vec![B(0, 10), B(10, 20)]);
+        assert!(p.is_done());
+        assert_eq!(
+            p.on_answer(a.id, vec![B(0, 10)], None, 2_000),
+            Outcome::Unknown
+        );
+    }
+
+    #[test]
+    fn a_corrupt_batch_stops_the_stream_before_it() {
+        let mut p: Pieces<B, ()> = Pieces::new(0, 40, 10);
+        let rs: Vec<_> = (0..4).map(|_| p.next_request(0, true).unwrap()).collect();
+        p.on_answer(rs[2].id, vec![B(20, 30)], None, 1);
+        p.on_corrupt(rs[1].id, vec![B(10, 15)], 15, None, 1);
+        p.on_answer(rs[0].id, vec![B(0, 10)], None, 1);
+        assert_eq!(p.pop_ready().0, vec![B(0, 10), B(10, 15)]);
+        assert_eq!(p.stopped(), Some(15));
+        assert!(p.is_done());
+        assert!(p.next_request(5, true).is_none());
+    }
+
+    #[test]
+    fn a_resume_inside_a_batch_keeps_that_batch() {
+        let src = log(&[(0, 10), (0, 10)]);
+        let mut p: Pieces<B, ()> = Pieces::new(5, 20, 100);
+        let r = p.next_request(0, true).unwrap();
+        p.on_answer(r.id, fetch(&src, r.start, 5, true), None, 1);
+        assert_eq!(p.pop_ready().0, src);
+    }
+
+    #[derive(Debug, Clone)]
+    enum Ev {
+        /// Answer the in-flight request at this index (modulo), with up to n batches.
+        Answer(usize, usize, bool),
+        Fail(usize),
+        Issue(bool),
+        Tick(u64),
+    }
+
+    fn ev() -> impl Strategy<Value = Ev> {
+        prop_oneof![
+            4 => (any::<usize>(), 0usize..4, any::<bool>()).prop_map(|(i, n, k)| Ev::Answer(i, n, k)),
+            1 => any::<usize>().prop_map(Ev::Fail),
+            3 => any::<bool>().prop_map(Ev::Issue),
+            1 => (0u64..3_000).prop_map(Ev::Tick),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+        /// Random piece sizes, batch layouts with compaction gaps, answer order,
+        /// failures, short and empty answers, duplicates, and both brokers' behaviour
+        /// for fetches inside a batch: the output is the source log from the start,
+        /// each batch once, in order.
+        #[test]
+        fn reassembles_the_source_exactly(
+            shape in proptest::collection::vec((0i64..3, 1i64..20), 1..40),
+            piece in 1i64..60,
+            start_pick in 0usize..40,
+            events in proptest::collection::vec(ev(), 0..300),
+        ) {
+            let src = log(&shape);
+            let end = src.last().unwrap().1;
+            // Start at a batch boundary, as the mirror does.
+            let start = src[start_pick % src.len()].0;
+            let want: Vec<B> = src.iter().filter(|b| b.0 >= start).copied().collect();
+            let mut p: Pieces<B, u32> = Pieces::new(start, end, piece);
+            let mut flying: Vec<Request> = Vec::new();
+            let mut out: Vec<B> = Vec::new();
+            let mut now = 0u64;
+            let run = |e: &Ev, p: &mut Pieces<B, u32>, flying: &mut Vec<Request>, now: &mut u64, out: &mut Vec<B>| {
+                match *e {
+                    Ev::Issue(permit) => {
+                        if let Some(r) = p.next_request(*now, permit) {
+                            flying.push(r);
+                        }
+                    }
+                    Ev::Answer(i, n, kafka) if !flying.is_empty() => {
+                        let r = flying.swap_remove(i % flying.len());
+                        let o = p.on_answer(r.id, fetch(&src, r.start, n, kafka), Some(7), *now);
+                        if o == Outcome::TooSmall {
+                            prop_assert_eq!(n, 0, "too small at {} with {} batches", r.start, n);
+                        }
+                    }
+                    Ev::Fail(i) if !flying.is_empty() => {
+                        let r = flying.swap_remove(i % flying.len());
+                        p.on_failed(r.id);
+                    }
+                    Ev::Tick(ms) => *now += ms,
+                    _ => {}
+                }
+                let (b, tokens) = p.pop_ready();
+                prop_assert!(tokens.iter().all(|t| *t == 7));
+                out.extend(b);
+                Ok(())
+            };
+            for e in &events {
+                run(e, &mut p, &mut flying, &mut now, &mut out)?;
+            }
+            // Then let everything finish: answers with at least one batch, in order of
+            // issue, alternating broker behaviour.
+            let mut guard = 0;
+            while !p.is_done() {
+                guard += 1;
+                prop_assert!(guard < 10_000, "no progress: emitted {}", p.emitted());
+                if let Some(r) = p.next_request(now, true) {
+                    flying.push(r);
+                }
+                if !flying.is_empty() {
+                    let kafka = guard % 2 == 0;
+                    run(&Ev::Answer(0, 2, kafka), &mut p, &mut flying, &mut now, &mut out)?;
+                }
+                now += 1_000;
+            }
+            prop_assert_eq!(out, want);
+        }
+
+        /// A corrupt batch anywhere: everything before it, exactly once, and nothing after.
+        #[test]
+        fn stops_exactly_at_a_corrupt_batch(
+            shape in proptest::collection::vec((0i64..3, 1i64..20), 2..30),
+            piece in 1i64..60,
+            bad_pick in 0usize..30,
+            order in proptest::collection::vec(any::<usize>(), 0..200),
+        ) {
+            let src = log(&shape);
+            let end = src.last().unwrap().1;
+            let bad = src[bad_pick % src.len()];
+            let mut p: Pieces<B, ()> = Pieces::new(0, end, piece);
+            let mut flying: Vec<Request> = Vec::new();
+            let mut out = Vec::new();
+            let answer = |p: &mut Pieces<B, ()>, r: Request| {
+                let got = fetch(&src, r.start, 3, true);
+                match got.iter().position(|b| *b == bad) {
+                    Some(i) => p.on_corrupt(r.id, got[..i].to_vec(), bad.0, None, 0),
+                    None => p.on_answer(r.id, got, None, 0),
+                }
+            };
+            for pick in order.iter().copied().chain(std::iter::repeat(0)).take(5_000) {
+                if p.is_done() {
+                    break;
+                }
+                if let Some(r) = p.next_request(0, true) {
+                    flying.push(r);
+                }
+                if !flying.is_empty() {
+                    let r = flying.swap_remove(pick % flying.len());
+                    answer(&mut p, r);
+                }
+                out.extend(p.pop_ready().0);
+            }
+            prop_assert!(p.is_done());
+            prop_assert_eq!(p.stopped(), Some(bad.0));
+            let want: Vec<B> = src.iter().filter(|b| b.0 < bad.0).copied().collect();
+            prop_assert_eq!(out, want);
+        }
+    }
+}

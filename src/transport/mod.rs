@@ -1,0 +1,5 @@
+//! Transport: how bytes cross the WAN. Today a pool of TCP connections per source
+//! broker with an adaptive size; later, peers over QUIC.
+
+pub mod pool;
+pub mod sizer;

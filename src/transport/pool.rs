@@ -1,0 +1,362 @@
+//! A pool of connections to one source broker for catch-up fetches.
+//!
+//! Each request goes to the live connection with the fewest requests in flight, at most
+//! [`DEPTH`] per connection; when all are that busy, callers wait for one to free up
+//! (the sign that more connections would help) and, below the target size, a waiting
+//! caller opens a new connection. A background task sizes the pool with [`Sizer`]
+//! from the goodput of each window and reports per-connection goodput and RTT.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use tokio::sync::Notify;
+
+use super::sizer::{Change, PoolConfig, Sizer, Window};
+use crate::kafka::client::Fetched;
+use crate::kafka::connection::{Connection, SocketOptions};
+use crate::kafka::error::Result;
+use crate::kafka::fetch_mux::{fetch_request, send_fetch};
+
+/// Requests in flight per connection: one being answered, one queued behind it so the
+/// broker starts on the next as soon as the first is sent, with no idle round trip.
+pub const DEPTH: usize = 2;
+
+struct Slot {
+    id: u64,
+    conn: Connection,
+    in_flight: usize,
+    /// Bytes counted at the last window, for this connection's goodput.
+    seen: u64,
+    opened: Instant,
+}
+
+struct Inner {
+    slots: Vec<Slot>,
+    connecting: usize,
+    target: usize,
+    next_id: u64,
+    /// Bytes of connections that are gone, so the pool total never goes back.
+    retired: u64,
+}
+
+pub struct Pool {
+    cluster: String,
+    broker: i32,
+    addr: String,
+    opts: SocketOptions,
+    inner: Mutex<Inner>,
+    freed: Notify,
+    /// Set when a caller had to wait for a connection during the current window.
+    waited: AtomicBool,
+    reports: Reports,
+}
+
+/// One connection as the pool report shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConnReport {
+    pub id: u64,
+    pub in_flight: usize,
+    pub bytes_per_sec: f64,
+    pub srtt_ms: f64,
+    pub age_secs: u64,
+}
+
+impl Pool {
+    /// Creates the pool and its sizing task; the task ends when the pool is dropped.
+    pub fn spawn(
+        cluster: &str,
+        broker: i32,
+        addr: &str,
+        opts: SocketOptions,
+        cfg: PoolConfig,
+        report_every: Duration,
+        reports: Reports,
+    ) -> Arc<Pool> {
+        let sizer = Sizer::new(cfg);
+        let pool = Arc::new(Pool {
+            cluster: cluster.to_string(),
+            broker,
+            addr: addr.to_string(),
+            opts,
+            inner: Mutex::new(Inner {
+                slots: Vec::new(),
+                connecting: 0,
+                target: sizer.size(),
+                next_id: 0,
+                retired: 0,
+            }),
+            freed: Notify::new(),
+            waited: AtomicBool::new(false),
+            reports,
+        });
+        tokio::spawn(size_loop(Arc::downgrade(&pool), sizer, report_every));
+        pool
+    }
+
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    /// One catch-up fetch: no long poll (max_wait 0), no fetch session.
+    pub async fn fetch(
+        &self,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+        max_bytes: i32,
+    ) -> Result<Fetched> {
+        let (id, conn) = self.checkout().await?;
+        let _back = Checkin { pool: self, id };
+        let req = fetch_request(
+            std::iter::once((topic, partition, offset, max_bytes)),
+            Duration::ZERO,
+        );
+        let mut f =
+            send_fetch(&conn, &req, Duration::ZERO)
+                .await?
+                .take(conn.addr(), topic, partition)?;
+        f.conn = id;
+        Ok(f)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A connection with room for one more request, opening one if the pool may grow.
+    async fn checkout(&self) -> Result<(u64, Connection)> {
+        loop {
+            let freed = self.freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            let open = {
+                let mut g = self.lock();
+                let inner = &mut *g;
+                retire_dead(inner);
+                let best = inner
+                    .slots
+                    .iter_mut()
+                    .filter(|s| s.in_flight < DEPTH)
+                    .min_by_key(|s| s.in_flight);
+                if let Some(s) = best {
+                    s.in_flight += 1;
+                    return Ok((s.id, s.conn.clone()));
+                }
+                let open = inner.slots.len() + inner.connecting < inner.target;
+                if open {
+                    inner.connecting += 1;
+                } else {
+                    self.waited.store(true, Ordering::Relaxed);
+                }
+                open
+            };
+            if !open {
+                freed.await;
+                continue;
+            }
+            let res = Connection::connect(&self.addr, &self.opts).await;
+            let mut g = self.lock();
+            g.connecting -= 1;
+            match res {
+                Ok(conn) => {
+                    g.next_id += 1;
+                    let id = g.next_id;
+                    g.slots.push(Slot {
+                        id,
+                        conn: conn.clone(),
+                        in_flight: 1,
+                        seen: 0,
+                        opened: Instant::now(),
+                    });
+                    // Room for DEPTH - 1 more on the new connection.
+                    self.freed.notify_one();
+                    return Ok((id, conn));
+                }
+                // With nothing open the caller learns why (and retries); otherwise
+                // it waits for the connections that work.
+                Err(e) if g.slots.is_empty() && g.connecting == 0 => return Err(e),
+                Err(e) => {
+                    tracing::debug!(cluster = %self.cluster, broker = self.broker, error = %e, "pool connection failed");
+                    if g.target > g.slots.len().max(1) {
+                        g.target = g.slots.len().max(1);
+                    }
+                }
+            }
+        }
+    }
+
+    fn checkin(&self, id: u64) {
+        let mut g = self.lock();
+        let target = g.target;
+        let surplus = g.slots.len() > target;
+        if let Some(i) = g.slots.iter().position(|s| s.id == id) {
+            g.slots[i].in_flight -= 1;
+            if surplus && g.slots[i].in_flight == 0 {
+                let s = g.slots.swap_remove(i);
+                g.retired += s.conn.stats().bytes_in.load(Ordering::Relaxed);
+                return;
+            }
+        }
+        drop(g);
+        self.freed.notify_one();
+    }
+
+    /// Total response bytes and per-connection reports since the last call.
+    fn sample(&self, window: Duration) -> (u64, Vec<ConnReport>) {
+        let mut g = self.lock();
+        retire_dead(&mut g);
+        let secs = window.as_secs_f64().max(1e-3);
+        let mut total = g.retired;
+        let mut reports = Vec::with_capacity(g.slots.len());
+        for s in g.slots.iter_mut() {
+            let st = s.conn.stats();
+            let bytes = st.bytes_in.load(Ordering::Relaxed);
+            total += bytes;
+            reports.push(ConnReport {
+                id: s.id,
+                in_flight: s.in_flight,
+                bytes_per_sec: (bytes - s.seen) as f64 / secs,
+                srtt_ms: st.srtt_us.load(Ordering::Relaxed) as f64 / 1000.0,
+                age_secs: s.opened.elapsed().as_secs(),
+            });
+            s.seen = bytes;
+        }
+        (total, reports)
+    }
+
+    fn set_target(&self, n: usize) {
+        let mut g = self.lock();
+        g.target = n;
+        // Close idle surplus connections now; busy ones close at their check-in.
+        while g.slots.len() > n {
+            let Some(i) = g.slots.iter().position(|s| s.in_flight == 0) else {
+                break;
+            };
+            let s = g.slots.swap_remove(i);
+            g.retired += s.conn.stats().bytes_in.load(Ordering::Relaxed);
+        }
+        drop(g);
+        // Waiters may now open connections.
+        self.freed.notify_waiters();
+    }
+}
+
+fn retire_dead(inner: &mut Inner) {
+    let mut i = 0;
+    while i < inner.slots.len() {
+        if inner.slots[i].conn.is_alive() {
+            i += 1;
+        } else {
+            let s = inner.slots.swap_remove(i);
+            inner.retired += s.conn.stats().bytes_in.load(Ordering::Relaxed);
+        }
+    }
+}
+
+/// Returns a request's place on its connection, also when the caller is cancelled.
+struct Checkin<'a> {
+    pool: &'a Pool,
+    id: u64,
+}
+
+impl Drop for Checkin<'_> {
+    fn drop(&mut self) {
+        self.pool.checkin(self.id);
+    }
+}
+
+/// Per-window statistics of RTTs, for one log line.
+fn rtt_summary(reports: &[ConnReport]) -> (f64, f64) {
+    let mut rtts: Vec<f64> = reports
+        .iter()
+        .map(|r| r.srtt_ms)
+        .filter(|r| *r > 0.0)
+        .collect();
+    if rtts.is_empty() {
+        return (0.0, 0.0);
+    }
+    rtts.sort_by(f64::total_cmp);
+    (rtts[rtts.len() / 2], rtts[rtts.len() - 1])
+}
+
+async fn size_loop(pool: Weak<Pool>, mut sizer: Sizer, report_every: Duration) {
+    let mut last_total = 0u64;
+    let mut last = Instant::now();
+    let mut last_report = Instant::now();
+    let mut window = Duration::from_secs(1);
+    loop {
+        tokio::time::sleep(window).await;
+        let Some(pool) = pool.upgrade() else { return };
+        let elapsed = last.elapsed();
+        last = Instant::now();
+        let (total, reports) = pool.sample(elapsed);
+        let bytes = total.saturating_sub(last_total);
+        last_total = total;
+        let busy = pool.waited.swap(false, Ordering::Relaxed);
+        let (median_rtt, max_rtt) = rtt_summary(&reports);
+        // A window must span several round trips to mean anything.
+        window = Duration::from_secs_f64((median_rtt * 8.0 / 1000.0).clamp(1.0, 5.0));
+        let goodput = bytes as f64 / elapsed.as_secs_f64();
+        if let Some(change) = sizer.observe(Window { bytes, busy }) {
+            tracing::info!(
+                cluster = %pool.cluster, broker = pool.broker, addr = %pool.addr,
+                from = reports.len(), to = sizer.size(), change = ?change,
+                goodput_mb_s = format!("{:.2}", goodput / 1e6),
+                "fetch pool resized"
+            );
+            if change == Change::Idle && sizer.size() < reports.len() {
+                tracing::debug!(cluster = %pool.cluster, broker = pool.broker, "closing idle pool connections");
+            }
+            pool.set_target(sizer.size());
+        }
+        if last_report.elapsed() >= report_every && !reports.is_empty() {
+            last_report = Instant::now();
+            tracing::info!(
+                cluster = %pool.cluster, broker = pool.broker, addr = %pool.addr,
+                connections = reports.len(), target = sizer.size(),
+                goodput_mb_s = format!("{:.2}", goodput / 1e6),
+                rtt_ms_median = format!("{median_rtt:.1}"), rtt_ms_max = format!("{max_rtt:.1}"),
+                "fetch pool"
+            );
+            for r in &reports {
+                tracing::debug!(
+                    cluster = %pool.cluster, broker = pool.broker, conn = r.id,
+                    in_flight = r.in_flight, goodput_kb_s = format!("{:.1}", r.bytes_per_sec / 1e3),
+                    rtt_ms = format!("{:.1}", r.srtt_ms), age_s = r.age_secs,
+                    "fetch pool connection"
+                );
+            }
+        }
+        pool.publish(PoolReport {
+            broker: pool.broker,
+            addr: pool.addr.clone(),
+            target: sizer.size(),
+            goodput_bytes_per_sec: goodput,
+            connections: reports,
+        });
+    }
+}
+
+/// The latest window of one pool, for metrics.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PoolReport {
+    pub broker: i32,
+    pub addr: String,
+    pub target: usize,
+    pub goodput_bytes_per_sec: f64,
+    pub connections: Vec<ConnReport>,
+}
+
+/// Latest reports of all pools of a process, by broker.
+pub type Reports = Arc<Mutex<HashMap<i32, PoolReport>>>;
+
+impl Pool {
+    fn publish(&self, r: PoolReport) {
+        self.reports
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(r.broker, r);
+    }
+}

@@ -1,0 +1,254 @@
+//! Adaptive pool size: grow while aggregate goodput rises, fall back when it does not.
+//!
+//! One TCP connection on a long, lossy path is capped by its sender's congestion
+//! control, so more connections carry more, until the link (or a broker) is full.
+//! Where that point lies depends on RTT and loss, which change, so the pool probes:
+//! it grows, looks at the goodput of the next window, and keeps the growth only if it
+//! paid. Growth doubles until the first probe fails (like slow start), then steps by a
+//! quarter. The sizer is pure: the pool's driver feeds one sample per window.
+
+/// Bounds and starting point of a pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolConfig {
+    pub min: usize,
+    pub max: usize,
+    /// Size used when demand first appears.
+    pub initial: usize,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        PoolConfig {
+            min: 1,
+            max: 256,
+            initial: 16,
+        }
+    }
+}
+
+/// What one window looked like.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Window {
+    /// Response bytes received by the whole pool in the window.
+    pub bytes: u64,
+    /// Whether requests had to wait for a free connection: the pool limited demand.
+    pub busy: bool,
+}
+
+/// Why the size changed, for the operator's log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    Grew,
+    /// The last growth did not raise goodput; back to the size before it.
+    Reverted,
+    /// Nobody waited for a connection: fewer will do.
+    Idle,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Phase {
+    /// Stable; probe again when `left` windows have passed and the pool is busy.
+    Hold { left: u32 },
+    /// Just grew from `prev`; `before` is the goodput measured at `prev`.
+    Grown { prev: usize, before: u64 },
+}
+
+/// Windows to wait after a failed probe before trying again.
+const HOLD_WINDOWS: u32 = 10;
+
+#[derive(Debug, Clone)]
+pub struct Sizer {
+    cfg: PoolConfig,
+    size: usize,
+    phase: Phase,
+    /// Windows to skip after a change: new connections need a few round trips
+    /// (connect, version handshake, slow start) before their goodput counts.
+    settle: u32,
+    /// Growth factor: 2 until a probe first fails, then 1.25.
+    doubling: bool,
+}
+
+impl Sizer {
+    pub fn new(cfg: PoolConfig) -> Sizer {
+        let min = cfg.min.max(1);
+        let max = cfg.max.max(min);
+        let cfg = PoolConfig {
+            min,
+            max,
+            initial: cfg.initial.clamp(min, max),
+        };
+        Sizer {
+            cfg,
+            size: cfg.initial,
+            phase: Phase::Hold { left: 0 },
+            settle: 0,
+            doubling: true,
+        }
+    }
+
+    pub fn size(&self) -> usize {
+        self.size
+    }
+
+    /// Takes the sample of one window; returns the change made, if any.
+    pub fn observe(&mut self, w: Window) -> Option<Change> {
+        if self.settle > 0 {
+            self.settle -= 1;
+            return None;
+        }
+        match self.phase {
+            Phase::Grown { prev, before } => {
+                let factor = if self.doubling { 2.0 } else { 1.25 };
+                // Demand a gain worth a quarter of what the growth could give at best,
+                // so noise does not ratchet the pool up.
+                let needed = before as f64 * (1.0 + (factor - 1.0) / 4.0);
+                if w.busy && w.bytes as f64 >= needed {
+                    self.grow(w.bytes)
+                } else {
+                    self.size = prev;
+                    self.doubling = false;
+                    self.phase = Phase::Hold { left: HOLD_WINDOWS };
+                    self.settle = 1;
+                    Some(Change::Reverted)
+                }
+            }
+            Phase::Hold { left } => {
+                if !w.busy {
+                    let to = (self.size - (self.size / 4).max(1)).max(self.cfg.min);
+                    self.phase = Phase::Hold { left };
+                    if to < self.size {
+                        self.size = to;
+                        return Some(Change::Idle);
+                    }
+                    return None;
+                }
+                if left > 0 {
+                    self.phase = Phase::Hold { left: left - 1 };
+                    return None;
+                }
+                self.grow(w.bytes)
+            }
+        }
+    }
+
+    fn grow(&mut self, before: u64) -> Option<Change> {
+        let to = if self.doubling {
+            self.size * 2
+        } else {
+            self.size + (self.size / 4).max(1)
+        }
+        .min(self.cfg.max);
+        if to == self.size {
+            self.phase = Phase::Hold { left: HOLD_WINDOWS };
+            return None;
+        }
+        self.phase = Phase::Grown {
+            prev: self.size,
+            before,
+        };
+        self.size = to;
+        self.settle = 1;
+        Some(Change::Grew)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn cfg() -> PoolConfig {
+        PoolConfig {
+            min: 1,
+            max: 256,
+            initial: 16,
+        }
+    }
+
+    /// A link of `cap` bytes per window where each connection carries `per`.
+    fn link(n: usize, per: u64, cap: u64) -> Window {
+        Window {
+            bytes: (n as u64 * per).min(cap),
+            busy: true,
+        }
+    }
+
+    fn run(s: &mut Sizer, windows: usize, per: u64, cap: u64) {
+        for _ in 0..windows {
+            let n = s.size();
+            s.observe(link(n, per, cap));
+        }
+    }
+
+    #[test]
+    fn grows_to_fill_the_link_and_no_further() {
+        let mut s = Sizer::new(cfg());
+        // 1,000 per connection, link takes 150,000: about 150 connections are needed.
+        run(&mut s, 40, 1_000, 150_000);
+        assert!((150..=256).contains(&s.size()), "size {}", s.size());
+        // Once full it stays: further windows do not creep up to the maximum.
+        let settled = s.size();
+        run(&mut s, 100, 1_000, 150_000);
+        assert!(s.size() <= settled.max(190), "crept to {}", s.size());
+        assert!(s.size() >= 150);
+    }
+
+    #[test]
+    fn a_growth_without_gain_is_reverted() {
+        let mut s = Sizer::new(cfg());
+        // The link is full at 16 connections already.
+        assert_eq!(s.observe(link(16, 1_000, 10_000)), Some(Change::Grew));
+        assert_eq!(s.size(), 32);
+        assert_eq!(s.observe(link(32, 1_000, 10_000)), None); // settling
+        assert_eq!(s.observe(link(32, 1_000, 10_000)), Some(Change::Reverted));
+        assert_eq!(s.size(), 16);
+    }
+
+    #[test]
+    fn idle_pools_shrink_to_the_minimum() {
+        let mut s = Sizer::new(cfg());
+        for _ in 0..40 {
+            s.observe(Window {
+                bytes: 0,
+                busy: false,
+            });
+        }
+        assert_eq!(s.size(), 1);
+    }
+
+    #[test]
+    fn respects_the_maximum() {
+        let mut s = Sizer::new(PoolConfig {
+            min: 2,
+            max: 40,
+            initial: 16,
+        });
+        run(&mut s, 50, 1_000, u64::MAX);
+        assert_eq!(s.size(), 40);
+    }
+
+    #[test]
+    fn bad_bounds_are_made_sane() {
+        let s = Sizer::new(PoolConfig {
+            min: 0,
+            max: 0,
+            initial: 9,
+        });
+        assert_eq!(s.size(), 1);
+    }
+
+    proptest! {
+        #[test]
+        fn size_stays_within_bounds(
+            min in 1usize..20, extra in 0usize..300, initial in 0usize..400,
+            samples in proptest::collection::vec((0u64..1_000_000, any::<bool>()), 0..200),
+        ) {
+            let max = min + extra;
+            let mut s = Sizer::new(PoolConfig { min, max, initial });
+            for (bytes, busy) in samples {
+                s.observe(Window { bytes, busy });
+                prop_assert!(s.size() >= min && s.size() <= max);
+            }
+        }
+    }
+}
