@@ -65,6 +65,39 @@ def link_up(p):
     return sh(ns(SRC_NS, ["sysctl", "-n", "net.ipv4.tcp_congestion_control"])).strip()
 
 
+class LinkSampler:
+    """Samples the emulator's delivered-byte counter (source to destination) twice a
+    second while a contender runs; `stop` returns 0.8 / (t90 - t10) in 1/s, where
+    t10 and t90 are when 10 % and 90 % of the run's bytes had crossed."""
+
+    def __init__(self):
+        import threading
+        self.points, self.done = [], threading.Event()
+        self.t = threading.Thread(target=self.run, daemon=True)
+        self.t.start()
+
+    def run(self):
+        while not self.done.is_set():
+            try:
+                st = json.loads(sh([str(REL / "wanlink"), "status", "--name", NAME]))
+                self.points.append((time.time(), st["src_to_dst"]["delivered_bytes"]))
+            except Exception:
+                pass
+            self.done.wait(0.5)
+
+    def stop(self):
+        self.done.set()
+        self.t.join()
+        if len(self.points) < 4:
+            return None
+        base, total = self.points[0][1], self.points[-1][1] - self.points[0][1]
+        if total <= 0:
+            return None
+        at = lambda share: next(t for t, b in self.points if b - base >= share * total)
+        t10, t90 = at(0.1), at(0.9)
+        return 0.8 / (t90 - t10) if t90 > t10 else None
+
+
 def link_down():
     subprocess.run([str(REL / "wanlink"), "down", "--name", NAME], capture_output=True)
 
@@ -97,11 +130,12 @@ def wb(nsname, args):
 def mirror_config(path, topics, contender):
     extra = ""
     if contender == "wanmirror-1conn":
-        extra = "# one fetch connection per broker (the only mode until pooling lands)\n"
+        # Catch-up over a single pooled connection (plus the long-poll one when tailing).
+        extra = "\n[transport]\npool_min = 1\npool_max = 1\npool_initial = 1\n"
     path.write_text(
         f'[source]\nname = "dc-a"\nbootstrap = "{SRC_ADDR}"\n[destination]\nname = "dc-b"\n'
         f'bootstrap = "{DST_ADDR}"\n[mirror]\ntopics = {json.dumps(topics)}\nreplication_factor = 1\n'
-        f'tail_wait_ms = 100\n{extra}')
+        f'tail_wait_ms = 100\nprogress_interval_secs = 2\n{extra}')
 
 
 def contender_cmd(contender, topic, records, tail, cfgdir):
@@ -124,8 +158,13 @@ def one_run(profile, contender, args, cfgdir):
         timefile = cfgdir / "time.txt"
         cmd = ["/usr/bin/time", "-o", str(timefile), "-f", "%e %U %S %M"] + contender_cmd(contender, "bench", records, False, cfgdir)
         start = time.time()
-        p = subprocess.Popen(ns(DST_NS, cmd), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        log = subprocess.DEVNULL
+        if args.logs:
+            Path(args.logs).mkdir(parents=True, exist_ok=True)
+            log = open(Path(args.logs) / f"rtt{profile['rtt_ms']}-loss{profile['loss_pct']}-{contender}-{int(time.time())}.log", "w")
+        p = subprocess.Popen(ns(DST_NS, ["env", "RUST_LOG=info"] + cmd), stdout=subprocess.DEVNULL, stderr=log)
         capped = False
+        samples = LinkSampler()
         try:
             p.wait(timeout=args.cap_secs)
         except subprocess.TimeoutExpired:
@@ -137,13 +176,18 @@ def one_run(profile, contender, args, cfgdir):
             except subprocess.TimeoutExpired:
                 p.kill(); p.wait()
         elapsed = time.time() - start
+        steady = samples.stop()
         fields = timefile.read_text().split()[-4:] if timefile.exists() else []
         if len(fields) == 4:
             u, s_, rss_kb = float(fields[1]), float(fields[2]), int(fields[3])
         else:
             u = s_ = rss_kb = None
         timefile.unlink(missing_ok=True)
-        copied = wb(DST_NS, ["ends", "--bootstrap", DST_ADDR, "--topic", "dc-a.bench"])["end_offsets"]
+        ends = wb(DST_NS, ["ends", "--bootstrap", DST_ADDR, "--topic", "dc-a.bench"])
+        copied = ends["end_offsets"]
+        if contender != "baseline" and not capped and ends["wire_bytes"] != wire:
+            # A byte-for-byte copy stores exactly the source's batch bytes.
+            raise RuntimeError(f"{contender}: destination holds {ends['wire_bytes']} batch bytes, source {wire}")
         frac = min(copied, records) / records
         copied_bytes = payload * frac
         goodput = copied_bytes / elapsed / 1e6
@@ -155,6 +199,9 @@ def one_run(profile, contender, args, cfgdir):
             # Share of the link: compressed batch bytes as they cross it, not payload.
             "wire_Mbps": round(wire_mbit, 2),
             "link_pct": round(100 * wire_mbit / profile["rate_mbit"], 2),
+            # Sustained rate: useful wire bytes over the time the link took to carry the
+            # middle 80 % of what it carried in this run (start-up and tail left out).
+            "steady_link_pct": round(100 * steady * frac * wire * 8 / 1e6 / profile["rate_mbit"], 2) if steady else None,
             "cpu_s_per_GB": round((u + s_) / gb, 2) if gb > 0 and u is not None else None,
             "peak_rss_MB": round(rss_kb / 1024, 1) if rss_kb is not None else None,
         }
@@ -195,15 +242,17 @@ def summarise(runs):
 def write_outputs(results, args, outdir):
     outdir.mkdir(parents=True, exist_ok=True)
     (outdir / "results.json").write_text(json.dumps({"args": vars(args), "results": results}, indent=2))
-    lines = ["| RTT ms | loss % | contender | payload MB/s | % of link (wire) | time s | lat p50/p99/p99.9 ms | CPU s/GB | RSS MB |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| RTT ms | loss % | contender | payload MB/s | % of link (wire), whole run | % of link, sustained | time s | lat p50/p99/p99.9 ms | CPU s/GB | RSS MB |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     fmt = lambda s, k: ("%g (%g–%g)" % (s[k]["median"], s[k]["min"], s[k]["max"])) if k in s else "n/a"
     for r in results:
         s = r["summary"]
         lat = "/".join(str(s[k]["median"]) if k in s else "n/a" for k in ("lat_p50_ms", "lat_p99_ms", "lat_p999_ms"))
         lines.append(f"| {r['profile']['rtt_ms']} | {r['profile']['loss_pct']} | {r['contender']} | {fmt(s, 'goodput_MBps')} | "
-                     f"{fmt(s, 'link_pct')} | {fmt(s, 'time_s')} | {lat} | {fmt(s, 'cpu_s_per_GB')} | {fmt(s, 'peak_rss_MB')} |")
-    md = "\n".join(lines) + "\n\nEach cell: median (min–max) of %d runs. Link cap %s Mbit/s; dataset %d MB; catch-up capped at %d s.\n" % (
+                     f"{fmt(s, 'link_pct')} | {fmt(s, 'steady_link_pct')} | {fmt(s, 'time_s')} | {lat} | {fmt(s, 'cpu_s_per_GB')} | {fmt(s, 'peak_rss_MB')} |")
+    md = "\n".join(lines) + ("\n\nEach cell: median (min–max) of %d runs. Link cap %s Mbit/s; dataset %d MB; catch-up capped at %d s. "
+         "Whole run: stored batch bytes copied / wall time from process start to exit. Sustained: the same bytes over the time "
+         "the link carried the middle 80 %% of the run's traffic (start-up and tail left out).\n") % (
         args.runs, args.rate_mbit, args.dataset_mb, args.cap_secs)
     (outdir / "results.md").write_text(md)
     print(md)
@@ -245,6 +294,7 @@ def main():
     ap.add_argument("--latency-rate", type=int, default=100, help="records/s produced during the latency phase")
     ap.add_argument("--contenders", default=",".join(CONTENDERS), help="subset of: " + ", ".join(CONTENDERS))
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"), help="output directory")
+    ap.add_argument("--logs", default="", help="keep each contender's log in this directory")
     ap.add_argument("--smoke", action="store_true", help="one small profile, one run")
     ap.add_argument("--resume", action="store_true", help="keep results already in --out and run only the missing ones")
     args = ap.parse_args()

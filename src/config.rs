@@ -116,7 +116,9 @@ fn default_max_pad() -> i64 {
     10_000_000
 }
 fn default_in_flight() -> usize {
-    256 * 1024 * 1024
+    // A lagging partition is fetched in pieces that arrive out of order; the reorder
+    // window must cover the slowest piece on a lossy long path (see docs/decisions.md).
+    512 * 1024 * 1024
 }
 fn default_fetch_bytes() -> usize {
     1024 * 1024

@@ -126,8 +126,9 @@ fn a_second_instance_fences_the_first() {
 }
 
 /// WAN outages: the links to the source and to the destination are cut while the
-/// mirror copies a backlog. Short cuts are ridden out by retries; a long one restarts
-/// the partitions from the destination end. The copy must still be exact.
+/// mirror copies a backlog and a live stream. Short cuts are ridden out by retries; a
+/// long one restarts the partitions from the destination end. The copy must still be
+/// exact.
 #[test]
 fn survives_cut_links_to_both_clusters() {
     use common::proxy::Proxy;
@@ -166,6 +167,25 @@ fn survives_cut_links_to_both_clusters() {
     eventually(Duration::from_secs(60), "copy under way", || {
         topic_exists(&bb, "dc-a.wan") && dest_end() > 0
     });
+    // The backlog is copied in a blink over loopback; the source stays live through
+    // the cuts below so that there is always something to copy when a link dies.
+    let live = {
+        let ba = ba.clone();
+        std::thread::spawn(move || {
+            let p = producer(&ba, "lz4", true);
+            for round in 0..40u64 {
+                for part in 0..2 {
+                    produce(
+                        &p,
+                        "wan",
+                        part,
+                        &sample(250, 1000 + round, |i| (i * 17) % 700),
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(250));
+            }
+        })
+    };
     // A long cut of the destination while the backlog is copied: past the retry
     // window, so the partitions restart from the destination end.
     pb.cut();
@@ -178,8 +198,9 @@ fn survives_cut_links_to_both_clusters() {
         proxy.restore();
         std::thread::sleep(Duration::from_millis(500));
     }
+    live.join().expect("live producer");
     eventually(Duration::from_secs(120), "full copy", || {
-        dest_end() == 40_000
+        dest_end() == 60_000
     });
     assert!(m.running(), "{}", m.log_text());
     m.signal(15);

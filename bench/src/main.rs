@@ -419,9 +419,14 @@ fn main() -> Result<()> {
                         total += c.end_offset(&topic, p.index).await?;
                     }
                 }
-                anyhow::Ok(total)
+                let wire = wire_bytes(&bootstrap, &topic).await?;
+                anyhow::Ok((total, wire))
             })?;
-            println!("{}", serde_json::json!({"end_offsets": total}));
+            // Stored batch bytes: a byte-for-byte copy holds exactly the source's.
+            println!(
+                "{}",
+                serde_json::json!({"end_offsets": total.0, "wire_bytes": total.1})
+            );
         }
         Cmd::LatencyConsume {
             bootstrap,

@@ -26,6 +26,8 @@ use super::versions::Versions;
 /// Largest response frame we accept; larger means a corrupt stream.
 const MAX_FRAME: usize = 256 * 1024 * 1024;
 const CLIENT_ID: &str = "wanmirror";
+/// Largest single read of a response body.
+const READ_SLICE: usize = 256 * 1024;
 
 struct Outgoing {
     api_key: i16,
@@ -350,11 +352,26 @@ async fn read_loop(
             }
         };
         let mut buf = BytesMut::zeroed(len);
-        if let Err(e) = rd.read_exact(&mut buf).await {
-            fail_all(&addr, &pending, &dead, &e.to_string());
-            return;
+        // Read in slices and count each as it lands: goodput reports must see a large
+        // response arrive over seconds, not all at once when it is complete.
+        let mut got = 0;
+        while got < len {
+            let end = (got + READ_SLICE).min(len);
+            match rd.read(&mut buf[got..end]).await {
+                Ok(0) => {
+                    fail_all(&addr, &pending, &dead, "connection closed mid-response");
+                    return;
+                }
+                Ok(n) => {
+                    got += n;
+                    stats.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    fail_all(&addr, &pending, &dead, &e.to_string());
+                    return;
+                }
+            }
         }
-        stats.bytes_in.fetch_add(len as u64, Ordering::Relaxed);
         stats.responses.fetch_add(1, Ordering::Relaxed);
         if let Some(rtt) = srtt_us(rd.as_ref()) {
             stats.srtt_us.store(rtt, Ordering::Relaxed);

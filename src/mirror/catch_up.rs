@@ -2,6 +2,7 @@
 //! over the source broker's connection pool, many at once, feeds the answers back and
 //! passes the reassembled, in-order batches to the writer.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,6 +20,10 @@ use crate::mirror::Shared;
 type Permit = Arc<OwnedSemaphorePermit>;
 type Answer = (u64, Option<Permit>, Result<Fetched, KafkaError>);
 
+/// Most pieces a backlog of unknown record sizes is first cut into ...
+const SCATTER: i64 = 64;
+/// ... and the fewest offsets each of them spans.
+const SCATTER_SPACING: i64 = 1024;
 /// How often the driver looks for slow pieces to fetch a second time.
 const STEAL_CHECK: Duration = Duration::from_millis(250);
 
@@ -26,8 +31,9 @@ const STEAL_CHECK: Duration = Duration::from_millis(250);
 pub(super) struct Start {
     pub offset: i64,
     pub high_watermark: i64,
-    /// Average bytes per offset of recent data, for cutting pieces.
-    pub bytes_per_offset: f64,
+    /// Average bytes per offset of recent data, for cutting pieces; `None` when no
+    /// data was read yet (a partition that starts far behind).
+    pub bytes_per_offset: Option<f64>,
     /// Largest batch seen: every fetch must be able to hold one.
     pub largest_batch: usize,
 }
@@ -42,13 +48,27 @@ pub(super) async fn run(
 ) -> Option<i64> {
     let t = &shared.config.transport;
     let budget_kib = (shared.config.mirror.in_flight_bytes / KIB) as u32;
-    let mut piece_bytes = t.piece_bytes.max(start.largest_batch).min(MAX_FETCH);
-    let mut bpo = start.bytes_per_offset.max(1.0);
-    let len = |bytes: usize, bpo: f64| ((bytes as f64 / bpo).ceil() as i64).max(1);
+    let mut size = Sizing::new(t.piece_bytes, start.largest_batch);
+    let len = |bytes: usize, bpo: f64| ((bytes as f64 / bpo.max(1e-3)).ceil() as i64).max(1);
+    // With nothing known of the data yet, the backlog is first cut into a few wide
+    // pieces each asked for one batch: their answers, all arriving about one round
+    // trip later, tell the record sizes, and the rest of each piece is fetched as
+    // remainders of the right size. (Fetching one batch first and waiting for it
+    // costs a whole slow-started transfer on a lossy path.)
+    let mut bpo = start.bytes_per_offset.unwrap_or(0.0);
+    let first_len = match start.bytes_per_offset {
+        Some(b) => len(size.piece_bytes(), b),
+        None => {
+            size.scatter = true;
+            let span = start.high_watermark - start.offset;
+            // On Kafka a wide piece starting inside a batch receives that batch, which
+            // belongs to the piece before: at most one batch wasted per wide piece, so
+            // keep them few on short backlogs.
+            (span / (span / SCATTER_SPACING).clamp(2, SCATTER)).max(1)
+        }
+    };
     let mut pieces: Pieces<RawBatch, Permit> =
-        Pieces::new(start.offset, start.high_watermark, len(piece_bytes, bpo));
-    // Bytes asked for at the head; doubled when a batch there is larger.
-    let mut head_bytes = piece_bytes;
+        Pieces::new(start.offset, start.high_watermark, first_len);
     let mut high_watermark = start.high_watermark;
     let mut tasks: JoinSet<Answer> = JoinSet::new();
     let clock = Instant::now();
@@ -62,7 +82,7 @@ pub(super) async fn run(
     let (topic, p) = (&job.source_topic, job.partition);
     tracing::info!(
         topic = %topic, partition = p, from = start.offset, to = start.high_watermark,
-        piece_offsets = len(piece_bytes, bpo), piece_bytes,
+        piece_offsets = first_len, piece_bytes = size.piece_bytes(),
         "partition far behind; catching up in parallel pieces"
     );
     let launch = |tasks: &mut JoinSet<Answer>,
@@ -81,12 +101,21 @@ pub(super) async fn run(
             (r.id, permit, res)
         });
     };
+    shared.catch_ups.fetch_add(1, Ordering::Relaxed);
+    let _count = CountGuard(&shared.catch_ups);
     loop {
-        let reserve = ((piece_bytes / KIB).max(1) as u32).min(budget_kib);
+        let reserve = ((size.piece_bytes() / KIB).max(1) as u32).min(budget_kib);
+        // A fair share of the budget: one slow head must not hold all of it while
+        // other partitions have nothing in flight.
+        let share =
+            shared.config.mirror.in_flight_bytes / shared.catch_ups.load(Ordering::Relaxed).max(1);
+        if bpo > 0.0 {
+            pieces.set_window((share as f64 / bpo) as i64);
+        }
         // Send all that can go now: the head without a permit, the rest with one.
         while let Some(r) = pieces.next_request(now(), false) {
             duplicates += r.duplicate as u64;
-            launch(&mut tasks, r, head_bytes, None);
+            launch(&mut tasks, r, size.ask(true), None);
         }
         while pieces.wants_more(now()) {
             let Ok(permit) = shared.budget.clone().try_acquire_many_owned(reserve) else {
@@ -95,11 +124,7 @@ pub(super) async fn run(
             let Some(r) = pieces.next_request(now(), true) else {
                 break;
             };
-            let bytes = if r.start == pieces.emitted() {
-                head_bytes
-            } else {
-                piece_bytes
-            };
+            let bytes = size.ask(r.start == pieces.emitted());
             duplicates += r.duplicate as u64;
             launch(&mut tasks, r, bytes, Some(Arc::new(permit)));
         }
@@ -116,14 +141,22 @@ pub(super) async fn run(
                         conns.insert(f.conn);
                         high_watermark = high_watermark.max(f.high_watermark);
                         let (batches, bad) = split_valid(&f.records);
+                        tracing::debug!(
+                            topic = %topic, partition = p, id, conn = f.conn, bytes = f.records.len(),
+                            first = batches.first().map(|b| b.header.base_offset),
+                            next = batches.last().map(|b| b.header.next_offset()),
+                            "piece answer"
+                        );
                         if let Some(largest) = batches.iter().map(|b| b.bytes.len()).max() {
-                            piece_bytes = piece_bytes.max(largest).min(MAX_FETCH);
+                            size.saw_batch(largest);
+                            size.scatter = false;
                         }
                         if let (Some(first), Some(last)) = (batches.first(), batches.last()) {
                             let span = (last.header.next_offset() - first.header.base_offset).max(1);
-                            let size: usize = batches.iter().map(|b| b.bytes.len()).sum();
-                            bpo = bpo * 0.8 + (size as f64 / span as f64) * 0.2;
-                            pieces.set_piece_len(len(piece_bytes, bpo));
+                            let got: usize = batches.iter().map(|b| b.bytes.len()).sum();
+                            let here = got as f64 / span as f64;
+                            bpo = if bpo > 0.0 { bpo * 0.8 + here * 0.2 } else { here };
+                            pieces.set_piece_len(len(size.piece_bytes(), bpo));
                         }
                         let outcome = match bad {
                             Some(e) => {
@@ -135,7 +168,7 @@ pub(super) async fn run(
                             None => pieces.on_answer(id, batches, permit, now()),
                         };
                         if outcome == Outcome::TooSmall {
-                            head_bytes = (head_bytes * 2).min(MAX_FETCH);
+                            size.head_too_small();
                         }
                         // Keep going in pieces only while far behind; the last stretch
                         // is read sequentially.
@@ -160,7 +193,7 @@ pub(super) async fn run(
             permit = shared.budget.clone().acquire_many_owned(reserve), if wants => {
                 let Ok(permit) = permit else { return None };
                 if let Some(r) = pieces.next_request(now(), true) {
-                    let bytes = if r.start == pieces.emitted() { head_bytes } else { piece_bytes };
+                    let bytes = size.ask(r.start == pieces.emitted());
                     duplicates += r.duplicate as u64;
                     launch(&mut tasks, r, bytes, Some(Arc::new(permit)));
                 }
@@ -190,6 +223,69 @@ pub(super) async fn run(
     Some(pieces.emitted())
 }
 
+/// Counts a running catch-up; uncounts it however the catch-up ends.
+struct CountGuard<'a>(&'a AtomicUsize);
+
+impl Drop for CountGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// How many bytes a piece is, and how many to ask a broker for.
+///
+/// Brokers differ in what a byte limit means: Kafka stops before the batch that would
+/// exceed it, tansu includes that batch. Asking for one largest batch less than the
+/// piece makes tansu answer about the piece and Kafka a little less (the rest is
+/// fetched as a remainder), so neither sends much beyond the piece: bytes beyond it
+/// cross the WAN twice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Sizing {
+    configured: usize,
+    largest: usize,
+    /// At least this much at the head, doubled when nothing came back there.
+    head_floor: usize,
+    /// No batch seen yet: ask for one batch per piece.
+    scatter: bool,
+}
+
+impl Sizing {
+    fn new(configured: usize, largest: usize) -> Sizing {
+        Sizing {
+            configured,
+            largest: largest.min(MAX_FETCH),
+            head_floor: 1,
+            scatter: false,
+        }
+    }
+
+    /// A piece holds at least one whole batch.
+    fn piece_bytes(&self) -> usize {
+        self.configured.max(self.largest).min(MAX_FETCH)
+    }
+
+    fn ask(&self, head: bool) -> usize {
+        let ask = if self.scatter {
+            1
+        } else {
+            self.piece_bytes().saturating_sub(self.largest).max(1)
+        };
+        if head {
+            ask.max(self.head_floor)
+        } else {
+            ask
+        }
+    }
+
+    fn saw_batch(&mut self, bytes: usize) {
+        self.largest = self.largest.max(bytes).min(MAX_FETCH);
+    }
+
+    fn head_too_small(&mut self) {
+        self.head_floor = (self.ask(true) * 2).min(MAX_FETCH);
+    }
+}
+
 /// Passes what is in order to the writer; false when the writer is gone.
 async fn emit(
     pieces: &mut Pieces<RawBatch, Permit>,
@@ -207,4 +303,36 @@ async fn emit(
     })
     .await
     .is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn asks_one_batch_less_than_the_piece() {
+        let s = Sizing::new(256 * 1024, 16 * 1024);
+        assert_eq!(s.piece_bytes(), 256 * 1024);
+        assert_eq!(s.ask(false), 240 * 1024);
+        // Batches as large as a piece: one batch per piece, asked for with the
+        // smallest limit (every broker returns at least one whole batch).
+        let mut s = Sizing::new(256 * 1024, 0);
+        s.saw_batch(1 << 20);
+        assert_eq!(s.piece_bytes(), 1 << 20);
+        assert_eq!(s.ask(false), 1);
+    }
+
+    #[test]
+    fn the_head_asks_for_more_after_an_empty_answer() {
+        let mut s = Sizing::new(1024, 1024);
+        assert_eq!(s.ask(true), 1);
+        s.head_too_small();
+        s.head_too_small();
+        assert_eq!(s.ask(true), 4);
+        assert_eq!(s.ask(false), 1);
+        for _ in 0..40 {
+            s.head_too_small();
+        }
+        assert_eq!(s.ask(true), MAX_FETCH);
+    }
 }

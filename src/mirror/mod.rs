@@ -15,7 +15,7 @@ pub mod tail;
 pub mod topics;
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -44,6 +44,8 @@ pub struct Shared {
     pub shutdown: watch::Receiver<bool>,
     pub stop_at_end: bool,
     pub stats: Stats,
+    /// Partitions catching up in pieces right now; they share the memory budget.
+    pub catch_ups: AtomicUsize,
 }
 
 /// Progress counters read by the periodic progress log.
@@ -149,6 +151,7 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<Outcome, StartError
         shutdown,
         stop_at_end: opts.stop_at_end,
         stats: Stats::default(),
+        catch_ups: AtomicUsize::new(0),
         config,
     };
 

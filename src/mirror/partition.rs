@@ -42,6 +42,9 @@ pub(super) enum Chunk {
 }
 
 pub(super) const KIB: usize = 1024;
+/// A partition starting at least this many offsets behind catches up in pieces at
+/// once (its record sizes, hence its backlog in bytes, are not known yet).
+const START_SPLIT_OFFSETS: i64 = 4096;
 /// Upper bound of a grown fetch: larger than any batch a broker accepts by default.
 pub(super) const MAX_FETCH: usize = 64 << 20;
 
@@ -112,7 +115,13 @@ pub async fn run(shared: Arc<Shared>, job: Job) -> Result<(), MirrorError> {
     pad_to(&shared, &job, &mut cursor, &mut sink, src_start).await?;
 
     let (tx, mut rx) = mpsc::channel(4);
-    let fetcher = tokio::spawn(fetch_loop(shared.clone(), job.clone(), cursor.next(), tx));
+    let fetcher = tokio::spawn(fetch_loop(
+        shared.clone(),
+        job.clone(),
+        cursor.next(),
+        src_end,
+        tx,
+    ));
     let _abort = AbortOnDrop(fetcher);
     let mut shutdown = shared.shutdown.clone();
     let mut caught_up = false;
@@ -215,12 +224,31 @@ async fn pad_to(
         .await
 }
 
-async fn fetch_loop(shared: Arc<Shared>, job: Job, mut offset: i64, tx: mpsc::Sender<Chunk>) {
+async fn fetch_loop(
+    shared: Arc<Shared>,
+    job: Job,
+    mut offset: i64,
+    src_end: i64,
+    tx: mpsc::Sender<Chunk>,
+) {
     let src = &shared.source;
     let cfg = &shared.config.mirror;
     let (topic, p) = (&job.source_topic, job.partition);
     let mut max_bytes = cfg.fetch_bytes;
-    let mut high_watermark = i64::MAX;
+    let mut high_watermark = src_end;
+    // Far behind from the start: straight to the parallel catch-up.
+    if src_end - offset >= START_SPLIT_OFFSETS {
+        let start = catch_up::Start {
+            offset,
+            high_watermark: src_end,
+            bytes_per_offset: None,
+            largest_batch: 0,
+        };
+        match catch_up::run(&shared, &job, start, &tx).await {
+            Some(next) => offset = next,
+            None => return,
+        }
+    }
     // What recent data looked like, for cutting a backlog into pieces.
     let mut bytes_per_offset = 1.0f64;
     let mut largest_batch = 0usize;
@@ -231,21 +259,29 @@ async fn fetch_loop(shared: Arc<Shared>, job: Job, mut offset: i64, tx: mpsc::Se
         let Ok(mut permit) = shared.budget.clone().acquire_many_owned(reserve).await else {
             return;
         };
-        // Catch-up reads return at once; only a fetch at the end waits for new data.
-        let wait = if offset >= high_watermark {
-            Duration::from_millis(cfg.tail_wait_ms)
-        } else {
-            Duration::ZERO
-        };
+        // Only a fetch at the end waits for new data, on the broker's long-poll
+        // connection. Reads behind the end go over the pool: one partition's megabytes
+        // must not queue on the connection every tailing partition shares.
+        let tailing = offset >= high_watermark;
         let res = src
-            .retry("fetch", || {
-                src.fetch(topic, p, offset, max_bytes as i32, wait)
+            .retry("fetch", || async {
+                if tailing {
+                    let wait = Duration::from_millis(cfg.tail_wait_ms);
+                    src.fetch(topic, p, offset, max_bytes as i32, wait).await
+                } else {
+                    src.fetch_piece(topic, p, offset, max_bytes as i32).await
+                }
             })
             .await;
         let msg = match res {
             Ok(f) => {
                 high_watermark = f.high_watermark;
                 let (batches, bad) = split_valid(&f.records);
+                tracing::debug!(
+                    topic = %topic, partition = p, offset, asked = max_bytes, bytes = f.records.len(),
+                    batches = batches.len(), next = batches.last().map(|b| b.header.next_offset()),
+                    high_watermark, "fetched"
+                );
                 if let Some(e) = bad {
                     // Copy what came before the bad batch, then stop at it.
                     if !batches.is_empty() {
@@ -272,7 +308,7 @@ async fn fetch_loop(shared: Arc<Shared>, job: Job, mut offset: i64, tx: mpsc::Se
                         // Data exists but no whole batch came back: the next batch is
                         // larger than the fetch size (some brokers then return a cut
                         // batch, others nothing). Ask for more.
-                        max_bytes = (max_bytes * 2).min(MAX_FETCH);
+                        max_bytes = (max_bytes * 2).max(cfg.fetch_bytes).min(MAX_FETCH);
                         continue;
                     }
                     if shared.stop_at_end {
@@ -335,7 +371,7 @@ async fn fetch_loop(shared: Arc<Shared>, job: Job, mut offset: i64, tx: mpsc::Se
             let start = catch_up::Start {
                 offset,
                 high_watermark,
-                bytes_per_offset,
+                bytes_per_offset: Some(bytes_per_offset),
                 largest_batch,
             };
             match catch_up::run(&shared, &job, start, &tx).await {

@@ -90,6 +90,9 @@ pub struct Pieces<B, T> {
     /// Plan up to here (the source's end when the catch-up started, or later).
     target: i64,
     piece_len: i64,
+    /// New pieces are planned only while the frontier is less than this far ahead of
+    /// the head: the share of the memory budget this partition may fill.
+    window: i64,
     covered: BTreeMap<i64, Segment<B, T>>,
     flights: BTreeMap<u64, Flight>,
     deferred: BTreeSet<i64>,
@@ -103,6 +106,8 @@ pub struct Pieces<B, T> {
 /// Slow means this many times the average answer time (at least `MIN_STEAL_MS`).
 const SLOW_FACTOR: f64 = 2.0;
 const MIN_STEAL_MS: f64 = 200.0;
+/// In-flight pieces at or below which the end game starts.
+const ENDGAME_FLIGHTS: usize = 16;
 
 impl<B: Span, T: Clone> Pieces<B, T> {
     /// A catch-up of `[start, target)` in pieces of `piece_len` offsets.
@@ -113,6 +118,7 @@ impl<B: Span, T: Clone> Pieces<B, T> {
             frontier: start,
             target: target.max(start),
             piece_len: piece_len.max(1),
+            window: i64::MAX,
             covered: BTreeMap::new(),
             flights: BTreeMap::new(),
             deferred: BTreeSet::new(),
@@ -132,6 +138,16 @@ impl<B: Span, T: Clone> Pieces<B, T> {
 
     pub fn set_piece_len(&mut self, len: i64) {
         self.piece_len = len.max(1);
+    }
+
+    /// Limits how far ahead of the head new pieces are planned (in offsets).
+    pub fn set_window(&mut self, offsets: i64) {
+        self.window = offsets.max(1);
+    }
+
+    fn may_plan(&self) -> bool {
+        self.frontier < self.target
+            && (self.frontier == self.emitted || self.frontier - self.emitted < self.window)
     }
 
     /// Moves the target up (the source grew while we caught up).
@@ -156,7 +172,7 @@ impl<B: Span, T: Clone> Pieces<B, T> {
     pub fn wants_more(&self, now_ms: u64) -> bool {
         self.stopped().is_none()
             && (self.gap(false).is_some()
-                || self.frontier < self.target
+                || self.may_plan()
                 || self.steal_candidate(now_ms).is_some())
     }
 
@@ -172,7 +188,7 @@ impl<B: Span, T: Clone> Pieces<B, T> {
             return Some(self.fly(start, end, now_ms, false));
         }
         // A new piece needs a permit, unless the head itself is still unplanned.
-        if (permit || self.frontier == self.emitted) && self.frontier < self.target {
+        if (permit || self.frontier == self.emitted) && self.may_plan() {
             let start = self.frontier;
             let end = (start + self.piece_len).min(self.target);
             self.frontier = end;
@@ -250,18 +266,25 @@ impl<B: Span, T: Clone> Pieces<B, T> {
         }
     }
 
-    /// A flight worth fetching a second time: slow, and either holding up the stream
-    /// or running while there is nothing else to do (the end game).
+    /// A flight worth fetching a second time: slow, and either holding up data that
+    /// already arrived behind it, or running while there is nothing else to do (the
+    /// end game). Every duplicate costs WAN bytes, so only those two qualify.
     fn steal_candidate(&self, now_ms: u64) -> Option<(u64, i64, i64)> {
-        let slow = (self.avg_ms * SLOW_FACTOR).max(MIN_STEAL_MS);
-        let endgame = self.frontier >= self.target && self.gap(false).is_none();
+        // The end game: all planned, nothing left to ask for, and only the last few
+        // pieces still out (earlier, every piece in flight would qualify).
+        let endgame = self.frontier >= self.target
+            && self.gap(false).is_none()
+            && self.flights.len() <= ENDGAME_FLIGHTS;
+        let factor = SLOW_FACTOR;
+        let slow = (self.avg_ms * factor).max(MIN_STEAL_MS);
+        let waiting_behind = !self.covered.is_empty();
         self.flights
             .iter()
             .filter(|(_, f)| !f.duplicate && !f.stolen)
             .filter(|(_, f)| (now_ms.saturating_sub(f.issued_ms)) as f64 >= slow)
             .filter_map(|(id, f)| {
                 let start = self.uncovered_from(f.start, f.end)?;
-                let blocks = start == self.emitted;
+                let blocks = start == self.emitted && waiting_behind;
                 (blocks || endgame).then_some((*id, start, f.end))
             })
             .min_by_key(|(_, s, _)| *s)
@@ -547,6 +570,19 @@ mod tests {
         assert_eq!(p.stopped(), Some(15));
         assert!(p.is_done());
         assert!(p.next_request(5, true).is_none());
+    }
+
+    #[test]
+    fn new_pieces_stay_within_the_window() {
+        let mut p: Pieces<B, ()> = Pieces::new(0, 1_000, 10);
+        p.set_window(30);
+        let rs: Vec<_> = std::iter::from_fn(|| p.next_request(0, true)).collect();
+        assert_eq!(rs.len(), 3, "{rs:?}");
+        assert!(!p.wants_more(0));
+        p.on_answer(rs[0].id, vec![B(0, 10)], None, 1);
+        p.pop_ready();
+        let r = p.next_request(1, true).unwrap();
+        assert_eq!((r.start, r.end), (30, 40));
     }
 
     #[test]

@@ -19,14 +19,18 @@ use crate::kafka::connection::{Connection, SocketOptions};
 use crate::kafka::error::Result;
 use crate::kafka::fetch_mux::{fetch_request, send_fetch};
 
-/// Requests in flight per connection: one being answered, one queued behind it so the
-/// broker starts on the next as soon as the first is sent, with no idle round trip.
-pub const DEPTH: usize = 2;
+/// Requests in flight per connection. One: a piece queued behind another waits for
+/// that whole transfer, which on a lossy path doubles the time until it can be handed
+/// on, and in-order hand-over makes every later piece wait as well. The cost is one
+/// idle round trip per piece on each connection, which more connections make up for.
+pub const DEPTH: usize = 1;
 
 struct Slot {
     id: u64,
     conn: Connection,
     in_flight: usize,
+    /// Surplus after a shrink: takes no new requests, closes when idle.
+    draining: bool,
     /// Bytes counted at the last window, for this connection's goodput.
     seen: u64,
     opened: Instant,
@@ -48,7 +52,7 @@ pub struct Pool {
     opts: SocketOptions,
     inner: Mutex<Inner>,
     freed: Notify,
-    /// Set when a caller had to wait for a connection during the current window.
+    /// Set when a request found no idle connection during the current window.
     waited: AtomicBool,
     reports: Reports,
 }
@@ -135,22 +139,28 @@ impl Pool {
                 let mut g = self.lock();
                 let inner = &mut *g;
                 retire_dead(inner);
+                let live = inner.slots.iter().filter(|s| !s.draining).count();
+                let may_open = live + inner.connecting < inner.target;
                 let best = inner
                     .slots
                     .iter_mut()
-                    .filter(|s| s.in_flight < DEPTH)
+                    .filter(|s| s.in_flight < DEPTH && !s.draining)
                     .min_by_key(|s| s.in_flight);
-                if let Some(s) = best {
-                    s.in_flight += 1;
-                    return Ok((s.id, s.conn.clone()));
+                match best {
+                    Some(s) if s.in_flight == 0 || !may_open => {
+                        // Queued behind another request: a connection more would
+                        // have started it at once.
+                        if s.in_flight > 0 {
+                            self.waited.store(true, Ordering::Relaxed);
+                        }
+                        s.in_flight += 1;
+                        return Ok((s.id, s.conn.clone()));
+                    }
+                    // Below the target size a new connection beats queueing.
+                    _ if may_open => inner.connecting += 1,
+                    _ => self.waited.store(true, Ordering::Relaxed),
                 }
-                let open = inner.slots.len() + inner.connecting < inner.target;
-                if open {
-                    inner.connecting += 1;
-                } else {
-                    self.waited.store(true, Ordering::Relaxed);
-                }
-                open
+                may_open
             };
             if !open {
                 freed.await;
@@ -167,6 +177,7 @@ impl Pool {
                         id,
                         conn: conn.clone(),
                         in_flight: 1,
+                        draining: false,
                         seen: 0,
                         opened: Instant::now(),
                     });
@@ -189,13 +200,13 @@ impl Pool {
 
     fn checkin(&self, id: u64) {
         let mut g = self.lock();
-        let target = g.target;
-        let surplus = g.slots.len() > target;
         if let Some(i) = g.slots.iter().position(|s| s.id == id) {
             g.slots[i].in_flight -= 1;
-            if surplus && g.slots[i].in_flight == 0 {
-                let s = g.slots.swap_remove(i);
-                g.retired += s.conn.stats().bytes_in.load(Ordering::Relaxed);
+            if g.slots[i].draining {
+                if g.slots[i].in_flight == 0 {
+                    let s = g.slots.swap_remove(i);
+                    g.retired += s.conn.stats().bytes_in.load(Ordering::Relaxed);
+                }
                 return;
             }
         }
@@ -229,13 +240,26 @@ impl Pool {
     fn set_target(&self, n: usize) {
         let mut g = self.lock();
         g.target = n;
-        // Close idle surplus connections now; busy ones close at their check-in.
-        while g.slots.len() > n {
-            let Some(i) = g.slots.iter().position(|s| s.in_flight == 0) else {
-                break;
-            };
-            let s = g.slots.swap_remove(i);
-            g.retired += s.conn.stats().bytes_in.load(Ordering::Relaxed);
+        // Surplus connections drain: idle ones close now, busy ones after their
+        // requests are answered. Growing again revives draining ones first.
+        let mut open = g.slots.iter().filter(|s| !s.draining).count();
+        for s in g.slots.iter_mut() {
+            if open > n && !s.draining {
+                s.draining = true;
+                open -= 1;
+            } else if open < n && s.draining {
+                s.draining = false;
+                open += 1;
+            }
+        }
+        let mut i = 0;
+        while i < g.slots.len() {
+            if g.slots[i].draining && g.slots[i].in_flight == 0 {
+                let s = g.slots.swap_remove(i);
+                g.retired += s.conn.stats().bytes_in.load(Ordering::Relaxed);
+            } else {
+                i += 1;
+            }
         }
         drop(g);
         // Waiters may now open connections.
@@ -296,8 +320,8 @@ async fn size_loop(pool: Weak<Pool>, mut sizer: Sizer, report_every: Duration) {
         last_total = total;
         let busy = pool.waited.swap(false, Ordering::Relaxed);
         let (median_rtt, max_rtt) = rtt_summary(&reports);
-        // A window must span several round trips to mean anything.
-        window = Duration::from_secs_f64((median_rtt * 8.0 / 1000.0).clamp(1.0, 5.0));
+        // A window must span many round trips to mean anything on a lossy path.
+        window = Duration::from_secs_f64((median_rtt * 5.0 / 1000.0).clamp(1.0, 5.0));
         let goodput = bytes as f64 / elapsed.as_secs_f64();
         if let Some(change) = sizer.observe(Window { bytes, busy }) {
             tracing::info!(

@@ -31,7 +31,8 @@ impl Default for PoolConfig {
 pub struct Window {
     /// Response bytes received by the whole pool in the window.
     pub bytes: u64,
-    /// Whether requests had to wait for a free connection: the pool limited demand.
+    /// Whether requests found no idle connection: more connections could have
+    /// started them sooner.
     pub busy: bool,
 }
 
@@ -55,6 +56,10 @@ enum Phase {
 
 /// Windows to wait after a failed probe before trying again.
 const HOLD_WINDOWS: u32 = 10;
+/// A growth that raised goodput by at least this share is kept.
+const KEEP_GAIN: f64 = 0.05;
+/// Idle windows in a row before the pool shrinks.
+const IDLE_WINDOWS: u32 = 5;
 
 #[derive(Debug, Clone)]
 pub struct Sizer {
@@ -66,6 +71,8 @@ pub struct Sizer {
     settle: u32,
     /// Growth factor: 2 until a probe first fails, then 1.25.
     doubling: bool,
+    /// Consecutive windows in which nobody waited for a connection.
+    idle: u32,
 }
 
 impl Sizer {
@@ -83,6 +90,7 @@ impl Sizer {
             phase: Phase::Hold { left: 0 },
             settle: 0,
             doubling: true,
+            idle: 0,
         }
     }
 
@@ -104,6 +112,12 @@ impl Sizer {
                 let needed = before as f64 * (1.0 + (factor - 1.0) / 4.0);
                 if w.busy && w.bytes as f64 >= needed {
                     self.grow(w.bytes)
+                } else if w.bytes as f64 >= before as f64 * (1.0 + KEEP_GAIN) {
+                    // It helped, if less than hoped: keep it, and probe in small steps
+                    // from here on.
+                    self.doubling = false;
+                    self.phase = Phase::Hold { left: HOLD_WINDOWS };
+                    None
                 } else {
                     self.size = prev;
                     self.doubling = false;
@@ -114,14 +128,17 @@ impl Sizer {
             }
             Phase::Hold { left } => {
                 if !w.busy {
+                    // Demand comes in waves (partitions switching between catch-up and
+                    // tailing); shrink only after a run of idle windows.
+                    self.idle += 1;
                     let to = (self.size - (self.size / 4).max(1)).max(self.cfg.min);
-                    self.phase = Phase::Hold { left };
-                    if to < self.size {
+                    if self.idle >= IDLE_WINDOWS && to < self.size {
                         self.size = to;
                         return Some(Change::Idle);
                     }
                     return None;
                 }
+                self.idle = 0;
                 if left > 0 {
                     self.phase = Phase::Hold { left: left - 1 };
                     return None;
@@ -202,6 +219,16 @@ mod tests {
         assert_eq!(s.observe(link(32, 1_000, 10_000)), None); // settling
         assert_eq!(s.observe(link(32, 1_000, 10_000)), Some(Change::Reverted));
         assert_eq!(s.size(), 16);
+    }
+
+    #[test]
+    fn a_growth_with_some_gain_is_kept() {
+        let mut s = Sizer::new(cfg());
+        // 16 connections carry 16,000; the link takes 19,000.
+        assert_eq!(s.observe(link(16, 1_000, 19_000)), Some(Change::Grew));
+        s.observe(link(32, 1_000, 19_000)); // settling
+        assert_eq!(s.observe(link(32, 1_000, 19_000)), None);
+        assert_eq!(s.size(), 32, "a 19 % gain is worth keeping");
     }
 
     #[test]
