@@ -205,12 +205,29 @@ def one_run(profile, contender, args, cfgdir):
             "cpu_s_per_GB": round((u + s_) / gb, 2) if gb > 0 and u is not None else None,
             "peak_rss_MB": round(rss_kb / 1024, 1) if rss_kb is not None else None,
         }
+        if args.diff and contender != "baseline" and not capped:
+            res.update(diff_speed(contender, cfgdir))
         if args.latency_secs > 0:
             res.update(latency(contender, args, cfgdir, procs))
         return res
     finally:
         procs.stop_all()
         link_down()
+
+
+def diff_speed(contender, cfgdir):
+    """`wanmirror diff` of the copy just made, run in the destination DC (the source
+    side is read across the emulated link). A difference fails the run."""
+    cfg = cfgdir / f"{contender}-bench.toml"
+    t = time.time()
+    out = subprocess.run(ns(DST_NS, [str(REL / "wanmirror"), "diff", "--config", str(cfg), "--json"]),
+                         capture_output=True, text=True)
+    secs = time.time() - t
+    if out.returncode != 0:
+        raise RuntimeError(f"diff after {contender} exited {out.returncode}: {out.stdout[-2000:]}{out.stderr[-2000:]}")
+    report = json.loads(out.stdout)
+    read = sum(p["bytes_read"] for p in report["partitions"])
+    return {"diff_s": round(secs, 2), "diff_read_MBps": round(read / secs / 1e6, 2)}
 
 
 def latency(contender, args, cfgdir, procs):
@@ -294,6 +311,7 @@ def main():
     ap.add_argument("--latency-rate", type=int, default=100, help="records/s produced during the latency phase")
     ap.add_argument("--contenders", default=",".join(CONTENDERS), help="subset of: " + ", ".join(CONTENDERS))
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"), help="output directory")
+    ap.add_argument("--diff", action="store_true", help="after each complete wanmirror copy, time `wanmirror diff` of it")
     ap.add_argument("--logs", default="", help="keep each contender's log in this directory")
     ap.add_argument("--smoke", action="store_true", help="one small profile, one run")
     ap.add_argument("--resume", action="store_true", help="keep results already in --out and run only the missing ones")

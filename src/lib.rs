@@ -1,10 +1,11 @@
 //! wanmirror: an offset-identical Kafka mirror for long, lossy links between data centres.
 //!
 //! Layers: [`kafka`] (client), [`transport`] (connection pools), [`mirror`] (pipeline),
-//! [`config`], and [`demo`].
+//! [`verify`] (Merkle diff), [`config`], and [`demo`].
 
 pub mod config;
 pub mod demo;
 pub mod kafka;
 pub mod mirror;
 pub mod transport;
+pub mod verify;

@@ -74,6 +74,18 @@ enum Cmd {
         #[arg(long)]
         topic: String,
     },
+    /// Micro-benchmark of `wanmirror diff` leaf hashing on one core (JSON: MB/s
+    /// median, min, max over `runs`).
+    Hash {
+        /// Record payload bytes hashed per run.
+        #[arg(long, default_value_t = 256_000_000)]
+        bytes: usize,
+        /// Value size of the synthetic records.
+        #[arg(long, default_value_t = 1000)]
+        record_bytes: usize,
+        #[arg(long, default_value_t = 7)]
+        runs: usize,
+    },
     /// Read `records` stamped records from the destination and print latency percentiles (JSON).
     LatencyConsume {
         #[arg(long)]
@@ -428,6 +440,11 @@ fn main() -> Result<()> {
                 serde_json::json!({"end_offsets": total.0, "wire_bytes": total.1})
             );
         }
+        Cmd::Hash {
+            bytes,
+            record_bytes,
+            runs,
+        } => hash_speed(bytes, record_bytes, runs),
         Cmd::LatencyConsume {
             bootstrap,
             topic,
@@ -437,4 +454,59 @@ fn main() -> Result<()> {
         } => latency_consume(&bootstrap, &topic, partitions, records, timeout_secs)?,
     }
     Ok(())
+}
+
+/// Leaf hashing throughput: synthetic records (key, value, two headers) fed through
+/// the same `LeafHasher` the diff uses, timed per run on this thread.
+fn hash_speed(bytes: usize, record_bytes: usize, runs: usize) {
+    use wanmirror::kafka::records::Content;
+    use wanmirror::verify::leaf::LeafHasher;
+    let mut rng = rand::rng();
+    let pool: Vec<u8> = (0..record_bytes + 4096).map(|_| rng.random()).collect();
+    let mut records: Vec<Content> = (0..4096)
+        .map(|i| Content {
+            offset: i,
+            timestamp: 1_700_000_000_000 + i,
+            key: Some(format!("key-{i}").into_bytes().into()),
+            value: Some(pool[(i as usize % 4096)..][..record_bytes].to_vec().into()),
+            headers: vec![
+                ("trace".into(), Some(format!("t{i}").into_bytes().into())),
+                ("empty".into(), None),
+            ],
+        })
+        .collect();
+    let per = |r: &Content| {
+        r.value.as_ref().map_or(0, |v| v.len()) + r.key.as_ref().map_or(0, |k| k.len())
+    };
+    let batch_bytes: usize = records.iter().map(per).sum();
+    let rounds = (bytes / batch_bytes).max(1);
+    let mut speeds = Vec::new();
+    for _ in 0..runs.max(1) {
+        let started = Instant::now();
+        let mut h = LeafHasher::new(0, (rounds * records.len()) as i64, 4096);
+        let mut offset = 0i64;
+        for _ in 0..rounds {
+            for r in records.iter_mut() {
+                r.offset = offset;
+                offset += 1;
+                h.push(r);
+            }
+        }
+        let leaves = h.finish();
+        std::hint::black_box(leaves);
+        let secs = started.elapsed().as_secs_f64();
+        speeds.push((rounds * batch_bytes) as f64 / secs / 1e6);
+    }
+    speeds.sort_by(f64::total_cmp);
+    println!(
+        "{}",
+        serde_json::json!({
+            "record_bytes": record_bytes,
+            "bytes_per_run": rounds * batch_bytes,
+            "runs": speeds.len(),
+            "MBps_median": speeds[speeds.len() / 2],
+            "MBps_min": speeds[0],
+            "MBps_max": speeds[speeds.len() - 1],
+        })
+    );
 }

@@ -48,6 +48,13 @@ pub enum KafkaError {
         code: ResponseError,
         detail: Option<String>,
     },
+    #[error("{topic}/{partition}: corrupt data at offset {offset}: {detail}")]
+    Corrupt {
+        topic: String,
+        partition: i32,
+        offset: i64,
+        detail: String,
+    },
     #[error("topic {topic} is unknown to cluster {cluster}")]
     UnknownTopic { cluster: String, topic: String },
     #[error("no leader known for {topic}/{partition} in cluster {cluster}")]

@@ -6,5 +6,6 @@ pub mod client;
 pub mod connection;
 pub mod error;
 pub mod fetch_mux;
+pub mod reader;
 pub mod records;
 pub mod versions;

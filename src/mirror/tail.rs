@@ -2,11 +2,12 @@
 //! source at the same offsets (content, not CRC: producer fields differ by design).
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
-use crate::kafka::batch::{split_batches, BatchHeader, RawBatch};
+use crate::kafka::batch::BatchHeader;
 use crate::kafka::client::Cluster;
-use crate::kafka::records::{decode, Content};
+use crate::kafka::error::KafkaError;
+use crate::kafka::reader::PartitionReader;
+use crate::kafka::records::Content;
 use crate::mirror::error::MirrorError;
 use crate::mirror::partition::Job;
 use crate::mirror::Shared;
@@ -20,14 +21,15 @@ pub async fn verify_tail(
 ) -> Result<(), MirrorError> {
     let p = job.partition;
     let fetch_bytes = shared.config.mirror.fetch_bytes;
-    let dest_recs = Reader {
+    let dest_recs = PartitionReader {
         cluster: &shared.dest,
         topic: &job.dest_topic,
         partition: p,
         fetch_bytes,
     }
     .records(dest_end - 1, dest_end)
-    .await?;
+    .await
+    .map_err(|e| read_err(&shared.dest, e))?;
     let Some(lo) = dest_recs.first().map(|r| r.offset) else {
         tracing::warn!(
             topic = %job.dest_topic, partition = p, dest_end,
@@ -43,14 +45,15 @@ pub async fn verify_tail(
         );
         return Ok(());
     }
-    let src_recs: BTreeMap<i64, Content> = Reader {
+    let src_recs: BTreeMap<i64, Content> = PartitionReader {
         cluster: &shared.source,
         topic: &job.source_topic,
         partition: p,
         fetch_bytes,
     }
     .records(from, dest_end)
-    .await?
+    .await
+    .map_err(|e| read_err(&shared.source, e))?
     .into_iter()
     .map(|r| (r.offset, r))
     .collect();
@@ -106,108 +109,21 @@ fn difference(a: &Content, b: &Content) -> Option<&'static str> {
     }
 }
 
-/// Reads of one partition for the resume path: log start, raw batches, records.
-struct Reader<'a> {
-    cluster: &'a Cluster,
-    topic: &'a str,
-    partition: i32,
-    fetch_bytes: usize,
-}
-
-impl Reader<'_> {
-    async fn log_start(&self) -> Result<i64, MirrorError> {
-        let c = self.cluster;
-        c.retry("log start", || c.log_start(self.topic, self.partition))
-            .await
-            .map_err(|e| MirrorError::kafka(c.name(), e))
-    }
-
-    async fn fetch(&self, at: i64) -> Result<Vec<RawBatch>, MirrorError> {
-        let c = self.cluster;
-        let f = c
-            .retry("fetch", || {
-                c.fetch(
-                    self.topic,
-                    self.partition,
-                    at,
-                    self.fetch_bytes as i32,
-                    Duration::ZERO,
-                )
-            })
-            .await
-            .map_err(|e| MirrorError::kafka(c.name(), e))?;
-        split_batches(&f.records).map_err(|e| MirrorError::BadBatch {
-            topic: self.topic.to_string(),
-            partition: self.partition,
-            offset: e.offset(),
-            detail: e.to_string(),
-        })
-    }
-
-    /// Batches starting with the one that contains `offset`.
-    ///
-    /// Apache Kafka answers a fetch inside a batch with the whole batch; tansu 0.6
-    /// answers with the next batch. So when the answer starts after `offset`, probe
-    /// further back (doubling the step) and read forward to the batch holding `offset`.
-    async fn batches_from(
-        &self,
-        offset: i64,
-        log_start: i64,
-    ) -> Result<Vec<RawBatch>, MirrorError> {
-        let mut step = 0i64;
-        loop {
-            let probe = (offset - step).max(log_start);
-            let mut at = probe;
-            let mut saw_earlier = false;
-            loop {
-                let batches = self.fetch(at).await?;
-                let Some(last) = batches.last() else {
-                    if probe <= log_start || saw_earlier {
-                        return Ok(vec![]);
-                    }
-                    break;
-                };
-                if let Some(i) = batches
-                    .iter()
-                    .position(|b| b.header.last_offset() >= offset)
-                {
-                    let found = &batches[i];
-                    if found.header.base_offset <= offset
-                        || saw_earlier
-                        || i > 0
-                        || probe <= log_start
-                    {
-                        return Ok(batches[i..].to_vec());
-                    }
-                    break;
-                }
-                saw_earlier = true;
-                at = last.header.next_offset();
-            }
-            step = (step * 2).max(1);
-        }
-    }
-
-    /// Records with offsets in `[from, to)`, plus those before `from` in its batch.
-    async fn records(&self, from: i64, to: i64) -> Result<Vec<Content>, MirrorError> {
-        let log_start = self.log_start().await?;
-        let mut out = Vec::new();
-        let mut batches = self.batches_from(from, log_start).await?;
-        while let Some(last) = batches.last() {
-            let next = last.header.next_offset();
-            let recs = decode(&batches).map_err(|detail| MirrorError::BadBatch {
-                topic: self.topic.to_string(),
-                partition: self.partition,
-                offset: batches[0].header.base_offset,
-                detail,
-            })?;
-            out.extend(recs.into_iter().filter(|r| r.offset < to));
-            if next >= to {
-                break;
-            }
-            batches = self.fetch(next).await?;
-        }
-        Ok(out)
+/// A reader's errors in mirror terms: corrupt data stops the partition for good.
+fn read_err(cluster: &Cluster, e: KafkaError) -> MirrorError {
+    match e {
+        KafkaError::Corrupt {
+            topic,
+            partition,
+            offset,
+            detail,
+        } => MirrorError::BadBatch {
+            topic,
+            partition,
+            offset,
+            detail,
+        },
+        e => MirrorError::kafka(cluster.name(), e),
     }
 }
 
@@ -219,17 +135,20 @@ pub async fn last_batch(
     end: i64,
     fetch_bytes: usize,
 ) -> Result<Option<BatchHeader>, MirrorError> {
-    let r = Reader {
+    let r = PartitionReader {
         cluster,
         topic,
         partition,
         fetch_bytes,
     };
-    let log_start = r.log_start().await?;
+    let log_start = r.log_start().await.map_err(|e| read_err(cluster, e))?;
     if end <= log_start {
         return Ok(None);
     }
-    let batches = r.batches_from(end - 1, log_start).await?;
+    let batches = r
+        .batches_from(end - 1, log_start)
+        .await
+        .map_err(|e| read_err(cluster, e))?;
     Ok(batches
         .first()
         .filter(|b| b.header.base_offset < end)

@@ -1,0 +1,134 @@
+//! `wanmirror diff` from arguments to report: which clusters, which topic pairs.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::diff::{self, Options, Side};
+use super::error::VerifyError;
+use super::report::{Bar, Report};
+use crate::config::Config;
+use crate::kafka::client::Cluster;
+use crate::kafka::connection::SocketOptions;
+
+/// What to compare: the topics of a mirror config, or one ad-hoc topic pair.
+pub enum Target {
+    Config {
+        config: Box<Config>,
+        /// Only this source topic.
+        topic: Option<String>,
+    },
+    Pair {
+        source_bootstrap: String,
+        dest_bootstrap: String,
+        source_topic: String,
+        dest_topic: String,
+    },
+}
+
+pub struct DiffRequest {
+    pub target: Target,
+    pub options: Options,
+    /// Show a progress bar (on a terminal).
+    pub progress: bool,
+}
+
+pub async fn run(req: DiffRequest) -> Result<Report, VerifyError> {
+    let sock = SocketOptions {
+        retry_deadline: Duration::from_secs(10),
+        ..SocketOptions::default()
+    };
+    let (source, dest, pairs) = match req.target {
+        Target::Pair {
+            source_bootstrap,
+            dest_bootstrap,
+            source_topic,
+            dest_topic,
+        } => {
+            let s = Cluster::new("source", &source_bootstrap, sock.clone());
+            let d = Cluster::new("destination", &dest_bootstrap, sock);
+            connect(&s).await?;
+            connect(&d).await?;
+            (s, d, vec![(source_topic, dest_topic)])
+        }
+        Target::Config { config, topic } => {
+            let s = Cluster::new(&config.source.name, &config.source.bootstrap, sock.clone());
+            let d = Cluster::new(
+                &config.destination.name,
+                &config.destination.bootstrap,
+                sock,
+            );
+            connect(&s).await?;
+            connect(&d).await?;
+            let filter = config
+                .filter("config")
+                .map_err(|e| VerifyError::Usage(e.to_string()))?;
+            let topics: Vec<String> = match topic {
+                Some(t) if filter.matches(&t) => vec![t],
+                Some(t) => {
+                    return Err(VerifyError::Usage(format!(
+                        "topic {t} is not selected by the config's mirror.topics/exclude"
+                    )))
+                }
+                None => s
+                    .refresh(None)
+                    .await
+                    .map_err(|e| VerifyError::kafka(s.name(), e))?
+                    .into_iter()
+                    .map(|t| t.name)
+                    .filter(|n| !n.starts_with("__") && filter.matches(n))
+                    .collect(),
+            };
+            if topics.is_empty() {
+                return Err(VerifyError::Usage(
+                    "no source topic matches the config's mirror.topics".into(),
+                ));
+            }
+            let pairs = topics
+                .into_iter()
+                .map(|t| {
+                    let d = config.dest_topic(&t);
+                    (t, d)
+                })
+                .collect();
+            (s, d, pairs)
+        }
+    };
+    let bar = Bar::new(req.progress);
+    let mut partitions = Vec::new();
+    for (st, dt) in pairs {
+        let found = diff::topic(
+            Side {
+                cluster: source.clone(),
+                topic: st,
+            },
+            Side {
+                cluster: dest.clone(),
+                topic: dt,
+            },
+            req.options.clone(),
+            bar.clone(),
+        )
+        .await;
+        match found {
+            Ok(p) => partitions.extend(p),
+            Err(e) => {
+                bar.finish();
+                return Err(e);
+            }
+        }
+    }
+    bar.finish();
+    Ok(Report::new(
+        source.name(),
+        dest.name(),
+        req.options.leaf_offsets,
+        partitions,
+    ))
+}
+
+async fn connect(c: &Arc<Cluster>) -> Result<(), VerifyError> {
+    c.refresh(Some(&[]))
+        .await
+        .map(|_| ())
+        .map_err(|e| VerifyError::kafka(c.name(), e))
+}
