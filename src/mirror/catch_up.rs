@@ -56,6 +56,8 @@ pub(super) async fn run(
     // remainders of the right size. (Fetching one batch first and waiting for it
     // costs a whole slow-started transfer on a lossy path.)
     let mut bpo = start.bytes_per_offset.unwrap_or(0.0);
+    // Average offsets per batch, for keeping pieces longer than a batch.
+    let mut batch_span = 0.0f64;
     let first_len = match start.bytes_per_offset {
         Some(b) => len(size.piece_bytes(), b),
         None => {
@@ -78,6 +80,10 @@ pub(super) async fn run(
     // For the closing log line: answers taken, and the connections that carried them.
     let mut answers = 0u64;
     let mut duplicates = 0u64;
+    // Bytes answers carried, and bytes handed on: the difference crossed the WAN for
+    // nothing (duplicates, overlaps).
+    let mut fetched_bytes = 0u64;
+    let mut used_bytes = 0u64;
     let mut conns = std::collections::HashSet::new();
     let (topic, p) = (&job.source_topic, job.partition);
     tracing::info!(
@@ -115,7 +121,8 @@ pub(super) async fn run(
         // Send all that can go now: the head without a permit, the rest with one.
         while let Some(r) = pieces.next_request(now(), false) {
             duplicates += r.duplicate as u64;
-            launch(&mut tasks, r, size.ask(true), None);
+            let bytes = size.ask(true, est(&r, bpo));
+            launch(&mut tasks, r, bytes, None);
         }
         while pieces.wants_more(now()) {
             let Ok(permit) = shared.budget.clone().try_acquire_many_owned(reserve) else {
@@ -124,7 +131,7 @@ pub(super) async fn run(
             let Some(r) = pieces.next_request(now(), true) else {
                 break;
             };
-            let bytes = size.ask(r.start == pieces.emitted());
+            let bytes = size.ask(r.start == pieces.emitted(), est(&r, bpo));
             duplicates += r.duplicate as u64;
             launch(&mut tasks, r, bytes, Some(Arc::new(permit)));
         }
@@ -138,6 +145,7 @@ pub(super) async fn run(
                 match res {
                     Ok(f) => {
                         answers += 1;
+                        fetched_bytes += f.records.len() as u64;
                         conns.insert(f.conn);
                         high_watermark = high_watermark.max(f.high_watermark);
                         let (batches, bad) = split_valid(&f.records);
@@ -156,7 +164,12 @@ pub(super) async fn run(
                             let got: usize = batches.iter().map(|b| b.bytes.len()).sum();
                             let here = got as f64 / span as f64;
                             bpo = if bpo > 0.0 { bpo * 0.8 + here * 0.2 } else { here };
-                            pieces.set_piece_len(len(size.piece_bytes(), bpo));
+                            let per_batch = span as f64 / batches.len() as f64;
+                            batch_span = if batch_span > 0.0 { batch_span * 0.8 + per_batch * 0.2 } else { per_batch };
+                            // A piece must hold a batch start or its answer is a batch
+                            // that belongs to (and is fetched by) the next piece too.
+                            let by_bytes = len(size.piece_bytes(), bpo);
+                            pieces.set_piece_len(by_bytes.max((2.0 * batch_span) as i64));
                         }
                         let outcome = match bad {
                             Some(e) => {
@@ -183,7 +196,7 @@ pub(super) async fn run(
                         // gone, ...) or reports it.
                         tracing::info!(topic = %topic, partition = p, offset = pieces.emitted(), error = %e, "catch-up piece failed; continuing sequentially");
                         pieces.on_failed(id);
-                        if !emit(&mut pieces, high_watermark, tx).await {
+                        if !emit(&mut pieces, high_watermark, tx, &mut used_bytes).await {
                             return None;
                         }
                         return Some(pieces.emitted());
@@ -193,7 +206,7 @@ pub(super) async fn run(
             permit = shared.budget.clone().acquire_many_owned(reserve), if wants => {
                 let Ok(permit) = permit else { return None };
                 if let Some(r) = pieces.next_request(now(), true) {
-                    let bytes = size.ask(r.start == pieces.emitted());
+                    let bytes = size.ask(r.start == pieces.emitted(), est(&r, bpo));
                     duplicates += r.duplicate as u64;
                     launch(&mut tasks, r, bytes, Some(Arc::new(permit)));
                 }
@@ -201,7 +214,7 @@ pub(super) async fn run(
             _ = tokio::time::sleep(STEAL_CHECK) => {}
             _ = tx.closed() => return None,
         }
-        if !emit(&mut pieces, high_watermark, tx).await {
+        if !emit(&mut pieces, high_watermark, tx, &mut used_bytes).await {
             return None;
         }
         if let Some(bad) = pieces.stopped() {
@@ -218,9 +231,15 @@ pub(super) async fn run(
     }
     tracing::info!(
         topic = %topic, partition = p, end = pieces.emitted(), answers, duplicates,
+        fetched_bytes, wasted_bytes = fetched_bytes.saturating_sub(used_bytes),
         connections = conns.len(), "parallel catch-up finished"
     );
     Some(pieces.emitted())
+}
+
+/// Estimated bytes of a request's range, once record sizes are known.
+fn est(r: &super::pieces::Request, bpo: f64) -> Option<usize> {
+    (bpo > 0.0).then(|| ((r.end - r.start) as f64 * bpo) as usize)
 }
 
 /// Counts a running catch-up; uncounts it however the catch-up ends.
@@ -264,11 +283,15 @@ impl Sizing {
         self.configured.max(self.largest).min(MAX_FETCH)
     }
 
-    fn ask(&self, head: bool) -> usize {
-        let ask = if self.scatter {
+    /// Bytes to ask for a range estimated at `range_bytes` (if known).
+    fn ask(&self, head: bool, range_bytes: Option<usize>) -> usize {
+        // Pieces of a batch or two are fetched one batch per request: a second batch
+        // asked for by byte count may well be the next piece's.
+        let want = range_bytes.map_or(self.piece_bytes(), |r| r.min(self.piece_bytes()));
+        let ask = if self.scatter || want < 2 * self.largest {
             1
         } else {
-            self.piece_bytes().saturating_sub(self.largest).max(1)
+            want.saturating_sub(self.largest).max(1)
         };
         if head {
             ask.max(self.head_floor)
@@ -282,7 +305,7 @@ impl Sizing {
     }
 
     fn head_too_small(&mut self) {
-        self.head_floor = (self.ask(true) * 2).min(MAX_FETCH);
+        self.head_floor = (self.ask(true, None) * 2).min(MAX_FETCH);
     }
 }
 
@@ -291,8 +314,10 @@ async fn emit(
     pieces: &mut Pieces<RawBatch, Permit>,
     high_watermark: i64,
     tx: &mpsc::Sender<Chunk>,
+    used: &mut u64,
 ) -> bool {
     let (batches, permits) = pieces.pop_ready();
+    *used += batches.iter().map(|b| b.bytes.len() as u64).sum::<u64>();
     if batches.is_empty() {
         return true;
     }
@@ -313,26 +338,29 @@ mod tests {
     fn asks_one_batch_less_than_the_piece() {
         let s = Sizing::new(256 * 1024, 16 * 1024);
         assert_eq!(s.piece_bytes(), 256 * 1024);
-        assert_eq!(s.ask(false), 240 * 1024);
+        assert_eq!(s.ask(false, None), 240 * 1024);
+        // A short remainder asks for about its own size, not a whole piece.
+        assert_eq!(s.ask(false, Some(64 * 1024)), 48 * 1024);
+        assert_eq!(s.ask(false, Some(20 * 1024)), 1);
         // Batches as large as a piece: one batch per piece, asked for with the
         // smallest limit (every broker returns at least one whole batch).
         let mut s = Sizing::new(256 * 1024, 0);
         s.saw_batch(1 << 20);
         assert_eq!(s.piece_bytes(), 1 << 20);
-        assert_eq!(s.ask(false), 1);
+        assert_eq!(s.ask(false, None), 1);
     }
 
     #[test]
     fn the_head_asks_for_more_after_an_empty_answer() {
         let mut s = Sizing::new(1024, 1024);
-        assert_eq!(s.ask(true), 1);
+        assert_eq!(s.ask(true, None), 1);
         s.head_too_small();
         s.head_too_small();
-        assert_eq!(s.ask(true), 4);
-        assert_eq!(s.ask(false), 1);
+        assert_eq!(s.ask(true, None), 4);
+        assert_eq!(s.ask(false, None), 1);
         for _ in 0..40 {
             s.head_too_small();
         }
-        assert_eq!(s.ask(true), MAX_FETCH);
+        assert_eq!(s.ask(true, None), MAX_FETCH);
     }
 }

@@ -103,9 +103,10 @@ pub struct Pieces<B, T> {
     avg_ms: f64,
 }
 
-/// Slow means this many times the average answer time (at least `MIN_STEAL_MS`).
+/// Slow means this many times the average answer time (at least `MIN_STEAL_MS`; the
+/// time includes waiting for a pooled connection).
 const SLOW_FACTOR: f64 = 2.0;
-const MIN_STEAL_MS: f64 = 200.0;
+const MIN_STEAL_MS: f64 = 2_000.0;
 /// In-flight pieces at or below which the end game starts.
 const ENDGAME_FLIGHTS: usize = 16;
 
@@ -553,14 +554,14 @@ mod tests {
         let a = p.next_request(0, true).unwrap();
         let b = p.next_request(0, true).unwrap();
         p.on_answer(b.id, vec![B(10, 20)], None, 100);
-        assert!(p.next_request(150, true).is_none(), "not slow yet");
-        let dup = p.next_request(1_000, false).unwrap();
+        assert!(p.next_request(1_500, true).is_none(), "not slow yet");
+        let dup = p.next_request(2_500, false).unwrap();
         assert!(dup.duplicate && dup.start == 0);
-        p.on_answer(dup.id, vec![B(0, 10)], None, 1_050);
+        p.on_answer(dup.id, vec![B(0, 10)], None, 2_550);
         assert_eq!(p.pop_ready().0, vec![B(0, 10), B(10, 20)]);
         assert!(p.is_done());
         assert_eq!(
-            p.on_answer(a.id, vec![B(0, 10)], None, 2_000),
+            p.on_answer(a.id, vec![B(0, 10)], None, 3_000),
             Outcome::Unknown
         );
     }
