@@ -314,16 +314,20 @@ impl Cluster {
 
     /// A catch-up fetch of one offset range's start, over the broker's connection pool:
     /// no long poll, no fetch session, so many can run in parallel for one partition.
+    /// `urgent`: the partition's writer waits for this one; it may open a connection
+    /// beyond the pool's current target instead of queueing.
     pub async fn fetch_piece(
         &self,
         topic: &str,
         partition: i32,
         offset: i64,
         max_bytes: i32,
+        urgent: bool,
     ) -> Result<Fetched> {
         let leader = self.leader_of(topic, partition).await?;
         let pool = self.pool(leader).await?;
-        pool.fetch(topic, partition, offset, max_bytes).await
+        pool.fetch(topic, partition, offset, max_bytes, urgent)
+            .await
     }
 
     async fn pool(&self, broker: i32) -> Result<Arc<Pool>> {

@@ -34,7 +34,13 @@ impl PartitionReader<'_> {
         let c = self.cluster;
         let f = c
             .retry("fetch", || {
-                c.fetch_piece(self.topic, self.partition, at, self.fetch_bytes as i32)
+                c.fetch_piece(
+                    self.topic,
+                    self.partition,
+                    at,
+                    self.fetch_bytes as i32,
+                    false,
+                )
             })
             .await?;
         split_batches(&f.records).map_err(|e| self.corrupt(e.offset(), e.to_string()))

@@ -91,17 +91,19 @@ pub(super) async fn run(
         piece_offsets = first_len, piece_bytes = size.piece_bytes(),
         "partition far behind; catching up in parallel pieces"
     );
+    // Pieces the writer waits for (the head, duplicates of slow ones) skip the queue.
     let launch = |tasks: &mut JoinSet<Answer>,
                   r: super::pieces::Request,
                   bytes: usize,
-                  permit: Option<Permit>| {
+                  permit: Option<Permit>,
+                  urgent: bool| {
         let shared = shared.clone();
         let topic = topic.clone();
         tasks.spawn(async move {
             let src = &shared.source;
             let res = src
                 .retry("fetch piece", || {
-                    src.fetch_piece(&topic, p, r.start, bytes as i32)
+                    src.fetch_piece(&topic, p, r.start, bytes as i32, urgent)
                 })
                 .await;
             (r.id, permit, res)
@@ -122,7 +124,7 @@ pub(super) async fn run(
         while let Some(r) = pieces.next_request(now(), false) {
             duplicates += r.duplicate as u64;
             let bytes = size.ask(true, est(&r, bpo));
-            launch(&mut tasks, r, bytes, None);
+            launch(&mut tasks, r, bytes, None, true);
         }
         while pieces.wants_more(now()) {
             let Ok(permit) = shared.budget.clone().try_acquire_many_owned(reserve) else {
@@ -131,9 +133,16 @@ pub(super) async fn run(
             let Some(r) = pieces.next_request(now(), true) else {
                 break;
             };
-            let bytes = size.ask(r.start == pieces.emitted(), est(&r, bpo));
+            let head = r.start == pieces.emitted();
+            let bytes = size.ask(head, est(&r, bpo));
             duplicates += r.duplicate as u64;
-            launch(&mut tasks, r, bytes, Some(Arc::new(permit)));
+            launch(
+                &mut tasks,
+                r,
+                bytes,
+                Some(Arc::new(permit)),
+                head || r.duplicate,
+            );
         }
         if pieces.is_done() {
             break;
@@ -206,9 +215,10 @@ pub(super) async fn run(
             permit = shared.budget.clone().acquire_many_owned(reserve), if wants => {
                 let Ok(permit) = permit else { return None };
                 if let Some(r) = pieces.next_request(now(), true) {
-                    let bytes = size.ask(r.start == pieces.emitted(), est(&r, bpo));
+                    let head = r.start == pieces.emitted();
+                    let bytes = size.ask(head, est(&r, bpo));
                     duplicates += r.duplicate as u64;
-                    launch(&mut tasks, r, bytes, Some(Arc::new(permit)));
+                    launch(&mut tasks, r, bytes, Some(Arc::new(permit)), head || r.duplicate);
                 }
             }
             _ = tokio::time::sleep(STEAL_CHECK) => {}

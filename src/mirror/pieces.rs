@@ -276,14 +276,9 @@ impl<B: Span, T: Clone> Pieces<B, T> {
         let endgame = self.frontier >= self.target
             && self.gap(false).is_none()
             && self.flights.len() <= ENDGAME_FLIGHTS;
-        // Holding up the stream in mid-copy is costlier to wait out than in the end
-        // game, but a duplicate there also competes with pieces still to fetch.
-        let factor = if endgame {
-            SLOW_FACTOR
-        } else {
-            2.0 * SLOW_FACTOR
-        };
-        let slow = (self.avg_ms * factor).max(MIN_STEAL_MS);
+        // A piece twice as slow as usual is most likely stuck on a connection in
+        // retransmission back-off (seconds, doubling) on a lossy path.
+        let slow = (self.avg_ms * SLOW_FACTOR).max(MIN_STEAL_MS);
         let waiting_behind = !self.covered.is_empty();
         self.flights
             .iter()

@@ -54,6 +54,8 @@ pub struct Pool {
     freed: Notify,
     /// Set when a request found no idle connection during the current window.
     waited: AtomicBool,
+    /// Largest size the pool may reach (urgent requests may open up to it).
+    max: usize,
     reports: Reports,
 }
 
@@ -93,6 +95,7 @@ impl Pool {
             }),
             freed: Notify::new(),
             waited: AtomicBool::new(false),
+            max: cfg.max.max(1),
             reports,
         });
         tokio::spawn(size_loop(Arc::downgrade(&pool), sizer, report_every));
@@ -110,8 +113,9 @@ impl Pool {
         partition: i32,
         offset: i64,
         max_bytes: i32,
+        urgent: bool,
     ) -> Result<Fetched> {
-        let (id, conn) = self.checkout().await?;
+        let (id, conn) = self.checkout(urgent).await?;
         let _back = Checkin { pool: self, id };
         let req = fetch_request(
             std::iter::once((topic, partition, offset, max_bytes)),
@@ -130,7 +134,8 @@ impl Pool {
     }
 
     /// A connection with room for one more request, opening one if the pool may grow.
-    async fn checkout(&self) -> Result<(u64, Connection)> {
+    /// An urgent request may open one up to the pool's maximum rather than queue.
+    async fn checkout(&self, urgent: bool) -> Result<(u64, Connection)> {
         loop {
             let freed = self.freed.notified();
             tokio::pin!(freed);
@@ -140,7 +145,8 @@ impl Pool {
                 let inner = &mut *g;
                 retire_dead(inner);
                 let live = inner.slots.iter().filter(|s| !s.draining).count();
-                let may_open = live + inner.connecting < inner.target;
+                let limit = if urgent { self.max } else { inner.target };
+                let may_open = live + inner.connecting < limit;
                 let best = inner
                     .slots
                     .iter_mut()
