@@ -134,6 +134,8 @@ impl Sizer {
                     let to = (self.size - (self.size / 4).max(1)).max(self.cfg.min);
                     if self.idle >= IDLE_WINDOWS && to < self.size {
                         self.size = to;
+                        // Demand that comes back after a lull ramps up fast again.
+                        self.doubling = true;
                         return Some(Change::Idle);
                     }
                     return None;
@@ -241,6 +243,28 @@ mod tests {
             });
         }
         assert_eq!(s.size(), 1);
+    }
+
+    #[test]
+    fn after_a_lull_the_pool_doubles_again() {
+        let mut s = Sizer::new(cfg());
+        // Full at 16: the first probe fails, growth turns to small steps.
+        s.observe(link(16, 1_000, 16_000));
+        s.observe(link(32, 1_000, 16_000));
+        s.observe(link(32, 1_000, 16_000));
+        assert_eq!(s.size(), 16);
+        for _ in 0..20 {
+            s.observe(Window {
+                bytes: 0,
+                busy: false,
+            });
+        }
+        let low = s.size();
+        assert!(low <= 2);
+        // Demand returns on a bigger link: doubling (to 128 and more within 40
+        // windows), not quarter steps (which would reach about 20).
+        run(&mut s, 40, 1_000, 1_000_000);
+        assert!(s.size() >= 128, "from {low} only to {}", s.size());
     }
 
     #[test]
