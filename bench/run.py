@@ -127,6 +127,9 @@ def wb(nsname, args):
     return json.loads(sh(ns(nsname, [str(REL / "wanbench")] + args)).strip().splitlines()[-1])
 
 
+MIRROR_EXTRA = ""  # --mirror-extra: lines added under [mirror] for both wanmirror contenders
+
+
 def mirror_config(path, topics, contender):
     extra = ""
     if contender == "wanmirror-1conn":
@@ -135,7 +138,7 @@ def mirror_config(path, topics, contender):
     path.write_text(
         f'[source]\nname = "dc-a"\nbootstrap = "{SRC_ADDR}"\n[destination]\nname = "dc-b"\n'
         f'bootstrap = "{DST_ADDR}"\n[mirror]\ntopics = {json.dumps(topics)}\nreplication_factor = 1\n'
-        f'tail_wait_ms = 100\nprogress_interval_secs = 2\n{extra}')
+        f'tail_wait_ms = 100\nprogress_interval_secs = 2\n{MIRROR_EXTRA}\n{extra}')
 
 
 def contender_cmd(contender, topic, records, tail, cfgdir):
@@ -311,11 +314,14 @@ def main():
     ap.add_argument("--latency-rate", type=int, default=100, help="records/s produced during the latency phase")
     ap.add_argument("--contenders", default=",".join(CONTENDERS), help="subset of: " + ", ".join(CONTENDERS))
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"), help="output directory")
+    ap.add_argument("--mirror-extra", default="", help="TOML lines added under [mirror] for wanmirror (e.g. 'in_flight_bytes = 1073741824')")
     ap.add_argument("--diff", action="store_true", help="after each complete wanmirror copy, time `wanmirror diff` of it")
     ap.add_argument("--logs", default="", help="keep each contender's log in this directory")
     ap.add_argument("--smoke", action="store_true", help="one small profile, one run")
     ap.add_argument("--resume", action="store_true", help="keep results already in --out and run only the missing ones")
     args = ap.parse_args()
+    global MIRROR_EXTRA
+    MIRROR_EXTRA = args.mirror_extra.replace("\\n", "\n")
     if args.smoke:
         args.rtts, args.losses, args.runs, args.dataset_mb = "20", "0.1", 1, 2
         args.cap_secs, args.latency_secs, args.latency_rate = 30, 3, 50
