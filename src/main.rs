@@ -16,7 +16,7 @@ static GLOBAL: MiMalloc = MiMalloc;
 
 /// Offset-identical Kafka mirror for long, lossy links between data centres.
 ///
-/// Exit codes: 0 clean stop; 1 a partition stopped with an error (divergence, refused
+/// Exit codes of `run`: 0 clean stop; 1 a partition stopped with an error (divergence, refused
 /// policy, corrupt data); 2 bad configuration or a cluster that cannot be used; 3 fenced
 /// by a newer instance with the same fence_id.
 #[derive(Parser)]
