@@ -261,7 +261,13 @@ def summarise(runs):
 
 def write_outputs(results, args, outdir):
     outdir.mkdir(parents=True, exist_ok=True)
-    (outdir / "results.json").write_text(json.dumps({"args": vars(args), "results": results}, indent=2))
+    # Paths are recorded relative to the project (or by name only): results are shared.
+    rec = dict(vars(args))
+    for k in ("out", "logs"):
+        if rec.get(k):
+            p = Path(rec[k]).resolve()
+            rec[k] = str(p.relative_to(ROOT)) if p.is_relative_to(ROOT) else p.name
+    (outdir / "results.json").write_text(json.dumps({"args": rec, "results": results}, indent=2))
     lines = ["| RTT ms | loss % | contender | payload MB/s | % of link (wire), whole run | % of link, sustained | time s | lat p50/p99/p99.9 ms | CPU s/GB | RSS MB |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     fmt = lambda s, k: ("%g (%g–%g)" % (s[k]["median"], s[k]["min"], s[k]["max"])) if k in s else "n/a"
