@@ -17,7 +17,7 @@ use tokio::sync::Mutex;
 use super::connection::{Connection, SocketOptions};
 use super::error::{KafkaError, Result};
 use super::fetch_mux::FetchMux;
-use crate::transport::pool::{Pool, Reports};
+use crate::transport::pool::Pool;
 use crate::transport::sizer::PoolConfig;
 
 /// One partition as metadata describes it.
@@ -53,7 +53,6 @@ pub struct Cluster {
     pool: PoolConfig,
     /// How often pools log their goodput and RTT.
     report_every: Duration,
-    reports: Reports,
     state: Mutex<State>,
 }
 
@@ -96,18 +95,12 @@ impl Cluster {
             opts,
             pool,
             report_every,
-            reports: Reports::default(),
             state: Mutex::new(State::default()),
         })
     }
 
     pub fn name(&self) -> &str {
         &self.name
-    }
-
-    /// The latest window of every fetch pool, by broker.
-    pub fn pool_reports(&self) -> Reports {
-        self.reports.clone()
     }
 
     /// Any live connection: a known broker, else a bootstrap address.
@@ -343,7 +336,6 @@ impl Cluster {
                     self.opts.clone(),
                     self.pool,
                     self.report_every,
-                    self.reports.clone(),
                 );
                 st.pools.insert(broker, p.clone());
                 Ok(p)

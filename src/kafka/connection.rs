@@ -54,7 +54,6 @@ pub struct Connection {
 pub struct ConnStats {
     /// Response bytes received (frames, without the length prefix).
     pub bytes_in: AtomicU64,
-    pub responses: AtomicU64,
     /// The kernel's smoothed RTT of this socket in microseconds (TCP_INFO), 0 if unknown.
     pub srtt_us: AtomicU32,
 }
@@ -372,7 +371,6 @@ async fn read_loop(
                 }
             }
         }
-        stats.responses.fetch_add(1, Ordering::Relaxed);
         if let Some(rtt) = srtt_us(rd.as_ref()) {
             stats.srtt_us.store(rtt, Ordering::Relaxed);
         }

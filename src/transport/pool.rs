@@ -6,7 +6,6 @@
 //! caller opens a new connection. A background task sizes the pool with [`Sizer`]
 //! from the goodput of each window and reports per-connection goodput and RTT.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
@@ -56,7 +55,6 @@ pub struct Pool {
     waited: AtomicBool,
     /// Largest size the pool may reach (urgent requests may open up to it).
     max: usize,
-    reports: Reports,
 }
 
 /// One connection as the pool report shows it.
@@ -78,7 +76,6 @@ impl Pool {
         opts: SocketOptions,
         cfg: PoolConfig,
         report_every: Duration,
-        reports: Reports,
     ) -> Arc<Pool> {
         let sizer = Sizer::new(cfg);
         let pool = Arc::new(Pool {
@@ -96,7 +93,6 @@ impl Pool {
             freed: Notify::new(),
             waited: AtomicBool::new(false),
             max: cfg.max.max(1),
-            reports,
         });
         tokio::spawn(size_loop(Arc::downgrade(&pool), sizer, report_every));
         pool
@@ -359,34 +355,5 @@ async fn size_loop(pool: Weak<Pool>, mut sizer: Sizer, report_every: Duration) {
                 );
             }
         }
-        pool.publish(PoolReport {
-            broker: pool.broker,
-            addr: pool.addr.clone(),
-            target: sizer.size(),
-            goodput_bytes_per_sec: goodput,
-            connections: reports,
-        });
-    }
-}
-
-/// The latest window of one pool, for metrics.
-#[derive(Debug, Clone, PartialEq)]
-pub struct PoolReport {
-    pub broker: i32,
-    pub addr: String,
-    pub target: usize,
-    pub goodput_bytes_per_sec: f64,
-    pub connections: Vec<ConnReport>,
-}
-
-/// Latest reports of all pools of a process, by broker.
-pub type Reports = Arc<Mutex<HashMap<i32, PoolReport>>>;
-
-impl Pool {
-    fn publish(&self, r: PoolReport) {
-        self.reports
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(r.broker, r);
     }
 }

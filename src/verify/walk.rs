@@ -26,7 +26,6 @@ pub struct Walk {
     differing: Vec<usize>,
     /// Node hashes asked for so far, per side (what would cross the WAN).
     pub nodes_asked: u64,
-    pub rounds: u32,
 }
 
 impl Walk {
@@ -45,7 +44,6 @@ impl Walk {
             wanted,
             differing: Vec::new(),
             nodes_asked: 0,
-            rounds: 0,
         }
     }
 
@@ -68,7 +66,6 @@ impl Walk {
                 });
             }
         }
-        self.rounds += 1;
         self.nodes_asked += self.wanted.len() as u64;
         let mut next = Vec::new();
         for (i, id) in self.wanted.iter().enumerate() {
