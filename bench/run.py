@@ -165,7 +165,7 @@ def one_run(profile, contender, args, cfgdir):
         if args.logs:
             Path(args.logs).mkdir(parents=True, exist_ok=True)
             log = open(Path(args.logs) / f"rtt{profile['rtt_ms']}-loss{profile['loss_pct']}-{contender}-{int(time.time())}.log", "w")
-        p = subprocess.Popen(ns(DST_NS, ["env", "RUST_LOG=info"] + cmd), stdout=subprocess.DEVNULL, stderr=log)
+        p = subprocess.Popen(ns(DST_NS, ["env", "RUST_LOG=" + os.environ.get("WANBENCH_RUST_LOG", "info")] + cmd), stdout=subprocess.DEVNULL, stderr=log)
         capped = False
         samples = LinkSampler()
         try:

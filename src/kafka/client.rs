@@ -17,7 +17,7 @@ use tokio::sync::Mutex;
 use super::connection::{Connection, SocketOptions};
 use super::error::{KafkaError, Result};
 use super::fetch_mux::FetchMux;
-use crate::transport::pool::Pool;
+use crate::transport::pool::{Lease, Pool};
 use crate::transport::sizer::PoolConfig;
 
 /// One partition as metadata describes it.
@@ -43,6 +43,8 @@ pub struct Fetched {
     pub high_watermark: i64,
     /// The pool connection that carried it (0: the long-poll connection).
     pub conn: u64,
+    /// Time spent waiting for a pool connection before the request was sent.
+    pub queued: Duration,
 }
 
 /// The live state of a cluster: brokers, leaders, and one connection per broker.
@@ -321,6 +323,13 @@ impl Cluster {
         let pool = self.pool(leader).await?;
         pool.fetch(topic, partition, offset, max_bytes, urgent)
             .await
+    }
+
+    /// A place on a connection of the pool of the partition's leader, for a catch-up
+    /// fetch decided once the place is there (see [`Pool::lease`]).
+    pub async fn lease(&self, topic: &str, partition: i32) -> Result<Lease> {
+        let leader = self.leader_of(topic, partition).await?;
+        self.pool(leader).await?.lease(false).await
     }
 
     async fn pool(&self, broker: i32) -> Result<Arc<Pool>> {

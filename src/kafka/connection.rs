@@ -26,8 +26,8 @@ use super::versions::Versions;
 /// Largest response frame we accept; larger means a corrupt stream.
 const MAX_FRAME: usize = 256 * 1024 * 1024;
 const CLIENT_ID: &str = "wanmirror";
-/// Largest single read of a response body.
-const READ_SLICE: usize = 256 * 1024;
+/// Most bytes a read of a large response waits to gather (see `read_loop`).
+const LOW_WATER: usize = 64 * 1024;
 
 struct Outgoing {
     api_key: i16,
@@ -350,19 +350,32 @@ async fn read_loop(
                 return;
             }
         };
-        let mut buf = BytesMut::zeroed(len);
-        // Read in slices and count each as it lands: goodput reports must see a large
-        // response arrive over seconds, not all at once when it is complete.
-        let mut got = 0;
-        while got < len {
-            let end = (got + READ_SLICE).min(len);
-            match rd.read(&mut buf[got..end]).await {
+        let mut buf = BytesMut::with_capacity(len);
+        // A large response arrives over many reads. Waking for every segment or two
+        // (what a slow, lossy flow delivers at a time) costs a wake-up, a read and a
+        // window update each: the kernel is asked to gather a share of the receive
+        // buffer first (a quarter, so it never has to clamp the window to make room).
+        let gather = if len >= LOW_WATER {
+            LOW_WATER.min(recv_buffer(rd.as_ref()) / 4)
+        } else {
+            1
+        };
+        let mut low = 1;
+        while buf.len() < len {
+            let want = gather.min(len - buf.len()).max(1);
+            if want != low {
+                set_low_water(rd.as_ref(), want);
+                low = want;
+            }
+            // Counted as each read lands: goodput reports must see a large response
+            // arrive over seconds, not all at once when it is complete.
+            let room = len - buf.len();
+            match rd.read_buf(&mut (&mut buf).limit(room)).await {
                 Ok(0) => {
                     fail_all(&addr, &pending, &dead, "connection closed mid-response");
                     return;
                 }
                 Ok(n) => {
-                    got += n;
                     stats.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
                 }
                 Err(e) => {
@@ -370,6 +383,10 @@ async fn read_loop(
                     return;
                 }
             }
+        }
+        // The next read is a 4-byte length: it must not wait for more.
+        if low != 1 {
+            set_low_water(rd.as_ref(), 1);
         }
         if let Some(rtt) = srtt_us(rd.as_ref()) {
             stats.srtt_us.store(rtt, Ordering::Relaxed);
@@ -395,6 +412,34 @@ async fn read_loop(
                 return;
             }
         }
+    }
+}
+
+/// The socket's receive buffer as the kernel sizes it now (autotuning grows it).
+fn recv_buffer(stream: &TcpStream) -> usize {
+    socket2::SockRef::from(stream)
+        .recv_buffer_size()
+        .unwrap_or(0)
+}
+
+/// SO_RCVLOWAT: the socket reads as ready only once `bytes` are buffered (or the
+/// connection ends). Best effort: without it reads just wake more often.
+fn set_low_water(stream: &TcpStream, bytes: usize) {
+    use std::os::fd::AsRawFd;
+    let v = bytes.min(i32::MAX as usize) as libc::c_int;
+    // SAFETY: setsockopt reads `len` bytes from a live c_int; the fd belongs to
+    // `stream`, which is borrowed for the call.
+    let rc = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVLOWAT,
+            &v as *const _ as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        tracing::trace!(error = %std::io::Error::last_os_error(), "SO_RCVLOWAT not set");
     }
 }
 

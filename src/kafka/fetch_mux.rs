@@ -258,6 +258,7 @@ impl Answers {
                 records: p.records.unwrap_or_default(),
                 high_watermark: p.high_watermark,
                 conn: 0,
+                queued: Duration::ZERO,
             }),
         }
     }

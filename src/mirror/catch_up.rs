@@ -2,6 +2,8 @@
 //! over the source broker's connection pool, many at once, feeds the answers back and
 //! passes the reassembled, in-order batches to the writer.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,16 +18,21 @@ use crate::kafka::client::Fetched;
 use crate::kafka::error::KafkaError;
 use crate::mirror::error::MirrorError;
 use crate::mirror::Shared;
+use crate::transport::pool::Lease;
 
 type Permit = Arc<OwnedSemaphorePermit>;
-type Answer = (u64, Option<Permit>, Result<Fetched, KafkaError>);
+type Answer = (u64, Option<Permit>, Duration, Result<Fetched, KafkaError>);
 
 /// Most pieces a backlog of unknown record sizes is first cut into ...
 const SCATTER: i64 = 64;
 /// ... and the fewest offsets each of them spans.
 const SCATTER_SPACING: i64 = 1024;
+/// How many of them are asked for before the first answer tells the record sizes.
+const SCATTER_WINDOW: i64 = 16;
 /// How often the driver looks for slow pieces to fetch a second time.
 const STEAL_CHECK: Duration = Duration::from_millis(250);
+/// How often the driver logs where it stands (at debug).
+const STATE_EVERY: Duration = Duration::from_secs(1);
 
 /// What the sequential reader knows when it hands over.
 pub(super) struct Start {
@@ -71,6 +78,11 @@ pub(super) async fn run(
     };
     let mut pieces: Pieces<RawBatch, Permit> =
         Pieces::new(start.offset, start.high_watermark, first_len);
+    if size.scatter {
+        // Until record sizes are known, no further out than the first few pieces:
+        // answers far ahead of the head wait in memory for everything before them.
+        pieces.set_window(SCATTER_WINDOW * first_len);
+    }
     let mut high_watermark = start.high_watermark;
     let mut tasks: JoinSet<Answer> = JoinSet::new();
     let clock = Instant::now();
@@ -91,27 +103,53 @@ pub(super) async fn run(
         piece_offsets = first_len, piece_bytes = size.piece_bytes(),
         "partition far behind; catching up in parallel pieces"
     );
-    // Pieces the writer waits for (the head, duplicates of slow ones) skip the queue.
+    // A fetch goes on the connection leased for it, if any; pieces the writer waits for
+    // (the head, duplicates of slow ones) are urgent and skip the queue. Retries go
+    // through the pool afresh (the leader may have moved).
     let launch = |tasks: &mut JoinSet<Answer>,
                   r: super::pieces::Request,
                   bytes: usize,
                   permit: Option<Permit>,
+                  lease: Option<Lease>,
                   urgent: bool| {
         let shared = shared.clone();
         let topic = topic.clone();
         tasks.spawn(async move {
+            let sent = Instant::now();
             let src = &shared.source;
-            let res = src
-                .retry("fetch piece", || {
-                    src.fetch_piece(&topic, p, r.start, bytes as i32, urgent)
-                })
-                .await;
-            (r.id, permit, res)
+            let first = match lease {
+                Some(l) => l.fetch(&topic, p, r.start, bytes as i32).await.ok(),
+                None => None,
+            };
+            let res = match first {
+                Some(f) => Ok(f),
+                None => {
+                    src.retry("fetch piece", || {
+                        src.fetch_piece(&topic, p, r.start, bytes as i32, urgent)
+                    })
+                    .await
+                }
+            };
+            (r.id, permit, sent.elapsed(), res)
         });
     };
+    // Work beyond the head waits for memory and then for a free pooled connection, and
+    // is planned only once both are there: a piece planned earlier and queued for a
+    // connection would hold memory for nothing, and by the time a connection frees up
+    // the range at the head may need it more.
+    let mut grant: Option<Pin<Box<dyn Future<Output = Grant> + Send>>> = None;
     shared.catch_ups.fetch_add(1, Ordering::Relaxed);
     let _count = CountGuard(&shared.catch_ups);
+    let mut last_state = Instant::now();
     loop {
+        if last_state.elapsed() >= STATE_EVERY {
+            last_state = Instant::now();
+            tracing::debug!(
+                topic = %topic, partition = p, emitted = pieces.emitted(),
+                in_flight = pieces.in_flight(), waiting = pieces.waiting(),
+                head_age_ms = pieces.head_age(now()), "catch-up state"
+            );
+        }
         let reserve = ((size.piece_bytes() / KIB).max(1) as u32).min(budget_kib);
         // A fair share of the budget: one slow head must not hold all of it while
         // other partitions have nothing in flight.
@@ -120,37 +158,26 @@ pub(super) async fn run(
         if bpo > 0.0 {
             pieces.set_window((share as f64 / bpo) as i64);
         }
-        // Send all that can go now: the head without a permit, the rest with one.
+        // The head goes at once, without a permit; the rest as grants come in.
         while let Some(r) = pieces.next_request(now(), false) {
             duplicates += r.duplicate as u64;
             let bytes = size.ask(true, est(&r, bpo));
-            launch(&mut tasks, r, bytes, None, true);
-        }
-        while pieces.wants_more(now()) {
-            let Ok(permit) = shared.budget.clone().try_acquire_many_owned(reserve) else {
-                break;
-            };
-            let Some(r) = pieces.next_request(now(), true) else {
-                break;
-            };
-            let head = r.start == pieces.emitted();
-            let bytes = size.ask(head, est(&r, bpo));
-            duplicates += r.duplicate as u64;
-            launch(
-                &mut tasks,
-                r,
-                bytes,
-                Some(Arc::new(permit)),
-                head || r.duplicate,
-            );
+            launch(&mut tasks, r, bytes, None, None, true);
         }
         if pieces.is_done() {
             break;
         }
-        let wants = pieces.wants_more(now());
+        if grant.is_none() && pieces.wants_more(now()) {
+            grant = Some(Box::pin(ask_grant(
+                shared.clone(),
+                topic.clone(),
+                p,
+                reserve,
+            )));
+        }
         tokio::select! {
             joined = tasks.join_next(), if !tasks.is_empty() => {
-                let Some(Ok((id, permit, res))) = joined else { continue };
+                let Some(Ok((id, permit, took, res))) = joined else { continue };
                 match res {
                     Ok(f) => {
                         answers += 1;
@@ -160,6 +187,7 @@ pub(super) async fn run(
                         let (batches, bad) = split_valid(&f.records);
                         tracing::debug!(
                             topic = %topic, partition = p, id, conn = f.conn, bytes = f.records.len(),
+                            took_ms = took.as_millis() as u64, queued_ms = f.queued.as_millis() as u64,
                             first = batches.first().map(|b| b.header.base_offset),
                             next = batches.last().map(|b| b.header.next_offset()),
                             "piece answer"
@@ -212,13 +240,15 @@ pub(super) async fn run(
                     }
                 }
             }
-            permit = shared.budget.clone().acquire_many_owned(reserve), if wants => {
-                let Ok(permit) = permit else { return None };
+            granted = async { grant.as_mut().expect("guarded").await }, if grant.is_some() => {
+                grant = None;
+                let (permit, lease) = granted?;
+                // Nothing to do by now (answers came in meanwhile): both go back.
                 if let Some(r) = pieces.next_request(now(), true) {
                     let head = r.start == pieces.emitted();
                     let bytes = size.ask(head, est(&r, bpo));
                     duplicates += r.duplicate as u64;
-                    launch(&mut tasks, r, bytes, Some(Arc::new(permit)), head || r.duplicate);
+                    launch(&mut tasks, r, bytes, Some(Arc::new(permit)), lease, head || r.duplicate);
                 }
             }
             _ = tokio::time::sleep(STEAL_CHECK) => {}
@@ -250,6 +280,22 @@ pub(super) async fn run(
 /// Estimated bytes of a request's range, once record sizes are known.
 fn est(r: &super::pieces::Request, bpo: f64) -> Option<usize> {
     (bpo > 0.0).then(|| ((r.end - r.start) as f64 * bpo) as usize)
+}
+
+/// Memory for one piece and a place on a pooled connection to fetch it on (`None`
+/// when no place could be had: the fetch then goes through the pool's retries).
+/// `None` overall when the budget is gone (shutting down).
+type Grant = Option<(OwnedSemaphorePermit, Option<Lease>)>;
+
+async fn ask_grant(shared: Arc<Shared>, topic: String, partition: i32, reserve: u32) -> Grant {
+    let permit = shared
+        .budget
+        .clone()
+        .acquire_many_owned(reserve)
+        .await
+        .ok()?;
+    let lease = shared.source.lease(&topic, partition).await.ok();
+    Some((permit, lease))
 }
 
 /// Counts a running catch-up; uncounts it however the catch-up ends.

@@ -137,6 +137,20 @@ impl<B: Span, T: Clone> Pieces<B, T> {
         self.flights.len()
     }
 
+    /// Received ranges waiting for something before them, for the state log line.
+    pub fn waiting(&self) -> usize {
+        self.covered.len()
+    }
+
+    /// How long the oldest fetch of the range at the head has been out, if any is.
+    pub fn head_age(&self, now_ms: u64) -> Option<u64> {
+        self.flights
+            .values()
+            .filter(|f| f.start <= self.emitted && self.emitted < f.end)
+            .map(|f| now_ms.saturating_sub(f.issued_ms))
+            .max()
+    }
+
     pub fn set_piece_len(&mut self, len: i64) {
         self.piece_len = len.max(1);
     }
@@ -185,7 +199,16 @@ impl<B: Span, T: Clone> Pieces<B, T> {
             return None;
         }
         if let Some((start, end)) = self.gap(!permit) {
-            let end = end.min(start + self.piece_len);
+            // A gap starts where an answer ended, at a batch start; a cut inside it
+            // does not, and a stub with no batch start of its own is answered with
+            // the next range's batch (fetched twice). Cutting pays anyway (the parts
+            // go in parallel, and a gap at the head holds up everything behind it),
+            // but only while the stub is at least half a piece (a batch or more).
+            let end = if 2 * (end - start) >= 3 * self.piece_len {
+                start + self.piece_len
+            } else {
+                end
+            };
             return Some(self.fly(start, end, now_ms, false));
         }
         // A new piece needs a permit, unless the head itself is still unplanned.
@@ -260,6 +283,10 @@ impl<B: Span, T: Clone> Pieces<B, T> {
             if head_only {
                 return (at == self.emitted).then_some((at, until));
             }
+            // Beyond the window the answer would only wait for what is before it.
+            if at != self.emitted && at - self.emitted >= self.window {
+                return None;
+            }
             if allowed {
                 return Some((at, until));
             }
@@ -279,15 +306,18 @@ impl<B: Span, T: Clone> Pieces<B, T> {
         // A piece twice as slow as usual is most likely stuck on a connection in
         // retransmission back-off (seconds, doubling) on a lossy path.
         let slow = (self.avg_ms * SLOW_FACTOR).max(MIN_STEAL_MS);
+        // In the end game connections fall idle one by one, so a second copy costs
+        // little link time: anything slower than usual gets one.
+        let late = self.avg_ms.max(MIN_STEAL_MS);
         let waiting_behind = !self.covered.is_empty();
         self.flights
             .iter()
             .filter(|(_, f)| !f.duplicate && !f.stolen)
-            .filter(|(_, f)| (now_ms.saturating_sub(f.issued_ms)) as f64 >= slow)
             .filter_map(|(id, f)| {
+                let age = now_ms.saturating_sub(f.issued_ms) as f64;
                 let start = self.uncovered_from(f.start, f.end)?;
-                let blocks = start == self.emitted && waiting_behind;
-                (blocks || endgame).then_some((*id, start, f.end))
+                let blocks = start == self.emitted && waiting_behind && age >= slow;
+                (blocks || (endgame && age >= late)).then_some((*id, start, f.end))
             })
             .min_by_key(|(_, s, _)| *s)
     }
@@ -371,7 +401,12 @@ impl<B: Span, T: Clone> Pieces<B, T> {
             self.deferred.insert(f.start);
             return Outcome::Deferred;
         }
-        self.cover(f.start, end, batches, token);
+        // Kafka answers a fetch inside a batch with that whole batch: then the answer
+        // covers from the batch's start (no other batch starts between it and the
+        // fetch offset), and the range before the fetch offset need not be fetched
+        // again if nothing covered it yet.
+        let from = batches.first().map_or(f.start, |b| b.base().min(f.start));
+        self.cover(from, end, batches, token);
         self.frontier = self.frontier.max(end);
         let stale: Vec<i64> = self.deferred.range(f.start..end).copied().collect();
         for d in stale {
@@ -625,6 +660,7 @@ mod tests {
             shape in proptest::collection::vec((0i64..3, 1i64..20), 1..40),
             piece in 1i64..60,
             start_pick in 0usize..40,
+            window in proptest::option::of(1i64..80),
             events in proptest::collection::vec(ev(), 0..300),
         ) {
             let src = log(&shape);
@@ -633,6 +669,9 @@ mod tests {
             let start = src[start_pick % src.len()].0;
             let want: Vec<B> = src.iter().filter(|b| b.0 >= start).copied().collect();
             let mut p: Pieces<B, u32> = Pieces::new(start, end, piece);
+            if let Some(w) = window {
+                p.set_window(w);
+            }
             let mut flying: Vec<Request> = Vec::new();
             let mut out: Vec<B> = Vec::new();
             let mut now = 0u64;

@@ -104,67 +104,78 @@ impl Pool {
 
     /// One catch-up fetch: no long poll (max_wait 0), no fetch session.
     pub async fn fetch(
-        &self,
+        self: &Arc<Self>,
         topic: &str,
         partition: i32,
         offset: i64,
         max_bytes: i32,
         urgent: bool,
     ) -> Result<Fetched> {
+        self.lease(urgent)
+            .await?
+            .fetch(topic, partition, offset, max_bytes)
+            .await
+    }
+
+    /// A place for one request on a connection, held until the lease is dropped. A
+    /// caller that decides what to fetch only once it has a connection asks the most
+    /// urgent thing at that moment, instead of queueing a plan made earlier.
+    pub async fn lease(self: &Arc<Self>, urgent: bool) -> Result<Lease> {
+        let asked = Instant::now();
         let (id, conn) = self.checkout(urgent).await?;
-        let _back = Checkin { pool: self, id };
-        let req = fetch_request(
-            std::iter::once((topic, partition, offset, max_bytes)),
-            Duration::ZERO,
-        );
-        let mut f =
-            send_fetch(&conn, &req, Duration::ZERO)
-                .await?
-                .take(conn.addr(), topic, partition)?;
-        f.conn = id;
-        Ok(f)
+        Ok(Lease {
+            pool: self.clone(),
+            id,
+            conn,
+            queued: asked.elapsed(),
+        })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// A connection with room for one more request, opening one if the pool may grow.
-    /// An urgent request may open one up to the pool's maximum rather than queue.
-    async fn checkout(&self, urgent: bool) -> Result<(u64, Connection)> {
+    /// A connection with room for one more request. Below the target size the pool
+    /// opens the missing connections at once, in the background, and the caller takes
+    /// the first that is free; the first connection, and one for an urgent request
+    /// (which may go up to the pool's maximum rather than queue), are opened by the
+    /// caller itself, so it gets that one and learns why if it cannot be opened.
+    async fn checkout(self: &Arc<Self>, urgent: bool) -> Result<(u64, Connection)> {
         loop {
             let freed = self.freed.notified();
             tokio::pin!(freed);
             freed.as_mut().enable();
-            let open = {
+            let inline = {
                 let mut g = self.lock();
                 let inner = &mut *g;
                 retire_dead(inner);
-                let live = inner.slots.iter().filter(|s| !s.draining).count();
-                let limit = if urgent { self.max } else { inner.target };
-                let may_open = live + inner.connecting < limit;
-                let best = inner
+                if let Some(s) = inner
                     .slots
                     .iter_mut()
-                    .filter(|s| s.in_flight < DEPTH && !s.draining)
-                    .min_by_key(|s| s.in_flight);
-                match best {
-                    Some(s) if s.in_flight == 0 || !may_open => {
-                        // Queued behind another request: a connection more would
-                        // have started it at once.
-                        if s.in_flight > 0 {
-                            self.waited.store(true, Ordering::Relaxed);
-                        }
-                        s.in_flight += 1;
-                        return Ok((s.id, s.conn.clone()));
-                    }
-                    // Below the target size a new connection beats queueing.
-                    _ if may_open => inner.connecting += 1,
-                    _ => self.waited.store(true, Ordering::Relaxed),
+                    .find(|s| s.in_flight < DEPTH && !s.draining)
+                {
+                    s.in_flight += 1;
+                    return Ok((s.id, s.conn.clone()));
                 }
-                may_open
+                // No idle connection: a connection more would have started this at once.
+                self.waited.store(true, Ordering::Relaxed);
+                let live = inner.slots.iter().filter(|s| !s.draining).count();
+                let limit = if urgent { self.max } else { inner.target };
+                let missing = limit.saturating_sub(live + inner.connecting);
+                if missing == 0 {
+                    false
+                } else if urgent || live == 0 {
+                    inner.connecting += 1;
+                    true
+                } else {
+                    inner.connecting += missing;
+                    for _ in 0..missing {
+                        tokio::spawn(open_spare(self.clone()));
+                    }
+                    false
+                }
             };
-            if !open {
+            if !inline {
                 freed.await;
                 continue;
             }
@@ -173,29 +184,13 @@ impl Pool {
             g.connecting -= 1;
             match res {
                 Ok(conn) => {
-                    g.next_id += 1;
-                    let id = g.next_id;
-                    g.slots.push(Slot {
-                        id,
-                        conn: conn.clone(),
-                        in_flight: 1,
-                        draining: false,
-                        seen: 0,
-                        opened: Instant::now(),
-                    });
-                    // Room for DEPTH - 1 more on the new connection.
-                    self.freed.notify_one();
+                    let id = g.add(conn.clone(), 1);
                     return Ok((id, conn));
                 }
                 // With nothing open the caller learns why (and retries); otherwise
                 // it waits for the connections that work.
                 Err(e) if g.slots.is_empty() && g.connecting == 0 => return Err(e),
-                Err(e) => {
-                    tracing::debug!(cluster = %self.cluster, broker = self.broker, error = %e, "pool connection failed");
-                    if g.target > g.slots.len().max(1) {
-                        g.target = g.slots.len().max(1);
-                    }
-                }
+                Err(e) => g.failed(&self.cluster, self.broker, &e),
             }
         }
     }
@@ -269,6 +264,46 @@ impl Pool {
     }
 }
 
+impl Inner {
+    /// A new connection with `in_flight` requests on it; returns its id.
+    fn add(&mut self, conn: Connection, in_flight: usize) -> u64 {
+        self.next_id += 1;
+        self.slots.push(Slot {
+            id: self.next_id,
+            conn,
+            in_flight,
+            draining: false,
+            seen: 0,
+            opened: Instant::now(),
+        });
+        self.next_id
+    }
+
+    /// A connection could not be opened: the broker takes no more for now, so the
+    /// target comes down to what is open.
+    fn failed(&mut self, cluster: &str, broker: i32, e: &crate::kafka::error::KafkaError) {
+        tracing::debug!(cluster, broker, error = %e, "pool connection failed");
+        if self.target > self.slots.len().max(1) {
+            self.target = self.slots.len().max(1);
+        }
+    }
+}
+
+/// Opens one connection of those the pool is short of and offers it to a waiter.
+async fn open_spare(pool: Arc<Pool>) {
+    let res = Connection::connect(&pool.addr, &pool.opts).await;
+    let mut g = pool.lock();
+    g.connecting -= 1;
+    match res {
+        Ok(conn) => {
+            g.add(conn, 0);
+            drop(g);
+            pool.freed.notify_one();
+        }
+        Err(e) => g.failed(&pool.cluster, pool.broker, &e),
+    }
+}
+
 fn retire_dead(inner: &mut Inner) {
     let mut i = 0;
     while i < inner.slots.len() {
@@ -281,13 +316,40 @@ fn retire_dead(inner: &mut Inner) {
     }
 }
 
-/// Returns a request's place on its connection, also when the caller is cancelled.
-struct Checkin<'a> {
-    pool: &'a Pool,
+/// A request's place on a pooled connection (see [`Pool::lease`]). Dropping it,
+/// also when the caller is cancelled, gives the place back.
+pub struct Lease {
+    pool: Arc<Pool>,
     id: u64,
+    conn: Connection,
+    queued: Duration,
 }
 
-impl Drop for Checkin<'_> {
+impl Lease {
+    /// Sends one catch-up fetch on the leased connection and gives the place back.
+    pub async fn fetch(
+        self,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+        max_bytes: i32,
+    ) -> Result<Fetched> {
+        let req = fetch_request(
+            std::iter::once((topic, partition, offset, max_bytes)),
+            Duration::ZERO,
+        );
+        let mut f = send_fetch(&self.conn, &req, Duration::ZERO).await?.take(
+            self.conn.addr(),
+            topic,
+            partition,
+        )?;
+        f.conn = self.id;
+        f.queued = self.queued;
+        Ok(f)
+    }
+}
+
+impl Drop for Lease {
     fn drop(&mut self) {
         self.pool.checkin(self.id);
     }

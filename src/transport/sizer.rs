@@ -44,6 +44,9 @@ pub enum Change {
     Reverted,
     /// Nobody waited for a connection: fewer will do.
     Idle,
+    /// A revert cost goodput (the sample that led to it was taken while the smaller
+    /// pool still carried transfers begun at the larger size): back to the larger.
+    Restored,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -58,8 +61,10 @@ enum Phase {
 const HOLD_WINDOWS: u32 = 10;
 /// A growth that raised goodput by at least this share is kept.
 const KEEP_GAIN: f64 = 0.05;
-/// Idle windows in a row before the pool shrinks.
-const IDLE_WINDOWS: u32 = 5;
+/// Idle windows in a row before the pool shrinks. Long: a catch-up that waits on
+/// one slow piece asks for nothing for seconds, and connections closed then must be
+/// opened and slow-started again when it goes on.
+const IDLE_WINDOWS: u32 = 15;
 
 #[derive(Debug, Clone)]
 pub struct Sizer {
@@ -73,7 +78,13 @@ pub struct Sizer {
     doubling: bool,
     /// Consecutive windows in which nobody waited for a connection.
     idle: u32,
+    /// The size the last revert came from and the goodput measured there, until the
+    /// next probe: if the smaller pool carries clearly less, the revert was wrong.
+    reverted: Option<(usize, u64)>,
 }
+
+/// After a revert, goodput below this share of the larger pool's restores it.
+const RESTORE_BELOW: f64 = 0.85;
 
 impl Sizer {
     pub fn new(cfg: PoolConfig) -> Sizer {
@@ -91,6 +102,7 @@ impl Sizer {
             settle: 0,
             doubling: true,
             idle: 0,
+            reverted: None,
         }
     }
 
@@ -119,6 +131,7 @@ impl Sizer {
                     self.phase = Phase::Hold { left: HOLD_WINDOWS };
                     None
                 } else {
+                    self.reverted = Some((self.size, w.bytes));
                     self.size = prev;
                     self.doubling = false;
                     self.phase = Phase::Hold { left: HOLD_WINDOWS };
@@ -141,10 +154,20 @@ impl Sizer {
                     return None;
                 }
                 self.idle = 0;
+                if let Some((larger, there)) = self.reverted {
+                    if (w.bytes as f64) < there as f64 * RESTORE_BELOW {
+                        self.reverted = None;
+                        self.size = larger;
+                        self.settle = 1;
+                        self.phase = Phase::Hold { left: HOLD_WINDOWS };
+                        return Some(Change::Restored);
+                    }
+                }
                 if left > 0 {
                     self.phase = Phase::Hold { left: left - 1 };
                     return None;
                 }
+                self.reverted = None;
                 self.grow(w.bytes)
             }
         }
@@ -234,9 +257,44 @@ mod tests {
     }
 
     #[test]
+    fn a_revert_that_costs_goodput_is_undone() {
+        let mut s = Sizer::new(PoolConfig {
+            min: 1,
+            max: 256,
+            initial: 64,
+        });
+        // At 64 the sample is inflated (transfers begun earlier still landing), so
+        // doubling to 128 seems not to pay and is reverted ...
+        let inflated = Window {
+            bytes: 120_000,
+            busy: true,
+        };
+        assert_eq!(s.observe(inflated), Some(Change::Grew));
+        s.observe(link(128, 1_000, 130_000)); // settling
+        assert_eq!(s.observe(link(128, 1_000, 125_000)), Some(Change::Reverted));
+        assert_eq!(s.size(), 64);
+        s.observe(link(64, 1_000, 130_000)); // settling
+                                             // ... but 64 connections carry about half: back to 128 at once.
+        assert_eq!(s.observe(link(64, 1_000, 130_000)), Some(Change::Restored));
+        assert_eq!(s.size(), 128);
+    }
+
+    #[test]
+    fn a_revert_that_costs_nothing_stays() {
+        let mut s = Sizer::new(cfg());
+        s.observe(link(16, 1_000, 16_000));
+        s.observe(link(32, 1_000, 16_000));
+        assert_eq!(s.observe(link(32, 1_000, 16_000)), Some(Change::Reverted));
+        for _ in 0..HOLD_WINDOWS {
+            assert_eq!(s.observe(link(16, 1_000, 16_000)), None);
+        }
+        assert_eq!(s.size(), 16);
+    }
+
+    #[test]
     fn idle_pools_shrink_to_the_minimum() {
         let mut s = Sizer::new(cfg());
-        for _ in 0..40 {
+        for _ in 0..IDLE_WINDOWS + 40 {
             s.observe(Window {
                 bytes: 0,
                 busy: false,
@@ -253,7 +311,7 @@ mod tests {
         s.observe(link(32, 1_000, 16_000));
         s.observe(link(32, 1_000, 16_000));
         assert_eq!(s.size(), 16);
-        for _ in 0..20 {
+        for _ in 0..IDLE_WINDOWS + 15 {
             s.observe(Window {
                 bytes: 0,
                 busy: false,
