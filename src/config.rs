@@ -117,8 +117,9 @@ fn default_max_pad() -> i64 {
 }
 fn default_in_flight() -> usize {
     // A lagging partition is fetched in pieces that arrive out of order; the reorder
-    // window must cover the slowest piece on a lossy long path (see docs/decisions.md).
-    512 * 1024 * 1024
+    // window must cover the slowest piece on a lossy long path (see docs/decisions.md,
+    // 18). Only as much is used as answers wait for: on a clean link far less.
+    2 * 1024 * 1024 * 1024
 }
 fn default_fetch_bytes() -> usize {
     1024 * 1024

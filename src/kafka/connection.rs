@@ -477,3 +477,71 @@ fn fail_all(addr: &str, pending: &Pending, dead: &AtomicBool, reason: &str) {
         }));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::net::TcpListener;
+
+    /// A large response trickling in (the low-water mark is raised for it) followed by
+    /// a response far smaller than that mark: both arrive whole, in order. Were the mark
+    /// left up, the small one would never be read.
+    #[tokio::test]
+    async fn reads_a_slow_large_response_then_a_small_one() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let big: Vec<u8> = (0..300 * 1024).map(|i| (i % 251) as u8).collect();
+        let body = big.clone();
+        let server = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut frame = Vec::new();
+            frame.extend_from_slice(&((4 + body.len()) as i32).to_be_bytes());
+            frame.extend_from_slice(&1i32.to_be_bytes());
+            frame.extend_from_slice(&body);
+            for chunk in frame.chunks(7 * 1024) {
+                s.write_all(chunk).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            // Later, once the reader has drained the socket and waits for readiness.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            s.write_all(&[0, 0, 0, 6, 0, 0, 0, 2, 0xab, 0xcd])
+                .await
+                .unwrap();
+            // Keep the socket open: the reader must not depend on the end of stream.
+            tokio::time::sleep(Duration::from_secs(30)).await;
+        });
+        let stream = TcpStream::connect(addr).await.unwrap();
+        let (rd, _wr) = stream.into_split();
+        let pending: Pending = Arc::new(Mutex::new(HashMap::new()));
+        let (tx1, rx1) = oneshot::channel();
+        let (tx2, rx2) = oneshot::channel();
+        pending.lock().unwrap().insert(1, tx1);
+        pending.lock().unwrap().insert(2, tx2);
+        let stats = Arc::new(ConnStats::default());
+        let reader = tokio::spawn(read_loop(
+            Arc::from("test"),
+            rd,
+            pending,
+            Arc::new(AtomicBool::new(false)),
+            stats.clone(),
+        ));
+        let wait = |rx: oneshot::Receiver<Result<Bytes>>| async {
+            tokio::time::timeout(Duration::from_secs(10), rx)
+                .await
+                .expect("response not read")
+                .unwrap()
+                .unwrap()
+        };
+        let first = wait(rx1).await;
+        assert_eq!(&first[..4], &1i32.to_be_bytes());
+        assert_eq!(&first[4..], &big[..]);
+        let second = wait(rx2).await;
+        assert_eq!(&second[..], &[0, 0, 0, 2, 0xab, 0xcd]);
+        assert_eq!(
+            stats.bytes_in.load(Ordering::Relaxed),
+            (4 + big.len() + 6) as u64
+        );
+        reader.abort();
+        server.abort();
+    }
+}

@@ -118,7 +118,13 @@ pub(super) async fn run(
             let sent = Instant::now();
             let src = &shared.source;
             let first = match lease {
-                Some(l) => l.fetch(&topic, p, r.start, bytes as i32).await.ok(),
+                Some(l) => match l.fetch(&topic, p, r.start, bytes as i32).await {
+                    Ok(f) => Some(f),
+                    Err(e) => {
+                        tracing::debug!(topic = %topic, partition = p, offset = r.start, error = %e, "leased fetch failed; retrying through the pool");
+                        None
+                    }
+                },
                 None => None,
             };
             let res = match first {

@@ -579,6 +579,26 @@ mod tests {
     }
 
     #[test]
+    fn a_kafka_answer_covers_from_the_start_of_its_first_batch() {
+        let src = log(&[(0, 15), (0, 15), (0, 10)]);
+        let mut p: Pieces<B, ()> = Pieces::new(0, 40, 10);
+        let a = p.next_request(0, true).unwrap();
+        let b = p.next_request(0, true).unwrap();
+        assert_eq!((a.start, b.start), (0, 10));
+        // Kafka answers the fetch at 10 with the batch holding it, [0, 15): that
+        // covers the first piece's range too, so its answer is no longer needed.
+        p.on_answer(b.id, fetch(&src, b.start, 1, true), None, 5);
+        assert_eq!(p.pop_ready().0, vec![B(0, 15)]);
+        assert_eq!(
+            p.on_answer(a.id, fetch(&src, a.start, 1, true), None, 6),
+            Outcome::Unknown
+        );
+        // The rest of the second piece is asked from the batch boundary.
+        let r = p.next_request(7, true).unwrap();
+        assert_eq!(r.start, 15);
+    }
+
+    #[test]
     fn a_slow_head_is_fetched_twice() {
         let mut p: Pieces<B, ()> = Pieces::new(0, 20, 10);
         let a = p.next_request(0, true).unwrap();

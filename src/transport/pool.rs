@@ -1,10 +1,10 @@
 //! A pool of connections to one source broker for catch-up fetches.
 //!
-//! Each request goes to the live connection with the fewest requests in flight, at most
-//! [`DEPTH`] per connection; when all are that busy, callers wait for one to free up
-//! (the sign that more connections would help) and, below the target size, a waiting
-//! caller opens a new connection. A background task sizes the pool with [`Sizer`]
-//! from the goodput of each window and reports per-connection goodput and RTT.
+//! A caller leases an idle connection ([`Lease`], at most [`DEPTH`] requests on each);
+//! when none is idle it waits for one to free up (the sign that more connections would
+//! help) and, below the target size, the pool opens the missing connections at once.
+//! A background task sizes the pool with [`Sizer`] from the goodput of each window and
+//! reports per-connection goodput and RTT.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
