@@ -187,9 +187,14 @@ impl Pool {
                     let id = g.add(conn.clone(), 1);
                     return Ok((id, conn));
                 }
-                // With nothing open the caller learns why (and retries); otherwise
-                // it waits for the connections that work.
-                Err(e) if g.slots.is_empty() && g.connecting == 0 => return Err(e),
+                // With nothing open the caller learns why (and retries), and wakes
+                // the other waiters, which would otherwise wait for a connection that
+                // will not come; with connections open it waits for those.
+                Err(e) if g.slots.is_empty() && g.connecting == 0 => {
+                    drop(g);
+                    self.freed.notify_waiters();
+                    return Err(e);
+                }
                 Err(e) => g.failed(&self.cluster, self.broker, &e),
             }
         }
@@ -300,7 +305,13 @@ async fn open_spare(pool: Arc<Pool>) {
             drop(g);
             pool.freed.notify_one();
         }
-        Err(e) => g.failed(&pool.cluster, pool.broker, &e),
+        Err(e) => {
+            g.failed(&pool.cluster, pool.broker, &e);
+            drop(g);
+            // Waiters re-check: with nothing open one of them connects itself and
+            // learns why it fails.
+            pool.freed.notify_waiters();
+        }
     }
 }
 
