@@ -319,17 +319,17 @@ impl Cluster {
         max_bytes: i32,
         urgent: bool,
     ) -> Result<Fetched> {
-        let leader = self.leader_of(topic, partition).await?;
-        let pool = self.pool(leader).await?;
-        pool.fetch(topic, partition, offset, max_bytes, urgent)
+        self.lease(topic, partition, urgent)
+            .await?
+            .fetch(topic, partition, offset, max_bytes)
             .await
     }
 
     /// A place on a connection of the pool of the partition's leader, for a catch-up
     /// fetch decided once the place is there (see [`Pool::lease`]).
-    pub async fn lease(&self, topic: &str, partition: i32) -> Result<Lease> {
+    pub async fn lease(&self, topic: &str, partition: i32, urgent: bool) -> Result<Lease> {
         let leader = self.leader_of(topic, partition).await?;
-        self.pool(leader).await?.lease(false).await
+        self.pool(leader).await?.lease(urgent).await
     }
 
     async fn pool(&self, broker: i32) -> Result<Arc<Pool>> {

@@ -300,7 +300,7 @@ async fn ask_grant(shared: Arc<Shared>, topic: String, partition: i32, reserve: 
         .acquire_many_owned(reserve)
         .await
         .ok()?;
-    let lease = shared.source.lease(&topic, partition).await.ok();
+    let lease = shared.source.lease(&topic, partition, false).await.ok();
     Some((permit, lease))
 }
 

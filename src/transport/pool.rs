@@ -102,21 +102,6 @@ impl Pool {
         &self.addr
     }
 
-    /// One catch-up fetch: no long poll (max_wait 0), no fetch session.
-    pub async fn fetch(
-        self: &Arc<Self>,
-        topic: &str,
-        partition: i32,
-        offset: i64,
-        max_bytes: i32,
-        urgent: bool,
-    ) -> Result<Fetched> {
-        self.lease(urgent)
-            .await?
-            .fetch(topic, partition, offset, max_bytes)
-            .await
-    }
-
     /// A place for one request on a connection, held until the lease is dropped. A
     /// caller that decides what to fetch only once it has a connection asks the most
     /// urgent thing at that moment, instead of queueing a plan made earlier.
