@@ -48,9 +48,19 @@ impl Proxy {
                 let Ok(server) = TcpStream::connect(("127.0.0.1", to)) else {
                     continue;
                 };
-                for s in [&client, &server] {
-                    if let Ok(c) = s.try_clone() {
-                        open.lock().unwrap().push(c);
+                {
+                    let mut open = open.lock().unwrap();
+                    // A cut between the check above and here drained `open` without
+                    // this connection: it must not outlive the cut.
+                    if cut.load(Ordering::Relaxed) {
+                        let _ = client.shutdown(Shutdown::Both);
+                        let _ = server.shutdown(Shutdown::Both);
+                        continue;
+                    }
+                    for s in [&client, &server] {
+                        if let Ok(c) = s.try_clone() {
+                            open.push(c);
+                        }
                     }
                 }
                 pipe(client.try_clone().unwrap(), server.try_clone().unwrap());
@@ -66,8 +76,9 @@ impl Proxy {
 
     /// Closes every open connection and refuses new ones.
     pub fn cut(&self) {
+        let mut open = self.open.lock().unwrap();
         self.cut.store(true, Ordering::Relaxed);
-        for s in self.open.lock().unwrap().drain(..) {
+        for s in open.drain(..) {
             let _ = s.shutdown(Shutdown::Both);
         }
     }
