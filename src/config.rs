@@ -182,7 +182,7 @@ impl Default for TransportConfig {
         TransportConfig {
             pool_min: 1,
             pool_max: 256,
-            pool_initial: 16,
+            pool_initial: 64,
             piece_bytes: 256 * 1024,
             split_bytes: 4 * 1024 * 1024,
             recv_buffer_bytes: None,

@@ -12,7 +12,7 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tokio::task::JoinSet;
 
 use super::partition::{Chunk, Job, KIB, MAX_FETCH};
-use super::pieces::{Outcome, Pieces};
+use super::pieces::{MidBatch, Outcome, Pieces, Request};
 use crate::kafka::batch::{split_valid, RawBatch};
 use crate::kafka::client::Fetched;
 use crate::kafka::error::KafkaError;
@@ -21,7 +21,12 @@ use crate::mirror::Shared;
 use crate::transport::pool::Lease;
 
 type Permit = Arc<OwnedSemaphorePermit>;
-type Answer = (u64, Option<Permit>, Duration, Result<Fetched, KafkaError>);
+type Answer = (
+    Request,
+    Option<Permit>,
+    Duration,
+    Result<Fetched, KafkaError>,
+);
 
 /// Most pieces a backlog of unknown record sizes is first cut into ...
 const SCATTER: i64 = 64;
@@ -65,6 +70,7 @@ pub(super) async fn run(
     let mut bpo = start.bytes_per_offset.unwrap_or(0.0);
     // Average offsets per batch, for keeping pieces longer than a batch.
     let mut batch_span = 0.0f64;
+    let mut mid_batch = MidBatch::Unknown;
     let first_len = match start.bytes_per_offset {
         Some(b) => len(size.piece_bytes(), b),
         None => {
@@ -107,11 +113,15 @@ pub(super) async fn run(
     // (the head, duplicates of slow ones) are urgent and skip the queue. Retries go
     // through the pool afresh (the leader may have moved).
     let launch = |tasks: &mut JoinSet<Answer>,
-                  r: super::pieces::Request,
+                  r: Request,
                   bytes: usize,
                   permit: Option<Permit>,
                   lease: Option<Lease>,
                   urgent: bool| {
+        tracing::debug!(
+            topic = %topic, partition = p, id = r.id, start = r.start, end = r.end,
+            duplicate = r.duplicate, urgent, ask_bytes = bytes, "piece sent"
+        );
         let shared = shared.clone();
         let topic = topic.clone();
         tasks.spawn(async move {
@@ -136,7 +146,7 @@ pub(super) async fn run(
                     .await
                 }
             };
-            (r.id, permit, sent.elapsed(), res)
+            (r, permit, sent.elapsed(), res)
         });
     };
     // Work beyond the head waits for memory and then for a free pooled connection, and
@@ -153,7 +163,9 @@ pub(super) async fn run(
             tracing::debug!(
                 topic = %topic, partition = p, emitted = pieces.emitted(),
                 in_flight = pieces.in_flight(), waiting = pieces.waiting(),
-                head_age_ms = pieces.head_age(now()), "catch-up state"
+                head_age_ms = pieces.head_age(now()), asking = grant.is_some(),
+                wants = pieces.wants_more(now()),
+                budget_free_mib = shared.budget.available_permits() / 1024, "catch-up state"
             );
         }
         let reserve = ((size.piece_bytes() / KIB).max(1) as u32).min(budget_kib);
@@ -183,7 +195,8 @@ pub(super) async fn run(
         }
         tokio::select! {
             joined = tasks.join_next(), if !tasks.is_empty() => {
-                let Some(Ok((id, permit, took, res))) = joined else { continue };
+                let Some(Ok((r, permit, took, res))) = joined else { continue };
+                let id = r.id;
                 match res {
                     Ok(f) => {
                         answers += 1;
@@ -202,6 +215,9 @@ pub(super) async fn run(
                             size.saw_batch(largest);
                             size.scatter = false;
                         }
+                        if let Some(first) = batches.first() {
+                            mid_batch = mid_batch.observe(r.start, first.header.base_offset);
+                        }
                         if let (Some(first), Some(last)) = (batches.first(), batches.last()) {
                             let span = (last.header.next_offset() - first.header.base_offset).max(1);
                             let got: usize = batches.iter().map(|b| b.bytes.len()).sum();
@@ -213,6 +229,8 @@ pub(super) async fn run(
                             // that belongs to (and is fetched by) the next piece too.
                             let by_bytes = len(size.piece_bytes(), bpo);
                             pieces.set_piece_len(by_bytes.max((2.0 * batch_span) as i64));
+                            let split = mid_batch == MidBatch::Next && size.one_batch_each();
+                            pieces.set_split(split.then_some(batch_span.round() as i64));
                         }
                         let outcome = match bad {
                             Some(e) => {
@@ -284,7 +302,7 @@ pub(super) async fn run(
 }
 
 /// Estimated bytes of a request's range, once record sizes are known.
-fn est(r: &super::pieces::Request, bpo: f64) -> Option<usize> {
+fn est(r: &Request, bpo: f64) -> Option<usize> {
     (bpo > 0.0).then(|| ((r.end - r.start) as f64 * bpo) as usize)
 }
 
@@ -343,6 +361,11 @@ impl Sizing {
     /// A piece holds at least one whole batch.
     fn piece_bytes(&self) -> usize {
         self.configured.max(self.largest).min(MAX_FETCH)
+    }
+
+    /// Whether every fetch asks for one batch (batches are large next to a piece).
+    fn one_batch_each(&self) -> bool {
+        self.scatter || self.piece_bytes() < 2 * self.largest
     }
 
     /// Bytes to ask for a range estimated at `range_bytes` (if known).

@@ -46,6 +46,29 @@ pub struct Request {
     pub duplicate: bool,
 }
 
+/// How the source answers a fetch whose offset lies inside a batch, as far as seen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MidBatch {
+    Unknown,
+    /// With the next batch (tansu).
+    Next,
+    /// With the batch holding the offset (Kafka).
+    Holding,
+}
+
+impl MidBatch {
+    /// Learns from an answer to a fetch at `offset` whose first batch starts at `base`.
+    /// A batch starting below the offset is proof of `Holding`, and final. One starting
+    /// above suggests `Next`, but may also follow a hole in the offsets (compaction).
+    pub fn observe(self, offset: i64, base: i64) -> MidBatch {
+        match self {
+            _ if base < offset => MidBatch::Holding,
+            MidBatch::Unknown if base > offset => MidBatch::Next,
+            seen => seen,
+        }
+    }
+}
+
 /// What an answer did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -76,6 +99,9 @@ struct Flight {
     duplicate: bool,
     /// A duplicate of this flight was issued (at most one).
     stolen: bool,
+    /// The other fetch of the same range (a duplicate and its original): once either
+    /// answer covers the other's start, the other brings nothing new.
+    twin: Option<u64>,
 }
 
 /// Plan and reassembly for one partition's catch-up. `B` is a batch, `T` a token held
@@ -101,12 +127,18 @@ pub struct Pieces<B, T> {
     next_id: u64,
     /// Moving average of answer times, for deciding what is slow.
     avg_ms: f64,
+    /// Set when the broker answers a fetch inside a batch with the next batch and each
+    /// fetch brings one batch of about this many offsets: see [`Pieces::set_split`].
+    split: Option<i64>,
 }
 
 /// Slow means this many times the average answer time (at least `MIN_STEAL_MS`; the
 /// time includes waiting for a pooled connection).
 const SLOW_FACTOR: f64 = 2.0;
 const MIN_STEAL_MS: f64 = 2_000.0;
+/// In the end game, late means this share of the average answer time: connections are
+/// falling idle, and the last answer ends the whole catch-up.
+const LATE_FACTOR: f64 = 0.5;
 /// In-flight pieces at or below which the end game starts.
 const ENDGAME_FLIGHTS: usize = 16;
 
@@ -126,6 +158,7 @@ impl<B: Span, T: Clone> Pieces<B, T> {
             stop: None,
             next_id: 0,
             avg_ms: 0.0,
+            split: None,
         }
     }
 
@@ -153,6 +186,17 @@ impl<B: Span, T: Clone> Pieces<B, T> {
 
     pub fn set_piece_len(&mut self, len: i64) {
         self.piece_len = len.max(1);
+    }
+
+    /// `Some(span)`: the broker answers a fetch inside a batch with the next batch, and
+    /// fetches bring one batch each, of about `span` offsets. A range of several
+    /// batches starting at a known batch start `s` is then fetched at `s` and at `s + 1`
+    /// at once: the second answer is the second batch, without knowing where it starts.
+    /// Otherwise such a range goes one batch per round trip, and on a lossy path one
+    /// batch can take seconds. (On a broker that answers with the batch holding the
+    /// offset, as Kafka does, the fetch at `s + 1` would bring the first batch again.)
+    pub fn set_split(&mut self, span: Option<i64>) {
+        self.split = span.filter(|s| *s > 0);
     }
 
     /// Limits how far ahead of the head new pieces are planned (in offsets).
@@ -199,6 +243,16 @@ impl<B: Span, T: Clone> Pieces<B, T> {
             return None;
         }
         if let Some((start, end)) = self.gap(!permit) {
+            if let Some(span) = self.split {
+                // Several batches, or, in the last stretch, possibly a second one: a
+                // wasted fetch costs little once connections fall idle, a chain of two
+                // costs a whole transfer at the end of the catch-up.
+                let late = self.frontier >= self.target && self.flights.len() <= ENDGAME_FLIGHTS;
+                let several = 2 * (end - start) >= 3 * span || (late && end - start > 1);
+                if several && self.batch_starts_at(start) {
+                    return Some(self.fly(start, start + 1, now_ms, false, None));
+                }
+            }
             // A gap starts where an answer ended, at a batch start; a cut inside it
             // does not, and a stub with no batch start of its own is answered with
             // the next range's batch (fetched twice). Cutting pays anyway (the parts
@@ -209,26 +263,46 @@ impl<B: Span, T: Clone> Pieces<B, T> {
             } else {
                 end
             };
-            return Some(self.fly(start, end, now_ms, false));
+            return Some(self.fly(start, end, now_ms, false, None));
         }
         // A new piece needs a permit, unless the head itself is still unplanned.
         if (permit || self.frontier == self.emitted) && self.may_plan() {
             let start = self.frontier;
             let end = (start + self.piece_len).min(self.target);
             self.frontier = end;
-            return Some(self.fly(start, end, now_ms, false));
+            return Some(self.fly(start, end, now_ms, false, None));
         }
         let (id, start, end) = self.steal_candidate(now_ms)?;
         if !permit && start != self.emitted {
             return None;
         }
+        let dup = self.fly(start, end, now_ms, true, Some(id));
         if let Some(f) = self.flights.get_mut(&id) {
             f.stolen = true;
+            f.twin = Some(dup.id);
         }
-        Some(self.fly(start, end, now_ms, true))
+        Some(dup)
     }
 
-    fn fly(&mut self, start: i64, end: i64, now_ms: u64, duplicate: bool) -> Request {
+    /// Whether a batch is known to start at `at`: where the stream's head or a received
+    /// range ends (the offset after a batch). The origin may lie inside a batch.
+    fn batch_starts_at(&self, at: i64) -> bool {
+        (at == self.emitted && at != self.origin)
+            || self
+                .covered
+                .range(..at)
+                .next_back()
+                .is_some_and(|(_, seg)| seg.end == at)
+    }
+
+    fn fly(
+        &mut self,
+        start: i64,
+        end: i64,
+        now_ms: u64,
+        duplicate: bool,
+        twin: Option<u64>,
+    ) -> Request {
         self.next_id += 1;
         let id = self.next_id;
         self.flights.insert(
@@ -239,6 +313,7 @@ impl<B: Span, T: Clone> Pieces<B, T> {
                 issued_ms: now_ms,
                 duplicate,
                 stolen: false,
+                twin,
             },
         );
         Request {
@@ -308,7 +383,7 @@ impl<B: Span, T: Clone> Pieces<B, T> {
         let slow = (self.avg_ms * SLOW_FACTOR).max(MIN_STEAL_MS);
         // In the end game connections fall idle one by one, so a second copy costs
         // little link time: anything slower than usual gets one.
-        let late = self.avg_ms.max(MIN_STEAL_MS);
+        let late = (self.avg_ms * LATE_FACTOR).max(MIN_STEAL_MS);
         let waiting_behind = !self.covered.is_empty();
         self.flights
             .iter()
@@ -407,6 +482,17 @@ impl<B: Span, T: Clone> Pieces<B, T> {
         // again if nothing covered it yet.
         let from = batches.first().map_or(f.start, |b| b.base().min(f.start));
         self.cover(from, end, batches, token);
+        // The twin would answer with batches now in hand (it asked from the same
+        // start) while its range stays claimed: the rest of the range would wait for it.
+        if let Some(t) = f.twin {
+            if self
+                .flights
+                .get(&t)
+                .is_some_and(|tf| self.uncovered_from(tf.start, tf.end) != Some(tf.start))
+            {
+                self.flights.remove(&t);
+            }
+        }
         self.frontier = self.frontier.max(end);
         let stale: Vec<i64> = self.deferred.range(f.start..end).copied().collect();
         for d in stale {
@@ -617,6 +703,89 @@ mod tests {
     }
 
     #[test]
+    fn an_answer_frees_the_range_its_twin_still_claims() {
+        let mut p: Pieces<B, ()> = Pieces::new(0, 40, 20);
+        let a = p.next_request(0, true).unwrap();
+        let b = p.next_request(0, true).unwrap();
+        p.on_answer(b.id, vec![B(20, 30), B(30, 40)], None, 100);
+        let dup = p.next_request(2_500, false).unwrap();
+        assert!(dup.duplicate && (dup.start, dup.end) == (0, 20));
+        // The original answers with one batch. The duplicate, asked from the same
+        // start, can only bring that batch again: the rest is asked for at once
+        // instead of after the duplicate's answer.
+        p.on_answer(a.id, vec![B(0, 10)], None, 2_600);
+        assert_eq!(p.pop_ready().0, vec![B(0, 10)]);
+        let r = p.next_request(2_600, false).expect("the head is asked for");
+        assert_eq!((r.start, r.duplicate), (10, false));
+        assert_eq!(
+            p.on_answer(dup.id, vec![B(0, 10)], None, 2_700),
+            Outcome::Unknown
+        );
+    }
+
+    #[test]
+    fn with_next_batch_answers_a_long_gap_goes_out_twice_at_once() {
+        let src = log(&[(0, 10), (0, 10), (0, 10), (0, 10)]);
+        for split in [None, Some(10)] {
+            let mut p: Pieces<B, ()> = Pieces::new(0, 40, 100);
+            p.set_split(split);
+            let r = p.next_request(0, true).unwrap();
+            p.on_answer(r.id, fetch(&src, r.start, 1, false), None, 1);
+            assert_eq!(p.pop_ready().0, vec![B(0, 10)]);
+            let first = p.next_request(2, true).unwrap();
+            let second = p.next_request(2, true);
+            if split.is_none() {
+                // One batch per round trip: the next one only once this one is in.
+                assert_eq!((first.start, first.end), (10, 40));
+                assert!(second.is_none());
+                continue;
+            }
+            // At the batch start, and just after it: tansu answers the second fetch
+            // with the batch after the first.
+            assert_eq!((first.start, first.end), (10, 11));
+            let second = second.unwrap();
+            assert_eq!(second.start, 11);
+            p.on_answer(second.id, fetch(&src, second.start, 1, false), None, 3);
+            p.on_answer(first.id, fetch(&src, first.start, 1, false), None, 4);
+            assert_eq!(p.pop_ready().0, vec![B(10, 20), B(20, 30)]);
+        }
+    }
+
+    #[test]
+    fn a_gap_after_an_unknown_start_is_not_split() {
+        // The origin may lie inside a batch, and a gap after a range still in flight
+        // starts wherever that range was cut.
+        let mut p: Pieces<B, ()> = Pieces::new(5, 100, 50);
+        p.set_split(Some(10));
+        let a = p.next_request(0, true).unwrap();
+        assert_eq!((a.start, a.end), (5, 55));
+        let b = p.next_request(0, true).unwrap();
+        assert_eq!((b.start, b.end), (55, 100));
+        p.on_failed(a.id);
+        let again = p.next_request(1, true).unwrap();
+        assert_eq!((again.start, again.end), (5, 55));
+        p.on_failed(b.id);
+        p.on_answer(again.id, vec![B(0, 10)], None, 2);
+        let after = p.next_request(3, true).unwrap();
+        assert_eq!(
+            (after.start, after.end),
+            (10, 11),
+            "10 is a known batch start"
+        );
+    }
+
+    #[test]
+    fn the_broker_style_is_learned_from_answers() {
+        let m = MidBatch::Unknown;
+        assert_eq!(m.observe(10, 10), MidBatch::Unknown);
+        assert_eq!(m.observe(10, 12), MidBatch::Next);
+        assert_eq!(m.observe(10, 8), MidBatch::Holding);
+        // Proof of Kafka's behaviour is final; a hole in the offsets proves nothing.
+        assert_eq!(MidBatch::Holding.observe(10, 12), MidBatch::Holding);
+        assert_eq!(MidBatch::Next.observe(10, 8), MidBatch::Holding);
+    }
+
+    #[test]
     fn a_corrupt_batch_stops_the_stream_before_it() {
         let mut p: Pieces<B, ()> = Pieces::new(0, 40, 10);
         let rs: Vec<_> = (0..4).map(|_| p.next_request(0, true).unwrap()).collect();
@@ -672,8 +841,8 @@ mod tests {
     proptest! {
         #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
         /// Random piece sizes, batch layouts with compaction gaps, answer order,
-        /// failures, short and empty answers, duplicates, and both brokers' behaviour
-        /// for fetches inside a batch: the output is the source log from the start,
+        /// failures, short and empty answers, duplicates, both brokers' behaviour
+        /// for fetches inside a batch, with and without split fetches: the output is the source log from the start,
         /// each batch once, in order.
         #[test]
         fn reassembles_the_source_exactly(
@@ -681,6 +850,7 @@ mod tests {
             piece in 1i64..60,
             start_pick in 0usize..40,
             window in proptest::option::of(1i64..80),
+            split in proptest::option::of(1i64..20),
             events in proptest::collection::vec(ev(), 0..300),
         ) {
             let src = log(&shape);
@@ -689,6 +859,7 @@ mod tests {
             let start = src[start_pick % src.len()].0;
             let want: Vec<B> = src.iter().filter(|b| b.0 >= start).copied().collect();
             let mut p: Pieces<B, u32> = Pieces::new(start, end, piece);
+            p.set_split(split);
             if let Some(w) = window {
                 p.set_window(w);
             }

@@ -21,7 +21,7 @@ impl Default for PoolConfig {
         PoolConfig {
             min: 1,
             max: 256,
-            initial: 16,
+            initial: 64,
         }
     }
 }
@@ -58,7 +58,7 @@ enum Phase {
 }
 
 /// Windows to wait after a failed probe before trying again.
-const HOLD_WINDOWS: u32 = 10;
+const HOLD_WINDOWS: u32 = 4;
 /// A growth that raised goodput by at least this share is kept.
 const KEEP_GAIN: f64 = 0.05;
 /// Idle windows in a row before the pool shrinks. Long: a catch-up that waits on
