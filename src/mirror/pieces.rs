@@ -247,8 +247,8 @@ impl<B: Span, T: Clone> Pieces<B, T> {
                 // Several batches, or, in the last stretch, possibly a second one: a
                 // wasted fetch costs little once connections fall idle, a chain of two
                 // costs a whole transfer at the end of the catch-up.
-                let late = self.frontier >= self.target && self.flights.len() <= ENDGAME_FLIGHTS;
-                let several = 2 * (end - start) >= 3 * span || (late && end - start > 1);
+                let several =
+                    2 * (end - start) >= 3 * span || (self.winding_down() && end - start > 1);
                 if several && self.batch_starts_at(start) {
                     return Some(self.fly(start, start + 1, now_ms, false, None));
                 }
@@ -282,6 +282,11 @@ impl<B: Span, T: Clone> Pieces<B, T> {
             f.twin = Some(dup.id);
         }
         Some(dup)
+    }
+
+    /// All planned and only the last few pieces out: connections are falling idle.
+    fn winding_down(&self) -> bool {
+        self.frontier >= self.target && self.flights.len() <= ENDGAME_FLIGHTS
     }
 
     /// Whether a batch is known to start at `at`: where the stream's head or a received
@@ -375,9 +380,7 @@ impl<B: Span, T: Clone> Pieces<B, T> {
     fn steal_candidate(&self, now_ms: u64) -> Option<(u64, i64, i64)> {
         // The end game: all planned, nothing left to ask for, and only the last few
         // pieces still out (earlier, every piece in flight would qualify).
-        let endgame = self.frontier >= self.target
-            && self.gap(false).is_none()
-            && self.flights.len() <= ENDGAME_FLIGHTS;
+        let endgame = self.winding_down() && self.gap(false).is_none();
         // A piece twice as slow as usual is most likely stuck on a connection in
         // retransmission back-off (seconds, doubling) on a lossy path.
         let slow = (self.avg_ms * SLOW_FACTOR).max(MIN_STEAL_MS);
