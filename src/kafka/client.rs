@@ -162,7 +162,22 @@ impl Cluster {
                     })?
             }
         };
-        let conn = Connection::connect(&addr, &self.opts).await?;
+        // The bootstrap connection often leads to this very broker; taking it over
+        // saves a connect and a version handshake (two round trips on a long path).
+        let bootstrap = {
+            let mut st = self.state.lock().await;
+            match st.bootstrap_conn.take() {
+                Some(c) if c.is_alive() && c.addr() == addr => Some(c),
+                other => {
+                    st.bootstrap_conn = other;
+                    None
+                }
+            }
+        };
+        let conn = match bootstrap {
+            Some(c) => c,
+            None => Connection::connect(&addr, &self.opts).await?,
+        };
         tracing::debug!(cluster = %self.name, broker = id, %addr, "connected");
         self.state.lock().await.conns.insert(id, conn.clone());
         Ok(conn)
@@ -422,13 +437,22 @@ impl Cluster {
     /// watermark. The second step guards against brokers whose LATEST lags the true end
     /// (tansu 0.6 answers the last batch's base offset + 1).
     pub async fn end_offset(&self, topic: &str, partition: i32) -> Result<i64> {
-        let latest = self.list_offset(topic, partition, -1).await?;
-        let start = self.log_start(topic, partition).await?;
+        Ok(self.bounds(topic, partition).await?.1)
+    }
+
+    /// Log start and high watermark of a partition, as [`Cluster::log_start`] and
+    /// [`Cluster::end_offset`] give them, in two round trips instead of four: on a
+    /// 200 ms path every partition's start-up waits for these.
+    pub async fn bounds(&self, topic: &str, partition: i32) -> Result<(i64, i64)> {
+        let (latest, start) = tokio::try_join!(
+            self.list_offset(topic, partition, -1),
+            self.log_start(topic, partition)
+        )?;
         let probe = latest.max(start);
         let f = self
             .fetch(topic, partition, probe, 1, Duration::ZERO)
             .await?;
-        Ok(f.high_watermark.max(latest))
+        Ok((start, f.high_watermark.max(latest)))
     }
 
     async fn list_offset(&self, topic: &str, partition: i32, timestamp: i64) -> Result<i64> {

@@ -61,12 +61,8 @@ pub async fn run(shared: Arc<Shared>, job: Job) -> Result<(), MirrorError> {
         .retry("end offset", || dst.end_offset(dt, p))
         .await
         .map_err(derr)?;
-    let src_start = src
-        .retry("log start", || src.log_start(st, p))
-        .await
-        .map_err(serr)?;
-    let src_end = src
-        .retry("end offset", || src.end_offset(st, p))
+    let (src_start, src_end) = src
+        .retry("log bounds", || src.bounds(st, p))
         .await
         .map_err(serr)?;
     tracing::info!(

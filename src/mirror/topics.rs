@@ -71,11 +71,18 @@ pub async fn source_origins(shared: &Shared) -> Result<BTreeMap<String, String>,
 pub async fn plan(shared: &Shared) -> Result<Vec<TopicPlan>, MirrorError> {
     let src = &shared.source;
     let dst = &shared.dest;
-    let origins = source_origins(shared).await?;
     let all = src
         .refresh(None)
         .await
         .map_err(|e| MirrorError::kafka(src.name(), e))?;
+    // Reading the map costs round trips over the WAN; a source without one has no
+    // provenance records to read.
+    let map_topic = &shared.config.mirror.offset_map_topic;
+    let origins = if all.iter().any(|t| &t.name == map_topic) {
+        source_origins(shared).await?
+    } else {
+        BTreeMap::new()
+    };
     let mut out = Vec::new();
     for t in all {
         if t.internal || !shared.filter.matches(&t.name) {

@@ -202,9 +202,10 @@ impl Pool {
     }
 
     /// Total response bytes and per-connection reports since the last call.
-    fn sample(&self, window: Duration) -> (u64, Vec<ConnReport>) {
+    fn sample(&self, window: Duration) -> (u64, usize, Vec<ConnReport>) {
         let mut g = self.lock();
         retire_dead(&mut g);
+        let draining = g.slots.iter().filter(|s| s.draining).count();
         let secs = window.as_secs_f64().max(1e-3);
         let mut total = g.retired;
         let mut reports = Vec::with_capacity(g.slots.len());
@@ -221,7 +222,7 @@ impl Pool {
             });
             s.seen = bytes;
         }
-        (total, reports)
+        (total, draining, reports)
     }
 
     fn set_target(&self, n: usize) {
@@ -375,7 +376,7 @@ async fn size_loop(pool: Weak<Pool>, mut sizer: Sizer, report_every: Duration) {
         let Some(pool) = pool.upgrade() else { return };
         let elapsed = last.elapsed();
         last = Instant::now();
-        let (total, reports) = pool.sample(elapsed);
+        let (total, draining, reports) = pool.sample(elapsed);
         let bytes = total.saturating_sub(last_total);
         last_total = total;
         let busy = pool.waited.swap(false, Ordering::Relaxed);
@@ -383,7 +384,12 @@ async fn size_loop(pool: Weak<Pool>, mut sizer: Sizer, report_every: Duration) {
         // A window must span many round trips to mean anything on a lossy path.
         window = Duration::from_secs_f64((median_rtt * 5.0 / 1000.0).clamp(1.0, 5.0));
         let goodput = bytes as f64 / elapsed.as_secs_f64();
-        if let Some(change) = sizer.observe(Window { bytes, busy }) {
+        let sample = Window {
+            rate: goodput as u64,
+            busy,
+            draining,
+        };
+        if let Some(change) = sizer.observe(sample) {
             tracing::info!(
                 cluster = %pool.cluster, broker = pool.broker, addr = %pool.addr,
                 from = reports.len(), to = sizer.size(), change = ?change,

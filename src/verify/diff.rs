@@ -160,15 +160,9 @@ fn reader<'a>(side: &'a Side, p: i32, opts: &Options) -> PartitionReader<'a> {
 async fn bounds(side: &Side, p: i32) -> Result<(i64, i64), VerifyError> {
     let c = &side.cluster;
     let err = |e| VerifyError::kafka(c.name(), e);
-    let start = c
-        .retry("log start", || c.log_start(&side.topic, p))
+    c.retry("log bounds", || c.bounds(&side.topic, p))
         .await
-        .map_err(err)?;
-    let end = c
-        .retry("end offset", || c.end_offset(&side.topic, p))
-        .await
-        .map_err(err)?;
-    Ok((start, end))
+        .map_err(err)
 }
 
 /// Hashes the leaves of `[from, to)` of one side.
