@@ -123,3 +123,43 @@ fn pieces_survive_a_cut_link_to_the_source() {
         assert_eq!(s, d, "partition {part}");
     }
 }
+
+/// The head of a catch-up answer names its first batch before the rest arrives; against
+/// a real broker's encoding, what it names must be exactly the answer's first batch,
+/// for fetches at, inside and between batches.
+#[test]
+fn an_answer_head_names_its_first_batch() {
+    use wanmirror::kafka::batch::split_batches;
+    use wanmirror::kafka::client::Cluster;
+    use wanmirror::kafka::connection::SocketOptions;
+
+    let a = TansuBroker::start("dc-a").unwrap();
+    create_topic(&a.bootstrap(), "heads", 1);
+    let p = small_batches(&a.bootstrap(), "none");
+    produce(&p, "heads", 0, &sample(400, 9, |i| 600 + (i * 37) % 400));
+    runtime().block_on(async {
+        let c = Cluster::new("dc-a", &a.bootstrap(), SocketOptions::default());
+        let mut told = 0;
+        // (Not inside the last batch: tansu answers nothing there.)
+        for offset in [0, 1, 19, 20, 21, 133, 250, 300] {
+            let (tx, rx) = std::sync::mpsc::channel();
+            let tell = Box::new(move |base, next| tx.send((base, next)).unwrap());
+            let f = c
+                .fetch_piece("heads", 0, offset, 1, false, Some(tell))
+                .await
+                .expect("fetch");
+            let batches = split_batches(&f.records).expect("batches");
+            let first = &batches.first().expect("a batch").header;
+            assert_eq!(batches.len(), 1, "a one-byte ask brings one batch");
+            if f.records.len() > wanmirror::kafka::peek::HEAD_BYTES {
+                assert_eq!(
+                    rx.try_recv().ok(),
+                    Some((first.base_offset, first.next_offset())),
+                    "head of the answer at {offset}"
+                );
+                told += 1;
+            }
+        }
+        assert!(told >= 6, "answers too small to have heads: {told}");
+    });
+}

@@ -16,7 +16,7 @@ use tokio::sync::Mutex;
 
 use super::connection::{Connection, SocketOptions};
 use super::error::{KafkaError, Result};
-use super::fetch_mux::FetchMux;
+use super::fetch_mux::{FetchMux, OnFirstBatch};
 use crate::transport::pool::{Lease, Pool};
 use crate::transport::sizer::PoolConfig;
 
@@ -333,10 +333,11 @@ impl Cluster {
         offset: i64,
         max_bytes: i32,
         urgent: bool,
+        on_first: Option<OnFirstBatch>,
     ) -> Result<Fetched> {
         self.lease(topic, partition, urgent)
             .await?
-            .fetch(topic, partition, offset, max_bytes)
+            .fetch(topic, partition, offset, max_bytes, on_first)
             .await
     }
 

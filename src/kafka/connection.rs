@@ -21,6 +21,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 
 use super::error::{KafkaError, Result};
+use super::peek::HEAD_BYTES;
 use super::versions::Versions;
 
 /// Largest response frame we accept; larger means a corrupt stream.
@@ -33,10 +34,16 @@ struct Outgoing {
     api_key: i16,
     version: i16,
     body: Bytes,
-    reply: oneshot::Sender<Result<Bytes>>,
+    waiter: Waiter,
 }
 
-type Pending = Arc<Mutex<HashMap<i32, oneshot::Sender<Result<Bytes>>>>>;
+/// Who waits for a response: the whole frame, and optionally its first bytes early.
+struct Waiter {
+    reply: oneshot::Sender<Result<Bytes>>,
+    head: Option<oneshot::Sender<Bytes>>,
+}
+
+type Pending = Arc<Mutex<HashMap<i32, Waiter>>>;
 
 /// A live connection to one broker. Cheap to clone; dropping the last clone closes it.
 #[derive(Clone)]
@@ -196,11 +203,39 @@ impl Connection {
         self.send_versioned_wait(req, version, Duration::ZERO).await
     }
 
+    /// The version [`Connection::send`] would use for `R`.
+    pub fn version<R: Request>(&self) -> Result<i16> {
+        self.versions.pick::<R>(&self.addr)
+    }
+
+    /// Like [`Connection::send_versioned`], and `head` receives the response frame's
+    /// first bytes (at least [`HEAD_BYTES`], header included) as soon as they are in,
+    /// if the response is longer than that.
+    pub async fn send_with_head<R: Request>(
+        &self,
+        req: &R,
+        version: i16,
+        head: oneshot::Sender<Bytes>,
+    ) -> Result<R::Response> {
+        self.exchange(req, version, Duration::ZERO, Some(head))
+            .await
+    }
+
     async fn send_versioned_wait<R: Request>(
         &self,
         req: &R,
         version: i16,
         wait: Duration,
+    ) -> Result<R::Response> {
+        self.exchange(req, version, wait, None).await
+    }
+
+    async fn exchange<R: Request>(
+        &self,
+        req: &R,
+        version: i16,
+        wait: Duration,
+        head: Option<oneshot::Sender<Bytes>>,
     ) -> Result<R::Response> {
         let api = api_name(R::KEY);
         let mut body = BytesMut::with_capacity(req.compute_size(version).unwrap_or(64));
@@ -214,7 +249,7 @@ impl Connection {
             api_key: R::KEY,
             version,
             body: body.freeze(),
-            reply,
+            waiter: Waiter { reply, head },
         };
         let lost = || KafkaError::ConnectionLost {
             addr: self.addr.to_string(),
@@ -300,7 +335,7 @@ async fn write_loop(
             };
             let mut head = BytesMut::with_capacity(64);
             if let Err(e) = header.encode(&mut head, hv) {
-                let _ = out.reply.send(Err(KafkaError::Encode {
+                let _ = out.waiter.reply.send(Err(KafkaError::Encode {
                     api: api_name(out.api_key),
                     reason: e.to_string(),
                 }));
@@ -312,7 +347,7 @@ async fn write_loop(
             pending
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .insert(next_id, out.reply);
+                .insert(next_id, out.waiter);
             let res = async {
                 wr.write_all(&prefix).await?;
                 wr.write_all(&head).await?;
@@ -361,8 +396,16 @@ async fn read_loop(
             1
         };
         let mut low = 1;
+        // A caller may want the first bytes early (the head of a fetch answer names its
+        // batch long before the answer is in, see `peek`): the first read wakes as
+        // soon as they are here.
+        let mut head_due = len > HEAD_BYTES;
         while buf.len() < len {
-            let want = gather.min(len - buf.len()).max(1);
+            let want = if head_due {
+                HEAD_BYTES
+            } else {
+                gather.min(len - buf.len()).max(1)
+            };
             if want != low {
                 set_low_water(rd.as_ref(), want);
                 low = want;
@@ -383,6 +426,10 @@ async fn read_loop(
                     return;
                 }
             }
+            if head_due && buf.len() >= HEAD_BYTES {
+                head_due = false;
+                send_head(&pending, &buf);
+            }
         }
         // The next read is a 4-byte length: it must not wait for more.
         if low != 1 {
@@ -398,9 +445,9 @@ async fn read_loop(
             .unwrap_or_else(|p| p.into_inner())
             .remove(&correlation);
         match waiter {
-            Some(tx) => {
+            Some(w) => {
                 // The header is decoded by the caller, who knows its version.
-                let _ = tx.send(Ok(std::mem::take(&mut frame)));
+                let _ = w.reply.send(Ok(std::mem::take(&mut frame)));
             }
             None => {
                 fail_all(
@@ -412,6 +459,21 @@ async fn read_loop(
                 return;
             }
         }
+    }
+}
+
+/// Hands the first bytes of a response to its waiter, if it asked for them.
+fn send_head(pending: &Pending, buf: &[u8]) {
+    let correlation = i32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]);
+    let head = pending
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get_mut(&correlation)
+        .and_then(|w| w.head.take());
+    if let Some(h) = head {
+        let _ = h.send(Bytes::copy_from_slice(
+            &buf[..buf.len().min(4 * HEAD_BYTES)],
+        ));
     }
 }
 
@@ -470,8 +532,8 @@ fn fail_all(addr: &str, pending: &Pending, dead: &AtomicBool, reason: &str) {
         .unwrap_or_else(|p| p.into_inner())
         .drain()
         .collect();
-    for (_, tx) in waiters {
-        let _ = tx.send(Err(KafkaError::ConnectionLost {
+    for (_, w) in waiters {
+        let _ = w.reply.send(Err(KafkaError::ConnectionLost {
             addr: addr.to_string(),
             reason: reason.to_string(),
         }));
@@ -485,7 +547,8 @@ mod tests {
 
     /// A large response trickling in (the low-water mark is raised for it) followed by
     /// a response far smaller than that mark: both arrive whole, in order. Were the mark
-    /// left up, the small one would never be read.
+    /// left up, the small one would never be read. The large one's first bytes reach
+    /// the waiter that asked for them while the rest is still on its way.
     #[tokio::test]
     async fn reads_a_slow_large_response_then_a_small_one() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -498,9 +561,10 @@ mod tests {
             frame.extend_from_slice(&((4 + body.len()) as i32).to_be_bytes());
             frame.extend_from_slice(&1i32.to_be_bytes());
             frame.extend_from_slice(&body);
-            for chunk in frame.chunks(7 * 1024) {
+            for (i, chunk) in frame.chunks(7 * 1024).enumerate() {
                 s.write_all(chunk).await.unwrap();
-                tokio::time::sleep(Duration::from_millis(1)).await;
+                let pause = if i == 0 { 500 } else { 1 };
+                tokio::time::sleep(Duration::from_millis(pause)).await;
             }
             // Later, once the reader has drained the socket and waits for readiness.
             tokio::time::sleep(Duration::from_millis(300)).await;
@@ -515,8 +579,13 @@ mod tests {
         let pending: Pending = Arc::new(Mutex::new(HashMap::new()));
         let (tx1, rx1) = oneshot::channel();
         let (tx2, rx2) = oneshot::channel();
-        pending.lock().unwrap().insert(1, tx1);
-        pending.lock().unwrap().insert(2, tx2);
+        let (head_tx, head_rx) = oneshot::channel();
+        let waiter = |reply, head| Waiter { reply, head };
+        pending
+            .lock()
+            .unwrap()
+            .insert(1, waiter(tx1, Some(head_tx)));
+        pending.lock().unwrap().insert(2, waiter(tx2, None));
         let stats = Arc::new(ConnStats::default());
         let reader = tokio::spawn(read_loop(
             Arc::from("test"),
@@ -532,6 +601,13 @@ mod tests {
                 .unwrap()
                 .unwrap()
         };
+        let head = tokio::time::timeout(Duration::from_millis(400), head_rx)
+            .await
+            .expect("the head waited for the rest")
+            .unwrap();
+        assert!(head.len() >= HEAD_BYTES);
+        assert_eq!(&head[..4], &1i32.to_be_bytes());
+        assert_eq!(&head[4..], &big[..head.len() - 4]);
         let first = wait(rx1).await;
         assert_eq!(&first[..4], &1i32.to_be_bytes());
         assert_eq!(&first[4..], &big[..]);

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::fetch_response::PartitionData;
-use kafka_protocol::messages::{BrokerId, FetchRequest, TopicName};
+use kafka_protocol::messages::{BrokerId, FetchRequest, FetchResponse, TopicName};
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
 use tokio::sync::{mpsc, oneshot};
@@ -19,6 +19,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::client::Fetched;
 use super::connection::{broker_err, Connection, SocketOptions};
 use super::error::{KafkaError, Result};
+use super::peek::first_batch;
 
 /// Largest total response we ask a broker for in one round.
 const MAX_RESPONSE: i32 = 64 << 20;
@@ -222,7 +223,43 @@ pub(crate) async fn send_fetch(
     req: &FetchRequest,
     max_wait: Duration,
 ) -> Result<Answers> {
-    let resp = conn.send_wait(req, max_wait).await?;
+    answers(conn.send_wait(req, max_wait).await?).await
+}
+
+/// A catch-up Fetch (no wait at the broker) whose answer's first batch is passed to
+/// `on_first` as soon as the answer's head is in (see `peek`), before the rest.
+pub(crate) async fn send_fetch_early(
+    conn: &Connection,
+    req: &FetchRequest,
+    on_first: OnFirstBatch,
+) -> Result<Answers> {
+    let version = conn.version::<FetchRequest>()?;
+    let (head_tx, mut head_rx) = oneshot::channel::<bytes::Bytes>();
+    let send = conn.send_with_head(req, version, head_tx);
+    tokio::pin!(send);
+    let mut on_first = Some(on_first);
+    // The answer decides when this ends (it may time out with the head never sent).
+    let resp = loop {
+        tokio::select! {
+            // The head is sent before the whole: told first when both are in.
+            biased;
+            head = &mut head_rx, if on_first.is_some() => {
+                let tell = on_first.take().expect("guarded");
+                // Dropped unsent when the answer is short: nothing to tell early then.
+                if let Some((base, next)) = head.ok().and_then(|h| first_batch(&h, version)) {
+                    tell(base, next);
+                }
+            }
+            resp = &mut send => break resp,
+        }
+    };
+    answers(resp?).await
+}
+
+/// Told `(base, next)` of the first batch of an answer still arriving.
+pub type OnFirstBatch = Box<dyn FnOnce(i64, i64) + Send>;
+
+async fn answers(resp: FetchResponse) -> Result<Answers> {
     if resp.throttle_time_ms > 0 {
         tokio::time::sleep(Duration::from_millis(resp.throttle_time_ms as u64)).await;
     }

@@ -6,6 +6,7 @@ pub mod client;
 pub mod connection;
 pub mod error;
 pub mod fetch_mux;
+pub mod peek;
 pub mod reader;
 pub mod records;
 pub mod versions;

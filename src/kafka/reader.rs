@@ -40,6 +40,7 @@ impl PartitionReader<'_> {
                     at,
                     self.fetch_bytes as i32,
                     false,
+                    None,
                 )
             })
             .await?;

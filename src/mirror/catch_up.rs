@@ -16,6 +16,7 @@ use super::pieces::{MidBatch, Outcome, Pieces, Request};
 use crate::kafka::batch::{split_valid, RawBatch};
 use crate::kafka::client::Fetched;
 use crate::kafka::error::KafkaError;
+use crate::kafka::fetch_mux::OnFirstBatch;
 use crate::mirror::error::MirrorError;
 use crate::mirror::Shared;
 use crate::transport::pool::Lease;
@@ -112,6 +113,8 @@ pub(super) async fn run(
     // A fetch goes on the connection leased for it, if any; pieces the writer waits for
     // (the head, duplicates of slow ones) are urgent and skip the queue. Retries go
     // through the pool afresh (the leader may have moved).
+    // Heads of answers still arriving: (request id, first batch's base and next).
+    let (heads_tx, mut heads_rx) = mpsc::unbounded_channel::<(u64, i64, i64)>();
     let launch = |tasks: &mut JoinSet<Answer>,
                   r: Request,
                   bytes: usize,
@@ -124,11 +127,21 @@ pub(super) async fn run(
         );
         let shared = shared.clone();
         let topic = topic.clone();
+        // A one-batch ask brings just the batch its head names: what lies past it can
+        // be asked for as soon as the head is in, seconds before the whole answer.
+        let heads = (bytes == 1).then(|| heads_tx.clone());
+        let id = r.id;
+        let on_first = move || -> Option<OnFirstBatch> {
+            let tx = heads.clone()?;
+            Some(Box::new(move |base, next| {
+                let _ = tx.send((id, base, next));
+            }))
+        };
         tasks.spawn(async move {
             let sent = Instant::now();
             let src = &shared.source;
             let first = match lease {
-                Some(l) => match l.fetch(&topic, p, r.start, bytes as i32).await {
+                Some(l) => match l.fetch(&topic, p, r.start, bytes as i32, on_first()).await {
                     Ok(f) => Some(f),
                     Err(e) => {
                         tracing::debug!(topic = %topic, partition = p, offset = r.start, error = %e, "leased fetch failed; retrying through the pool");
@@ -141,7 +154,7 @@ pub(super) async fn run(
                 Some(f) => Ok(f),
                 None => {
                     src.retry("fetch piece", || {
-                        src.fetch_piece(&topic, p, r.start, bytes as i32, urgent)
+                        src.fetch_piece(&topic, p, r.start, bytes as i32, urgent, on_first())
                     })
                     .await
                 }
@@ -274,6 +287,10 @@ pub(super) async fn run(
                     duplicates += r.duplicate as u64;
                     launch(&mut tasks, r, bytes, Some(Arc::new(permit)), lease, head || r.duplicate);
                 }
+            }
+            Some((id, base, next)) = heads_rx.recv() => {
+                tracing::debug!(topic = %topic, partition = p, id, base, next, "piece head");
+                pieces.on_first_batch(id, base, next);
             }
             _ = tokio::time::sleep(STEAL_CHECK) => {}
             _ = tx.closed() => return None,

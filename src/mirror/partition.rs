@@ -265,7 +265,7 @@ async fn fetch_loop(
                     let wait = Duration::from_millis(cfg.tail_wait_ms);
                     src.fetch(topic, p, offset, max_bytes as i32, wait).await
                 } else {
-                    src.fetch_piece(topic, p, offset, max_bytes as i32, true)
+                    src.fetch_piece(topic, p, offset, max_bytes as i32, true, None)
                         .await
                 }
             })

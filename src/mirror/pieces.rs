@@ -130,6 +130,9 @@ pub struct Pieces<B, T> {
     /// Set when the broker answers a fetch inside a batch with the next batch and each
     /// fetch brings one batch of about this many offsets: see [`Pieces::set_split`].
     split: Option<i64>,
+    /// Batch starts learnt from the heads of answers still arriving
+    /// ([`Pieces::on_first_batch`]), at or above the head.
+    starts: BTreeSet<i64>,
 }
 
 /// Slow means this many times the average answer time (at least `MIN_STEAL_MS`; the
@@ -159,6 +162,7 @@ impl<B: Span, T: Clone> Pieces<B, T> {
             next_id: 0,
             avg_ms: 0.0,
             split: None,
+            starts: BTreeSet::new(),
         }
     }
 
@@ -290,9 +294,11 @@ impl<B: Span, T: Clone> Pieces<B, T> {
     }
 
     /// Whether a batch is known to start at `at`: where the stream's head or a received
-    /// range ends (the offset after a batch). The origin may lie inside a batch.
+    /// range ends (the offset after a batch), or where the first batch of an answer
+    /// still arriving ends. The origin may lie inside a batch.
     fn batch_starts_at(&self, at: i64) -> bool {
         (at == self.emitted && at != self.origin)
+            || self.starts.contains(&at)
             || self
                 .covered
                 .range(..at)
@@ -438,6 +444,31 @@ impl<B: Span, T: Clone> Pieces<B, T> {
         self.answer(id, batches, Some(bad), token, now_ms)
     }
 
+    /// The head of the answer to request `id` arrived: its first batch is
+    /// `[base, next)`, and the request asked for one batch, so that is all it brings.
+    /// The rest of its range need not wait seconds for the whole answer on a lossy
+    /// path: the request (and its twin, fetching from the same start) now claims only
+    /// up to `next`, where a batch is known to start, so the rest is a gap to fetch at
+    /// once. Only a hint for planning: what is handed out still follows the answers.
+    pub fn on_first_batch(&mut self, id: u64, base: i64, next: i64) {
+        let Some(f) = self.flights.get_mut(&id) else {
+            return;
+        };
+        if next <= base || next <= f.start || next >= f.end {
+            return;
+        }
+        let (start, twin) = (f.start, f.twin);
+        f.end = next;
+        if let Some(t) = twin.and_then(|t| self.flights.get_mut(&t)) {
+            if t.start == start {
+                t.end = t.end.min(next);
+            }
+        }
+        if next > self.emitted {
+            self.starts.insert(next);
+        }
+    }
+
     /// A fetch failed; its range will be asked again.
     pub fn on_failed(&mut self, id: u64) {
         self.flights.remove(&id);
@@ -563,6 +594,7 @@ impl<B: Span, T: Clone> Pieces<B, T> {
             batches.extend(seg.batches);
             tokens.extend(seg.token);
         }
+        self.starts = self.starts.split_off(&self.emitted);
         // Flights that are wholly covered now are wasted work; forget them.
         let covered_ids: Vec<u64> = self
             .flights
@@ -778,6 +810,53 @@ mod tests {
     }
 
     #[test]
+    fn the_head_of_an_answer_frees_the_rest_of_its_range() {
+        let src = log(&[(0, 10), (0, 10), (0, 10), (0, 10)]);
+        let mut p: Pieces<B, ()> = Pieces::new(0, 40, 40);
+        p.set_split(Some(10));
+        let r = p.next_request(0, true).unwrap();
+        assert_eq!((r.start, r.end), (0, 40));
+        assert!(p.next_request(0, true).is_none(), "all claimed");
+        // The answer's first bytes say it holds [0, 10): the rest goes out now, at a
+        // known batch start, so split in two at once.
+        p.on_first_batch(r.id, 0, 10);
+        let a = p.next_request(1, true).unwrap();
+        let b = p.next_request(1, true).unwrap();
+        assert_eq!((a.start, a.end, b.start), (10, 11, 11));
+        // Hints that say nothing new, or nonsense, change nothing.
+        p.on_first_batch(b.id, 20, 40);
+        p.on_first_batch(b.id, 25, 20);
+        p.on_first_batch(999, 0, 5);
+        assert!(p.next_request(1, true).is_none());
+        p.on_answer(b.id, fetch(&src, b.start, 1, false), None, 2);
+        p.on_answer(a.id, fetch(&src, a.start, 1, false), None, 2);
+        p.on_answer(r.id, fetch(&src, r.start, 1, false), None, 3);
+        let last = p.next_request(4, true).unwrap();
+        assert_eq!(last.start, 30);
+        p.on_answer(last.id, fetch(&src, last.start, 1, false), None, 5);
+        assert_eq!(p.pop_ready().0, src);
+        assert!(p.is_done());
+    }
+
+    #[test]
+    fn the_head_of_an_answer_frees_its_twin_too() {
+        let mut p: Pieces<B, ()> = Pieces::new(0, 40, 40);
+        let r = p.next_request(0, true).unwrap();
+        // Slow, and data behind it would wait: here the end game makes it a candidate.
+        let dup = p.next_request(10_000, true).unwrap();
+        assert!(dup.duplicate);
+        assert_eq!((dup.start, dup.end), (0, 40));
+        p.on_first_batch(dup.id, 0, 10);
+        let rest = p.next_request(10_001, true).unwrap();
+        assert_eq!(
+            (rest.start, rest.end),
+            (10, 40),
+            "neither the original nor its duplicate claims past 10"
+        );
+        let _ = r;
+    }
+
+    #[test]
     fn the_broker_style_is_learned_from_answers() {
         let m = MidBatch::Unknown;
         assert_eq!(m.observe(10, 10), MidBatch::Unknown);
@@ -830,6 +909,9 @@ mod tests {
         Fail(usize),
         Issue(bool),
         Tick(u64),
+        /// The head of the answer to the in-flight request at this index arrives: its
+        /// first batch, under either broker's behaviour.
+        Head(usize, bool),
     }
 
     fn ev() -> impl Strategy<Value = Ev> {
@@ -838,6 +920,7 @@ mod tests {
             1 => any::<usize>().prop_map(Ev::Fail),
             3 => any::<bool>().prop_map(Ev::Issue),
             1 => (0u64..3_000).prop_map(Ev::Tick),
+            2 => (any::<usize>(), any::<bool>()).prop_map(|(i, k)| Ev::Head(i, k)),
         ]
     }
 
@@ -845,8 +928,9 @@ mod tests {
         #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
         /// Random piece sizes, batch layouts with compaction gaps, answer order,
         /// failures, short and empty answers, duplicates, both brokers' behaviour
-        /// for fetches inside a batch, with and without split fetches: the output is the source log from the start,
-        /// each batch once, in order.
+        /// for fetches inside a batch, with and without split fetches, answer heads
+        /// arriving early: the output is the source log from the start, each batch
+        /// once, in order.
         #[test]
         fn reassembles_the_source_exactly(
             shape in proptest::collection::vec((0i64..3, 1i64..20), 1..40),
@@ -888,6 +972,14 @@ mod tests {
                         p.on_failed(r.id);
                     }
                     Ev::Tick(ms) => *now += ms,
+                    // The answer that follows may disagree (other broker style, fewer
+                    // batches, none): the hint must never make data go missing.
+                    Ev::Head(i, kafka) if !flying.is_empty() => {
+                        let r = &flying[i % flying.len()];
+                        if let Some(b) = fetch(&src, r.start, 1, kafka).first() {
+                            p.on_first_batch(r.id, b.0, b.1);
+                        }
+                    }
                     _ => {}
                 }
                 let (b, tokens) = p.pop_ready();

@@ -16,7 +16,7 @@ use super::sizer::{Change, PoolConfig, Sizer, Window};
 use crate::kafka::client::Fetched;
 use crate::kafka::connection::{Connection, SocketOptions};
 use crate::kafka::error::Result;
-use crate::kafka::fetch_mux::{fetch_request, send_fetch};
+use crate::kafka::fetch_mux::{fetch_request, send_fetch, send_fetch_early, OnFirstBatch};
 
 /// Requests in flight per connection. One: a piece queued behind another waits for
 /// that whole transfer, which on a lossy path doubles the time until it can be handed
@@ -324,22 +324,24 @@ pub struct Lease {
 
 impl Lease {
     /// Sends one catch-up fetch on the leased connection and gives the place back.
+    /// `on_first` learns the answer's first batch as soon as its head is in.
     pub async fn fetch(
         self,
         topic: &str,
         partition: i32,
         offset: i64,
         max_bytes: i32,
+        on_first: Option<OnFirstBatch>,
     ) -> Result<Fetched> {
         let req = fetch_request(
             std::iter::once((topic, partition, offset, max_bytes)),
             Duration::ZERO,
         );
-        let mut f = send_fetch(&self.conn, &req, Duration::ZERO).await?.take(
-            self.conn.addr(),
-            topic,
-            partition,
-        )?;
+        let mut answers = match on_first {
+            Some(f) => send_fetch_early(&self.conn, &req, f).await?,
+            None => send_fetch(&self.conn, &req, Duration::ZERO).await?,
+        };
+        let mut f = answers.take(self.conn.addr(), topic, partition)?;
         f.conn = self.id;
         f.queued = self.queued;
         Ok(f)
