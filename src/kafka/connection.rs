@@ -162,6 +162,11 @@ impl Connection {
         &self.stats
     }
 
+    /// The same counters, to watch from elsewhere while a request is out.
+    pub fn stats_handle(&self) -> Arc<ConnStats> {
+        self.stats.clone()
+    }
+
     /// False once the socket failed; the owner should reconnect.
     pub fn is_alive(&self) -> bool {
         !self.dead.load(Ordering::Relaxed) && !self.tx.is_closed()
@@ -344,10 +349,21 @@ async fn write_loop(
             let len = head.len() + out.body.len();
             let mut prefix = [0u8; 4];
             (&mut prefix[..]).put_i32(len as i32);
-            pending
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(next_id, out.waiter);
+            {
+                let mut p = pending.lock().unwrap_or_else(|p| p.into_inner());
+                // Once the reader is gone nothing would ever answer this request: it
+                // would wait out its whole timeout. `fail_all` marks the connection
+                // dead under this lock, so no request slips in after it drained.
+                if dead.load(Ordering::Relaxed) {
+                    drop(p);
+                    let _ = out.waiter.reply.send(Err(KafkaError::ConnectionLost {
+                        addr: addr.to_string(),
+                        reason: "connection closed".into(),
+                    }));
+                    continue;
+                }
+                p.insert(next_id, out.waiter);
+            }
             let res = async {
                 wr.write_all(&prefix).await?;
                 wr.write_all(&head).await?;
@@ -525,13 +541,12 @@ fn srtt_us(stream: &TcpStream) -> Option<u32> {
 }
 
 fn fail_all(addr: &str, pending: &Pending, dead: &AtomicBool, reason: &str) {
-    dead.store(true, Ordering::Relaxed);
     tracing::debug!(broker = addr, reason, "connection closed");
-    let waiters: Vec<_> = pending
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .drain()
-        .collect();
+    let waiters: Vec<_> = {
+        let mut p = pending.lock().unwrap_or_else(|p| p.into_inner());
+        dead.store(true, Ordering::Relaxed);
+        p.drain().collect()
+    };
     for (_, w) in waiters {
         let _ = w.reply.send(Err(KafkaError::ConnectionLost {
             addr: addr.to_string(),
@@ -544,6 +559,57 @@ fn fail_all(addr: &str, pending: &Pending, dead: &AtomicBool, reason: &str) {
 mod tests {
     use super::*;
     use tokio::net::TcpListener;
+
+    /// The broker closes the connection; a request handed to the writer afterwards
+    /// fails at once instead of waiting out its timeout for an answer nobody reads.
+    #[tokio::test]
+    async fn a_request_after_the_connection_closed_fails_at_once() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (s, _) = listener.accept().await.unwrap();
+            drop(s);
+            tokio::time::sleep(Duration::from_secs(30)).await;
+        });
+        let stream = TcpStream::connect(addr).await.unwrap();
+        let (rd, wr) = stream.into_split();
+        let pending: Pending = Arc::new(Mutex::new(HashMap::new()));
+        let dead = Arc::new(AtomicBool::new(false));
+        let name: Arc<str> = Arc::from("test");
+        let (tx, rx) = mpsc::channel(8);
+        tokio::spawn(write_loop(
+            name.clone(),
+            wr,
+            rx,
+            pending.clone(),
+            dead.clone(),
+        ));
+        tokio::spawn(read_loop(
+            name,
+            rd,
+            pending,
+            dead.clone(),
+            Arc::new(ConnStats::default()),
+        ));
+        while !dead.load(Ordering::Relaxed) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let (reply, answer) = oneshot::channel();
+        tx.send(Outgoing {
+            api_key: 1,
+            version: 11,
+            body: Bytes::from_static(b"x"),
+            waiter: Waiter { reply, head: None },
+        })
+        .await
+        .unwrap();
+        let got = tokio::time::timeout(Duration::from_secs(2), answer)
+            .await
+            .expect("the request waited for an answer from a closed connection")
+            .unwrap();
+        assert!(matches!(got, Err(KafkaError::ConnectionLost { .. })));
+        server.abort();
+    }
 
     /// A large response trickling in (the low-water mark is raised for it) followed by
     /// a response far smaller than that mark: both arrive whole, in order. Were the mark

@@ -2,6 +2,7 @@
 //! over the source broker's connection pool, many at once, feeds the answers back and
 //! passes the reassembled, in-order batches to the writer.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -15,6 +16,7 @@ use super::partition::{Chunk, Job, KIB, MAX_FETCH};
 use super::pieces::{MidBatch, Outcome, Pieces, Request};
 use crate::kafka::batch::{split_valid, RawBatch};
 use crate::kafka::client::Fetched;
+use crate::kafka::connection::ConnStats;
 use crate::kafka::error::KafkaError;
 use crate::kafka::fetch_mux::OnFirstBatch;
 use crate::mirror::error::MirrorError;
@@ -125,6 +127,7 @@ pub(super) async fn run(
             topic = %topic, partition = p, id = r.id, start = r.start, end = r.end,
             duplicate = r.duplicate, urgent, ask_bytes = bytes, "piece sent"
         );
+        let progress = lease.as_ref().map(Lease::progress);
         let shared = shared.clone();
         let topic = topic.clone();
         // A one-batch ask brings just the batch its head names: what lies past it can
@@ -161,7 +164,11 @@ pub(super) async fn run(
             };
             (r, permit, sent.elapsed(), res)
         });
+        progress
     };
+    // Leased fetches whose answers we watch arrive: request id -> the connection's
+    // counters and the bytes seen there last.
+    let mut watched: HashMap<u64, (Arc<ConnStats>, u64)> = HashMap::new();
     // Work beyond the head waits for memory and then for a free pooled connection, and
     // is planned only once both are there: a piece planned earlier and queued for a
     // connection would hold memory for nothing, and by the time a connection frees up
@@ -210,6 +217,7 @@ pub(super) async fn run(
             joined = tasks.join_next(), if !tasks.is_empty() => {
                 let Some(Ok((r, permit, took, res))) = joined else { continue };
                 let id = r.id;
+                watched.remove(&id);
                 match res {
                     Ok(f) => {
                         answers += 1;
@@ -285,7 +293,12 @@ pub(super) async fn run(
                     let head = r.start == pieces.emitted();
                     let bytes = size.ask(head, est(&r, bpo));
                     duplicates += r.duplicate as u64;
-                    launch(&mut tasks, r, bytes, Some(Arc::new(permit)), lease, head || r.duplicate);
+                    let id = r.id;
+                    if let Some(st) = launch(&mut tasks, r, bytes, Some(Arc::new(permit)), lease, head || r.duplicate) {
+                        let seen = st.bytes_in.load(Ordering::Relaxed);
+                        watched.insert(id, (st, seen));
+                        pieces.on_progress(id, now());
+                    }
                 }
             }
             Some((id, base, next)) = heads_rx.recv() => {
@@ -294,6 +307,13 @@ pub(super) async fn run(
             }
             _ = tokio::time::sleep(STEAL_CHECK) => {}
             _ = tx.closed() => return None,
+        }
+        for (id, (st, seen)) in watched.iter_mut() {
+            let bytes = st.bytes_in.load(Ordering::Relaxed);
+            if bytes != *seen {
+                *seen = bytes;
+                pieces.on_progress(*id, now());
+            }
         }
         if !emit(&mut pieces, high_watermark, tx, &mut used_bytes).await {
             return None;

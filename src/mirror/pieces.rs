@@ -96,6 +96,8 @@ struct Flight {
     start: i64,
     end: i64,
     issued_ms: u64,
+    /// When bytes of its answer last arrived, if the driver can see them arrive.
+    progress_ms: Option<u64>,
     duplicate: bool,
     /// A duplicate of this flight was issued (at most one).
     stolen: bool,
@@ -322,6 +324,7 @@ impl<B: Span, T: Clone> Pieces<B, T> {
                 start,
                 end,
                 issued_ms: now_ms,
+                progress_ms: None,
                 duplicate,
                 stolen: false,
                 twin,
@@ -382,7 +385,11 @@ impl<B: Span, T: Clone> Pieces<B, T> {
 
     /// A flight worth fetching a second time: slow, and either holding up data that
     /// already arrived behind it, or running while there is nothing else to do (the
-    /// end game). Every duplicate costs WAN bytes, so only those two qualify.
+    /// end game). Every duplicate costs WAN bytes, so only those two qualify, and only
+    /// while no bytes of its answer arrived for `MIN_STEAL_MS` (where the driver can
+    /// see them): a transfer that moves is slow because it shares the link, and a copy
+    /// shares it too; one that stopped is in retransmission back-off, which a fresh
+    /// connection escapes.
     fn steal_candidate(&self, now_ms: u64) -> Option<(u64, i64, i64)> {
         // The end game: all planned, nothing left to ask for, and only the last few
         // pieces still out (earlier, every piece in flight would qualify).
@@ -399,9 +406,11 @@ impl<B: Span, T: Clone> Pieces<B, T> {
             .filter(|(_, f)| !f.duplicate && !f.stolen)
             .filter_map(|(id, f)| {
                 let age = now_ms.saturating_sub(f.issued_ms) as f64;
+                let quiet = now_ms.saturating_sub(f.progress_ms.unwrap_or(f.issued_ms)) as f64;
                 let start = self.uncovered_from(f.start, f.end)?;
                 let blocks = start == self.emitted && waiting_behind && age >= slow;
-                (blocks || (endgame && age >= late)).then_some((*id, start, f.end))
+                let stuck = quiet >= MIN_STEAL_MS;
+                ((blocks || (endgame && age >= late)) && stuck).then_some((*id, start, f.end))
             })
             .min_by_key(|(_, s, _)| *s)
     }
@@ -466,6 +475,15 @@ impl<B: Span, T: Clone> Pieces<B, T> {
         }
         if next > self.emitted {
             self.starts.insert(next);
+        }
+    }
+
+    /// Bytes of the answer to request `id` arrived (or, the first time, the driver
+    /// starts watching them arrive). A fetch whose bytes keep coming is not stuck, and
+    /// a second copy of it would only share the link with it; see `steal_candidate`.
+    pub fn on_progress(&mut self, id: u64, now_ms: u64) {
+        if let Some(f) = self.flights.get_mut(&id) {
+            f.progress_ms = Some(now_ms);
         }
     }
 
@@ -857,6 +875,20 @@ mod tests {
     }
 
     #[test]
+    fn a_transfer_that_moves_is_not_fetched_twice() {
+        let mut p: Pieces<B, ()> = Pieces::new(0, 40, 40);
+        let r = p.next_request(0, true).unwrap();
+        // End game, long past late: but its bytes arrived a moment ago.
+        p.on_progress(r.id, 9_500);
+        assert!(p.next_request(10_000, true).is_none());
+        assert!(!p.wants_more(10_000));
+        // They stopped coming: two seconds later it is stuck, and goes again.
+        let dup = p.next_request(11_500, true).unwrap();
+        assert!(dup.duplicate);
+        assert_eq!((dup.start, dup.end), (0, 40));
+    }
+
+    #[test]
     fn the_broker_style_is_learned_from_answers() {
         let m = MidBatch::Unknown;
         assert_eq!(m.observe(10, 10), MidBatch::Unknown);
@@ -912,6 +944,8 @@ mod tests {
         /// The head of the answer to the in-flight request at this index arrives: its
         /// first batch, under either broker's behaviour.
         Head(usize, bool),
+        /// Bytes of the answer to the in-flight request at this index arrive.
+        Progress(usize),
     }
 
     fn ev() -> impl Strategy<Value = Ev> {
@@ -921,6 +955,7 @@ mod tests {
             3 => any::<bool>().prop_map(Ev::Issue),
             1 => (0u64..3_000).prop_map(Ev::Tick),
             2 => (any::<usize>(), any::<bool>()).prop_map(|(i, k)| Ev::Head(i, k)),
+            1 => any::<usize>().prop_map(Ev::Progress),
         ]
     }
 
@@ -979,6 +1014,9 @@ mod tests {
                         if let Some(b) = fetch(&src, r.start, 1, kafka).first() {
                             p.on_first_batch(r.id, b.0, b.1);
                         }
+                    }
+                    Ev::Progress(i) if !flying.is_empty() => {
+                        p.on_progress(flying[i % flying.len()].id, *now);
                     }
                     _ => {}
                 }

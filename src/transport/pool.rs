@@ -14,7 +14,7 @@ use tokio::sync::Notify;
 
 use super::sizer::{Change, PoolConfig, Sizer, Window};
 use crate::kafka::client::Fetched;
-use crate::kafka::connection::{Connection, SocketOptions};
+use crate::kafka::connection::{ConnStats, Connection, SocketOptions};
 use crate::kafka::error::Result;
 use crate::kafka::fetch_mux::{fetch_request, send_fetch, send_fetch_early, OnFirstBatch};
 
@@ -323,6 +323,12 @@ pub struct Lease {
 }
 
 impl Lease {
+    /// The counters of the leased connection: its bytes in grow while the answer to
+    /// this lease's fetch arrives (one request per connection, see [`DEPTH`]).
+    pub fn progress(&self) -> Arc<ConnStats> {
+        self.conn.stats_handle()
+    }
+
     /// Sends one catch-up fetch on the leased connection and gives the place back.
     /// `on_first` learns the answer's first batch as soon as its head is in.
     pub async fn fetch(
