@@ -16,7 +16,7 @@ use tokio::sync::Mutex;
 
 use super::connection::{Connection, SocketOptions};
 use super::error::{KafkaError, Result};
-use super::fetch_mux::{FetchMux, OnFirstBatch};
+use super::fetch_mux::{fetch_request, send_fetch, FetchMux, OnFirstBatch};
 use crate::transport::pool::{Lease, Pool};
 use crate::transport::sizer::PoolConfig;
 
@@ -449,10 +449,18 @@ impl Cluster {
             self.list_offset(topic, partition, -1),
             self.log_start(topic, partition)
         )?;
+        // On the leader's connection, already open: the long-poll connection is opened
+        // only when a partition tails (two round trips more here).
         let probe = latest.max(start);
-        let f = self
-            .fetch(topic, partition, probe, 1, Duration::ZERO)
-            .await?;
+        let conn = self.leader_conn(topic, partition).await?;
+        let req = fetch_request(
+            std::iter::once((topic, partition, probe, 1)),
+            Duration::ZERO,
+        );
+        let f =
+            send_fetch(&conn, &req, Duration::ZERO)
+                .await?
+                .take(conn.addr(), topic, partition)?;
         Ok((start, f.high_watermark.max(latest)))
     }
 

@@ -54,13 +54,14 @@ pub(super) struct Start {
 }
 
 /// Catches up from `start.offset` in pieces. Returns the offset to continue from
-/// sequentially, or `None` when the writer is gone or a failure was passed on.
+/// sequentially and the highest high watermark the answers reported, or `None` when
+/// the writer is gone or a failure was passed on.
 pub(super) async fn run(
     shared: &Arc<Shared>,
     job: &Job,
     start: Start,
     tx: &mpsc::Sender<Chunk>,
-) -> Option<i64> {
+) -> Option<(i64, i64)> {
     let t = &shared.config.transport;
     let budget_kib = (shared.config.mirror.in_flight_bytes / KIB) as u32;
     let mut size = Sizing::new(t.piece_bytes, start.largest_batch);
@@ -112,11 +113,12 @@ pub(super) async fn run(
         piece_offsets = first_len, piece_bytes = size.piece_bytes(),
         "partition far behind; catching up in parallel pieces"
     );
-    // A fetch goes on the connection leased for it, if any; pieces the writer waits for
-    // (the head, duplicates of slow ones) are urgent and skip the queue. Retries go
-    // through the pool afresh (the leader may have moved).
     // Heads of answers still arriving: (request id, first batch's base and next).
     let (heads_tx, mut heads_rx) = mpsc::unbounded_channel::<(u64, i64, i64)>();
+    // A fetch goes on the connection leased for it, if any; pieces the writer waits for
+    // (the head, duplicates of slow ones) are urgent and skip the queue. Retries go
+    // through the pool afresh (the leader may have moved). Returns the leased
+    // connection's counters, to watch the answer arrive.
     let launch = |tasks: &mut JoinSet<Answer>,
                   r: Request,
                   bytes: usize,
@@ -166,8 +168,10 @@ pub(super) async fn run(
         });
         progress
     };
-    // Leased fetches whose answers we watch arrive: request id -> the connection's
-    // counters and the bytes seen there last.
+    // Leased fetches whose answers are watched as they arrive: request id -> the
+    // connection's counters and the bytes seen there last. (After a failed leased
+    // fetch the retry goes elsewhere and the old connection may carry another fetch:
+    // its bytes then count for this one, which at worst delays a duplicate.)
     let mut watched: HashMap<u64, (Arc<ConnStats>, u64)> = HashMap::new();
     // Work beyond the head waits for memory and then for a free pooled connection, and
     // is planned only once both are there: a piece planned earlier and queued for a
@@ -281,7 +285,7 @@ pub(super) async fn run(
                         if !emit(&mut pieces, high_watermark, tx, &mut used_bytes).await {
                             return None;
                         }
-                        return Some(pieces.emitted());
+                        return Some((pieces.emitted(), high_watermark));
                     }
                 }
             }
@@ -335,7 +339,7 @@ pub(super) async fn run(
         fetched_bytes, wasted_bytes = fetched_bytes.saturating_sub(used_bytes),
         connections = conns.len(), "parallel catch-up finished"
     );
-    Some(pieces.emitted())
+    Some((pieces.emitted(), high_watermark))
 }
 
 /// Estimated bytes of a request's range, once record sizes are known.

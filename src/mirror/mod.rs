@@ -127,8 +127,9 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<Outcome, StartError
             ..sock
         },
     );
-    // Both clusters must answer before anything else happens.
-    source
+    // Both clusters must answer before anything else happens. The source's listing is
+    // kept for the first plan: every round trip to it is one at start-up.
+    let listing = source
         .refresh(None)
         .await
         .map_err(|e| MirrorError::kafka(source.name(), e))?;
@@ -155,7 +156,7 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<Outcome, StartError
         config,
     };
 
-    let plans = topics::plan(&shared).await?;
+    let plans = topics::plan(&shared, Some(listing)).await?;
     for plan in &plans {
         topics::check_count(plan)?;
     }
@@ -285,7 +286,7 @@ async fn discovery_loop(
     let every = Duration::from_secs(shared.config.mirror.metadata_refresh_secs);
     loop {
         tokio::time::sleep(every).await;
-        let plans = match topics::plan(&shared).await {
+        let plans = match topics::plan(&shared, None).await {
             Ok(p) => p,
             Err(MirrorError::Topic { topic, detail }) => {
                 tracing::error!(%topic, %detail, "topic refused");

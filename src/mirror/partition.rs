@@ -241,8 +241,11 @@ async fn fetch_loop(
             largest_batch: 0,
         };
         match catch_up::run(&shared, &job, start, &tx).await {
-            Some(next) => offset = next,
+            Some((next, hw)) => (offset, high_watermark) = (next, hw),
             None => return,
+        }
+        if at_end(&shared, offset, high_watermark, &tx).await {
+            return;
         }
     }
     // What recent data looked like, for cutting a backlog into pieces.
@@ -372,9 +375,28 @@ async fn fetch_loop(
                 largest_batch,
             };
             match catch_up::run(&shared, &job, start, &tx).await {
-                Some(next) => offset = next,
+                Some((next, hw)) => (offset, high_watermark) = (next, hw),
                 None => return,
+            }
+            if at_end(&shared, offset, high_watermark, &tx).await {
+                return;
             }
         }
     }
+}
+
+/// In stop-at-end mode, whether a catch-up ended at the source's end as its last
+/// answers reported it; the end is then passed on without one more fetch to confirm
+/// (a round trip, plus the long poll's wait, on a long path).
+async fn at_end(
+    shared: &Shared,
+    offset: i64,
+    high_watermark: i64,
+    tx: &mpsc::Sender<Chunk>,
+) -> bool {
+    if shared.stop_at_end && offset >= high_watermark {
+        let _ = tx.send(Chunk::End).await;
+        return true;
+    }
+    false
 }

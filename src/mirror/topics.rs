@@ -68,13 +68,20 @@ pub async fn source_origins(shared: &Shared) -> Result<BTreeMap<String, String>,
 }
 
 /// Lists matching source topics and checks their destinations. Writes nothing.
-pub async fn plan(shared: &Shared) -> Result<Vec<TopicPlan>, MirrorError> {
+/// `listing`: the source's topics if just read, else they are read here.
+pub async fn plan(
+    shared: &Shared,
+    listing: Option<Vec<TopicMeta>>,
+) -> Result<Vec<TopicPlan>, MirrorError> {
     let src = &shared.source;
     let dst = &shared.dest;
-    let all = src
-        .refresh(None)
-        .await
-        .map_err(|e| MirrorError::kafka(src.name(), e))?;
+    let all = match listing {
+        Some(all) => all,
+        None => src
+            .refresh(None)
+            .await
+            .map_err(|e| MirrorError::kafka(src.name(), e))?,
+    };
     // Reading the map costs round trips over the WAN; a source without one has no
     // provenance records to read.
     let map_topic = &shared.config.mirror.offset_map_topic;
