@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what wanmirror's demo, tests and benchmarks need on a fresh Debian machine
-# with a Rust toolchain: build packages, and the pinned tansu broker.
+# with a Rust toolchain: build packages, the pinned tansu broker, and the pinned Apache
+# Kafka release with MirrorMaker 2 (Java 17 and Maven, from Debian, if missing).
 # Idempotent: every step is skipped when already done.
 set -euo pipefail
 
@@ -10,13 +11,15 @@ need_apt=()
 for pkg in gcc g++ make pkg-config perl python3; do
   command -v "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
-# librdkafka (bundled by the rdkafka crate) needs zlib and curl headers only if system
-# libraries are used; we build it vendored, so only a C toolchain is required.
+# librdkafka (bundled by the rdkafka crate, built from source) needs a C toolchain, and
+# OpenSSL's headers for the tests' TLS and SASL clients (the Kafka suite's secured
+# listeners).
+dpkg -s libssl-dev >/dev/null 2>&1 || need_apt+=(libssl-dev)
 if [ "${#need_apt[@]}" -gt 0 ]; then
   echo "setup: installing Debian packages: ${need_apt[*]}"
   if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi
   $SUDO apt-get update -qq
-  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq build-essential pkg-config python3 >/dev/null
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq build-essential pkg-config python3 libssl-dev >/dev/null
 fi
 
 if ! command -v cargo >/dev/null 2>&1; then
@@ -31,3 +34,7 @@ else
   echo "setup: building tansu $TANSU_VERSION (takes several minutes on 2 cores)..."
   cargo install tansu --version "$TANSU_VERSION" --features dynostore --locked --quiet
 fi
+
+# Apache Kafka (the reference broker of tests/kafka_compat.rs) and MirrorMaker 2 (a
+# benchmark contender), as jars from Maven Central into a cache outside the clone.
+scripts/kafka/fetch.sh >/dev/null

@@ -6,6 +6,7 @@ mod common;
 
 use std::process::Command;
 
+use common::scenarios;
 use common::*;
 use rdkafka::producer::BaseProducer;
 use rdkafka::ClientConfig;
@@ -26,23 +27,10 @@ fn batching(bootstrap: &str, codec: &str, per_batch: &str) -> BaseProducer {
 
 /// Runs the ad-hoc diff of `topic` in a vs `dest` in b; returns the exit code and JSON.
 fn diff(pair: &Pair, topic: &str, dest: &str, extra: &[&str]) -> (i32, serde_json::Value) {
-    let out = Command::new(env!("CARGO_BIN_EXE_wanmirror"))
-        .args(["diff", "--json", "--leaf-offsets", &LEAF.to_string()])
-        .args(["--source-bootstrap", &pair.a.bootstrap()])
-        .args(["--dest-bootstrap", &pair.b.bootstrap()])
-        .args(["--source-topic", topic, "--dest-topic", dest])
-        .args(extra)
-        .output()
-        .expect("run wanmirror diff");
-    let code = out.status.code().unwrap_or(-1);
-    let json = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "no JSON ({e}), exit {code}: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
-    (code, json)
+    let leaf = LEAF.to_string();
+    let mut args = vec!["--leaf-offsets", &leaf];
+    args.extend_from_slice(extra);
+    scenarios::diff_json(&pair.a.bootstrap(), &pair.b.bootstrap(), topic, dest, &args)
 }
 
 /// The one differing range of partition 0: (from, to, first, last, source, dest records).

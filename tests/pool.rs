@@ -7,12 +7,9 @@ mod common;
 use std::time::Duration;
 
 use common::proxy::Proxy;
+use common::scenarios;
 use common::*;
 use wanmirror::demo::broker::TansuBroker;
-
-/// Small pieces and a low split threshold so that a test-sized backlog is cut into
-/// hundreds of pieces spread over dozens of connections.
-const POOLED: &str = "fetch_bytes = 16384\nin_flight_bytes = 2097152\ntail_wait_ms = 100\n\n[transport]\npool_initial = 16\npool_max = 64\npiece_bytes = 16384\nsplit_bytes = 65536\n";
 
 /// The most connections one partition's catch-up used, as the mirror reported it.
 fn most_connections(log: &str) -> usize {
@@ -22,18 +19,6 @@ fn most_connections(log: &str) -> usize {
         .filter_map(|s| s.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok())
         .max()
         .unwrap_or(0)
-}
-
-/// An idempotent producer writing batches of at most 20 records.
-fn small_batches(bootstrap: &str, codec: &str) -> rdkafka::producer::BaseProducer {
-    rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("compression.codec", codec)
-        .set("enable.idempotence", "true")
-        .set("linger.ms", "5")
-        .set("batch.num.messages", "20")
-        .create()
-        .expect("create producer")
 }
 
 #[test]
@@ -129,37 +114,18 @@ fn pieces_survive_a_cut_link_to_the_source() {
 /// for fetches at, inside and between batches.
 #[test]
 fn an_answer_head_names_its_first_batch() {
-    use wanmirror::kafka::batch::split_batches;
-    use wanmirror::kafka::client::Cluster;
-    use wanmirror::kafka::connection::SocketOptions;
-
     let a = TansuBroker::start("dc-a").unwrap();
     create_topic(&a.bootstrap(), "heads", 1);
     let p = small_batches(&a.bootstrap(), "none");
     produce(&p, "heads", 0, &sample(400, 9, |i| 600 + (i * 37) % 400));
-    runtime().block_on(async {
-        let c = Cluster::new("dc-a", &a.bootstrap(), SocketOptions::default());
-        let mut told = 0;
-        // (Not inside the last batch: tansu answers nothing there.)
-        for offset in [0, 1, 19, 20, 21, 133, 250, 300] {
-            let (tx, rx) = std::sync::mpsc::channel();
-            let tell = Box::new(move |base, next| tx.send((base, next)).unwrap());
-            let f = c
-                .fetch_piece("heads", 0, offset, 1, false, Some(tell))
-                .await
-                .expect("fetch");
-            let batches = split_batches(&f.records).expect("batches");
-            let first = &batches.first().expect("a batch").header;
-            assert_eq!(batches.len(), 1, "a one-byte ask brings one batch");
-            if f.records.len() > wanmirror::kafka::peek::HEAD_BYTES {
-                assert_eq!(
-                    rx.try_recv().ok(),
-                    Some((first.base_offset, first.next_offset())),
-                    "head of the answer at {offset}"
-                );
-                told += 1;
-            }
-        }
-        assert!(told >= 6, "answers too small to have heads: {told}");
-    });
+    // (Not inside the last batch: tansu answers nothing there.)
+    let answers =
+        scenarios::one_batch_answers(&a.bootstrap(), "heads", &[0, 1, 19, 20, 21, 133, 250, 300]);
+    // tansu answers a fetch inside a batch with the next batch.
+    for (offset, base, _) in answers {
+        assert!(
+            base >= offset,
+            "tansu answered {offset} with an earlier batch at {base}"
+        );
+    }
 }

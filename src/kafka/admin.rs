@@ -7,6 +7,7 @@ use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableT
 use kafka_protocol::messages::describe_configs_request::DescribeConfigsResource;
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::ResponseError;
 
 use super::client::{throttle, Cluster};
 use super::connection::{broker_err, Connection};
@@ -129,6 +130,32 @@ impl Cluster {
             ));
         }
         Ok((resp.producer_id.0, resp.producer_epoch))
+    }
+
+    /// The producer id and epoch the transaction coordinator holds for a transactional
+    /// id now (DescribeTransactions), without bumping it: how an instance learns that a
+    /// newer one took the fencing lock on a broker that does not check epochs on every
+    /// write. `None` if the coordinator does not know the id.
+    pub async fn fencing_epoch(&self, transactional_id: &str) -> Result<Option<(i64, i16)>> {
+        let conn = self.coordinator(transactional_id).await?;
+        let req =
+            DescribeTransactionsRequest::default().with_transactional_ids(vec![TransactionalId(
+                StrBytes::from_string(transactional_id.to_string()),
+            )]);
+        let resp = conn.send(&req).await?;
+        throttle(resp.throttle_time_ms).await;
+        let Some(state) = resp.transaction_states.into_iter().next() else {
+            return Ok(None);
+        };
+        match ResponseError::try_from_code(state.error_code) {
+            None => Ok(Some((state.producer_id.0, state.producer_epoch))),
+            Some(ResponseError::TransactionalIdNotFound) => Ok(None),
+            Some(_) => Err(broker_err(
+                "DescribeTransactions",
+                state.error_code,
+                Some(format!("transactional id {transactional_id}")),
+            )),
+        }
     }
 
     async fn coordinator(&self, transactional_id: &str) -> Result<Connection> {

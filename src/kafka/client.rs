@@ -422,7 +422,18 @@ impl Cluster {
                 reason: format!("no answer for {topic}/{partition} in response"),
             })?;
         if part.error_code != 0 {
-            return Err(partition_err("Produce", topic, partition, part.error_code));
+            // Kafka says why it refused a batch (INVALID_RECORD, CORRUPT_MESSAGE...) in
+            // the error message and per-record errors: pass that on to the operator.
+            let mut said: Vec<String> = part.error_message.iter().map(|m| m.to_string()).collect();
+            said.extend(part.record_errors.iter().take(3).map(|r| {
+                let msg = r.batch_index_error_message.as_deref().unwrap_or("");
+                format!("record {} of the batch: {msg}", r.batch_index)
+            }));
+            let mut e = partition_err("Produce", topic, partition, part.error_code);
+            if let KafkaError::Partition { detail, .. } = &mut e {
+                *detail = (!said.is_empty()).then(|| said.join("; "));
+            }
+            return Err(e);
         }
         Ok(part.base_offset)
     }
@@ -464,7 +475,8 @@ impl Cluster {
         Ok((start, f.high_watermark.max(latest)))
     }
 
-    async fn list_offset(&self, topic: &str, partition: i32, timestamp: i64) -> Result<i64> {
+    /// ListOffsets for one partition: `timestamp` -1 is LATEST, -2 EARLIEST (read_uncommitted).
+    pub async fn list_offset(&self, topic: &str, partition: i32, timestamp: i64) -> Result<i64> {
         let conn = self.leader_conn(topic, partition).await?;
         let req = ListOffsetsRequest::default()
             .with_replica_id(BrokerId(-1))
@@ -510,6 +522,7 @@ pub(super) fn partition_err(
         topic: topic.to_string(),
         partition,
         code: ResponseError::try_from_code(code).unwrap_or(ResponseError::Unknown(code)),
+        detail: None,
     }
 }
 

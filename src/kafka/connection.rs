@@ -180,6 +180,18 @@ impl Connection {
             .with_client_software_version(StrBytes::from_static_str(env!("CARGO_PKG_VERSION")));
         let resp: ApiVersionsResponse = match self.send_versioned(&req, 3).await {
             Ok(r) if r.error_code == 0 => r,
+            // Kafka's TLS listeners close a plaintext connection without a word; say
+            // what that most likely means (the error stays retriable: a broker going
+            // down closes connections too).
+            Err(KafkaError::ConnectionLost { addr, reason }) => {
+                return Err(KafkaError::ConnectionLost {
+                    addr,
+                    reason: format!(
+                        "{reason} during the version handshake (a TLS listener does this to a plaintext client, and wanmirror has no TLS client yet)"
+                    ),
+                })
+            }
+            Err(e @ KafkaError::NotKafka { .. }) => return Err(e),
             _ => {
                 self.send_versioned(&ApiVersionsRequest::default(), 0)
                     .await?
@@ -296,6 +308,7 @@ pub(crate) fn api_name(key: i16) -> &'static str {
         22 => "InitProducerId",
         32 => "DescribeConfigs",
         37 => "CreatePartitions",
+        65 => "DescribeTransactions",
         _ => "request",
     }
 }
@@ -392,6 +405,15 @@ async fn read_loop(
     loop {
         let len = match rd.read_i32().await {
             Ok(n) if n >= 4 && (n as usize) <= MAX_FRAME => n as usize,
+            Ok(n) if is_tls_record(n.to_be_bytes()) => {
+                fail_all_with(&pending, &dead, || {
+                    KafkaError::NotKafka {
+                    addr: addr.to_string(),
+                    reason: "it answered with TLS; this listener needs a TLS client, which wanmirror does not have yet".into(),
+                }
+                });
+                return;
+            }
             Ok(n) => {
                 fail_all(&addr, &pending, &dead, &format!("bad frame length {n}"));
                 return;
@@ -541,24 +563,46 @@ fn srtt_us(stream: &TcpStream) -> Option<u32> {
 }
 
 fn fail_all(addr: &str, pending: &Pending, dead: &AtomicBool, reason: &str) {
-    tracing::debug!(broker = addr, reason, "connection closed");
+    fail_all_with(pending, dead, || KafkaError::ConnectionLost {
+        addr: addr.to_string(),
+        reason: reason.to_string(),
+    });
+}
+
+fn fail_all_with(pending: &Pending, dead: &AtomicBool, err: impl Fn() -> KafkaError) {
+    tracing::debug!(error = %err(), "connection closed");
     let waiters: Vec<_> = {
         let mut p = pending.lock().unwrap_or_else(|p| p.into_inner());
         dead.store(true, Ordering::Relaxed);
         p.drain().collect()
     };
     for (_, w) in waiters {
-        let _ = w.reply.send(Err(KafkaError::ConnectionLost {
-            addr: addr.to_string(),
-            reason: reason.to_string(),
-        }));
+        let _ = w.reply.send(Err(err()));
     }
+}
+
+/// Whether the first bytes of an answer are a TLS record header (handshake or alert,
+/// version 3.x) rather than a Kafka frame length: a TLS listener refusing our
+/// plaintext request.
+fn is_tls_record(first: [u8; 4]) -> bool {
+    matches!(first[0], 0x15 | 0x16) && first[1] == 0x03 && first[2] <= 0x04
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use tokio::net::TcpListener;
+
+    #[test]
+    fn a_tls_record_is_told_from_a_frame_length() {
+        // A TLS alert and a handshake record, as a TLS listener sends them.
+        assert!(is_tls_record([0x15, 0x03, 0x03, 0x00]));
+        assert!(is_tls_record([0x16, 0x03, 0x01, 0x02]));
+        // Kafka frame lengths: small, or at most 256 MiB (first byte 0x10 at most).
+        assert!(!is_tls_record(1024i32.to_be_bytes()));
+        assert!(!is_tls_record((MAX_FRAME as i32).to_be_bytes()));
+        assert!(!is_tls_record([0x15, 0x02, 0x00, 0x00]));
+    }
 
     /// The broker closes the connection; a request handed to the writer afterwards
     /// fails at once instead of waiting out its timeout for an answer nobody reads.

@@ -12,6 +12,10 @@ pub enum KafkaError {
     },
     #[error("connection to {addr} lost: {reason}")]
     ConnectionLost { addr: String, reason: String },
+    /// The peer answered with something that is not a Kafka frame at all (a TLS
+    /// listener, another protocol): retrying cannot help.
+    #[error("{addr} does not speak the plaintext Kafka protocol: {reason}")]
+    NotKafka { addr: String, reason: String },
     #[error("request {api} to {addr} timed out after {ms} ms")]
     Timeout {
         addr: String,
@@ -35,12 +39,15 @@ pub enum KafkaError {
         ours: String,
         theirs: String,
     },
-    #[error("{api} for {topic}/{partition} failed: {code}")]
+    #[error("{api} for {topic}/{partition} failed: {code}{}", detail.as_ref().map(|d| format!(" ({d})")).unwrap_or_default())]
     Partition {
         api: &'static str,
         topic: String,
         partition: i32,
         code: ResponseError,
+        /// What the broker said beyond the code (Produce's error message and record
+        /// errors), when it said anything.
+        detail: Option<String>,
     },
     #[error("{api} failed: {code}{}", detail.as_ref().map(|d| format!(" ({d})")).unwrap_or_default())]
     Broker {

@@ -290,6 +290,7 @@ impl Answers {
                 partition,
                 code: ResponseError::try_from_code(p.error_code)
                     .unwrap_or(ResponseError::Unknown(p.error_code)),
+                detail: None,
             }),
             Some(p) => Ok(Fetched {
                 records: p.records.unwrap_or_default(),

@@ -241,7 +241,18 @@ pub(super) async fn run(
                             size.scatter = false;
                         }
                         if let Some(first) = batches.first() {
-                            mid_batch = mid_batch.observe(r.start, first.header.base_offset);
+                            let seen = mid_batch.observe(r.start, first.header.base_offset);
+                            if seen != mid_batch {
+                                // Which branch of the piece rules runs depends on this
+                                // (decisions 27-29): say which one, once per change.
+                                tracing::info!(
+                                    topic = %topic, partition = p, style = ?seen, fetch = r.start,
+                                    first = first.header.base_offset,
+                                    "source answers a fetch inside a batch with {}",
+                                    if seen == MidBatch::Holding { "the batch holding it" } else { "the next batch" }
+                                );
+                            }
+                            mid_batch = seen;
                         }
                         if let (Some(first), Some(last)) = (batches.first(), batches.last()) {
                             let span = (last.header.next_offset() - first.header.base_offset).max(1);

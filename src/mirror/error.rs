@@ -32,6 +32,15 @@ pub enum MirrorError {
     Topic { topic: String, detail: String },
     #[error("fenced: another wanmirror instance took over ({detail})")]
     Fenced { detail: String },
+    /// Another writer of our producer lineage (an instance about to be fenced) appended
+    /// first: the partition starts again from the destination's new end.
+    #[error("{topic}/{partition}: another instance wrote first at offset {offset}: {detail}")]
+    Raced {
+        topic: String,
+        partition: i32,
+        offset: i64,
+        detail: String,
+    },
 }
 
 impl MirrorError {

@@ -7,6 +7,7 @@
 pub mod catch_up;
 pub mod cursor;
 pub mod error;
+pub mod fence;
 pub mod offset_map;
 pub mod partition;
 pub mod pieces;
@@ -203,8 +204,20 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<Outcome, StartError
     let mut fenced = false;
     let mut signals = Signals::new();
     let mut receiving = true;
+    let fence_watch = fence::fenced(
+        shared.dest.clone(),
+        fence.clone(),
+        shared.producer,
+        fence::CHECK_EVERY,
+    );
+    tokio::pin!(fence_watch);
     loop {
         tokio::select! {
+            detail = &mut fence_watch => {
+                tracing::error!(error = %MirrorError::Fenced { detail }, "stopping");
+                fenced = true;
+                break;
+            }
             sig = signals.next() => {
                 tracing::info!(signal = sig, "shutting down: finishing in-flight produces");
                 break;
@@ -261,19 +274,22 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<Outcome, StartError
 }
 
 /// Restarts a partition after transient failures (a cluster unreachable for longer than
-/// the retry helper's deadline); stops it for good on anything else.
+/// the retry helper's deadline, or another instance of our producer lineage that wrote
+/// first and is about to be fenced); stops it for good on anything else.
 async fn supervise(shared: Arc<Shared>, job: Job) -> Result<(), MirrorError> {
     loop {
-        match partition::run(shared.clone(), job.clone()).await {
+        let why = match partition::run(shared.clone(), job.clone()).await {
             Err(MirrorError::Kafka { cluster, source }) if source.is_retriable() => {
-                tracing::warn!(topic = %job.source_topic, partition = job.partition, %cluster, error = %source, "partition interrupted; restarting in 5 s");
-                let mut sd = shared.shutdown.clone();
-                tokio::select! {
-                    _ = sd.changed() => return Ok(()),
-                    _ = tokio::time::sleep(Duration::from_secs(5)) => {}
-                }
+                format!("{cluster}: {source}")
             }
+            Err(e @ MirrorError::Raced { .. }) => e.to_string(),
             other => return other,
+        };
+        tracing::warn!(topic = %job.source_topic, partition = job.partition, error = %why, "partition interrupted; restarting in 5 s");
+        let mut sd = shared.shutdown.clone();
+        tokio::select! {
+            _ = sd.changed() => return Ok(()),
+            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
         }
     }
 }

@@ -13,7 +13,7 @@ use crate::kafka::error::KafkaError;
 use crate::mirror::catch_up;
 use crate::mirror::cursor::{Cursor, Refusal};
 use crate::mirror::error::MirrorError;
-use crate::mirror::sink::PartitionSink;
+use crate::mirror::sink::{lineage, PartitionSink};
 use crate::mirror::tail::{last_batch, verify_tail};
 use crate::mirror::Shared;
 
@@ -84,16 +84,11 @@ pub async fn run(shared: Arc<Shared>, job: Job) -> Result<(), MirrorError> {
     }
 
     let cfg = &shared.config.mirror;
-    let (producer_id, producer_epoch) = shared.producer;
-    // Idempotent sequences run per partition and epoch. After a restart inside this
-    // process (same epoch) they must continue from our last batch, else the broker
-    // takes the next write for a duplicate.
-    let sequence = match last_batch(dst, dt, p, dest_end, cfg.fetch_bytes).await? {
-        Some(h) if h.producer_id == producer_id && h.producer_epoch == producer_epoch => {
-            h.base_sequence.wrapping_add(h.last_offset_delta + 1) & i32::MAX
-        }
-        _ => 0,
-    };
+    let (producer_id, own_epoch) = shared.producer;
+    // Continue the producer sequence of the partition's last batch where it is ours:
+    // every write is then conditional on nobody having written since (sink::lineage).
+    let last = last_batch(dst, dt, p, dest_end, cfg.fetch_bytes).await?;
+    let (producer_epoch, sequence) = lineage(last.as_ref(), producer_id, own_epoch);
     let mut cursor = Cursor::new(dest_end, cfg.gap_policy);
     let mut sink = PartitionSink {
         dest: dst.clone(),
@@ -104,9 +99,10 @@ pub async fn run(shared: Arc<Shared>, job: Job) -> Result<(), MirrorError> {
         source_topic: st.clone(),
         producer_id,
         producer_epoch,
+        own_epoch,
         sequence,
         end: dest_end,
-        max_request: cfg.fetch_bytes,
+        fetch_bytes: cfg.fetch_bytes,
     };
     pad_to(&shared, &job, &mut cursor, &mut sink, src_start).await?;
 

@@ -6,16 +6,18 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 
-use crate::kafka::batch::{rewrite_into, split_batches, ProducerStamp, RawBatch};
+use crate::kafka::batch::{rewrite_into, split_batches, BatchHeader, ProducerStamp, RawBatch};
 use crate::kafka::client::Cluster;
 use crate::kafka::error::KafkaError;
 use crate::kafka::records::{densify, encode, filler};
 use crate::mirror::cursor::Step;
 use crate::mirror::error::MirrorError;
 use crate::mirror::offset_map::{Deviation, OffsetMap};
+use crate::mirror::tail::last_batch;
 
-/// Filler records per produced batch when padding or filling large ranges.
-const FILLERS_PER_BATCH: i64 = 20_000;
+/// Filler records per produced batch when padding or filling large ranges: about
+/// 480 KB, under the 1 MB batch limit of a default Kafka topic.
+const FILLERS_PER_BATCH: i64 = 10_000;
 
 /// Writer of one destination partition.
 pub struct PartitionSink {
@@ -26,12 +28,37 @@ pub struct PartitionSink {
     pub source_cluster: String,
     pub source_topic: String,
     pub producer_id: i64,
+    /// The epoch this partition's writes carry: the epoch of the sequence the
+    /// partition's last batch belongs to, when that batch is ours (see `lineage`).
     pub producer_epoch: i16,
-    /// Next idempotent sequence number for this partition under our epoch.
+    /// The epoch our fencing lock gave us; at least `producer_epoch`.
+    pub own_epoch: i16,
+    /// Next idempotent sequence number for this partition under `producer_epoch`.
     pub sequence: i32,
     /// Destination end offset: where our next record must land.
     pub end: i64,
-    pub max_request: usize,
+    /// Bytes per fetch when the last batch must be read again.
+    pub fetch_bytes: usize,
+}
+
+/// The producer epoch and sequence a partition's next write carries.
+///
+/// Apache Kafka checks an idempotent write only against the partition's own producer
+/// state: a batch under a known (producer id, epoch) is appended only if its sequence
+/// follows that producer's last batch in the partition (a repeat of one of the last
+/// five is answered as a duplicate, at its original offset), but a batch under a *new*
+/// epoch must start at sequence 0 and is appended wherever the log ends. So writing
+/// under the epoch of the partition's last batch makes every append conditional on
+/// nobody having written since: two instances that race write each batch once. A
+/// fresh epoch would be unconditional (docs/offsets.md, "Fencing").
+pub fn lineage(last: Option<&BatchHeader>, producer_id: i64, own_epoch: i16) -> (i16, i32) {
+    match last {
+        Some(h) if h.producer_id == producer_id && (0..=own_epoch).contains(&h.producer_epoch) => (
+            h.producer_epoch,
+            h.base_sequence.wrapping_add(h.last_offset_delta + 1) & i32::MAX,
+        ),
+        _ => (own_epoch, 0),
+    }
 }
 
 impl PartitionSink {
@@ -45,39 +72,23 @@ impl PartitionSink {
         s
     }
 
-    /// Writes the steps in order. Consecutive byte copies share produce requests.
-    /// Returns the payload bytes written.
+    /// Writes the steps in order, one batch per produce request: Produce v3 and later
+    /// carry exactly one record batch per partition on Apache Kafka, which refuses more
+    /// with INVALID_RECORD (tansu 0.6 accepts several). Returns the payload bytes
+    /// written.
     pub async fn write(&mut self, steps: Vec<Step>) -> Result<u64, MirrorError> {
-        let mut pending: Vec<RawBatch> = Vec::new();
-        let mut pending_bytes = 0usize;
         let mut written = 0u64;
         for step in steps {
             match step {
-                Step::Append(b) => {
-                    if pending_bytes + b.bytes.len() > self.max_request && !pending.is_empty() {
-                        written += self.append(std::mem::take(&mut pending)).await?;
-                        pending_bytes = 0;
-                    }
-                    pending_bytes += b.bytes.len();
-                    pending.push(b);
-                }
+                Step::Append(b) => written += self.append(vec![b]).await?,
                 Step::Fill {
                     from,
                     to,
                     timestamp,
-                } => {
-                    written += self.append(std::mem::take(&mut pending)).await?;
-                    pending_bytes = 0;
-                    self.fill(from, to, timestamp, "gap").await?;
-                }
-                Step::Densify { batch, from } => {
-                    written += self.append(std::mem::take(&mut pending)).await?;
-                    pending_bytes = 0;
-                    written += self.densify(&batch, from).await?;
-                }
+                } => self.fill(from, to, timestamp, "gap").await?,
+                Step::Densify { batch, from } => written += self.densify(&batch, from).await?,
             }
         }
-        written += self.append(pending).await?;
         Ok(written)
     }
 
@@ -142,35 +153,94 @@ impl PartitionSink {
         }
     }
 
-    /// Produces dense batches that must start at `self.end`.
+    /// Produces dense batches, one request each, the first at `self.end`.
     async fn append(&mut self, batches: Vec<RawBatch>) -> Result<u64, MirrorError> {
-        if batches.is_empty() {
-            return Ok(0);
-        }
-        let expected = self.end;
-        let total: usize = batches.iter().map(|b| b.bytes.len()).sum();
-        let mut buf = BytesMut::with_capacity(total);
-        let mut count = 0i64;
+        let mut total = 0u64;
         for b in &batches {
-            let n = b.header.last_offset_delta + 1;
-            let stamp = self.stamp(n);
-            rewrite_into(&b.bytes, stamp, &mut buf);
-            count += n as i64;
+            let expected = self.end;
+            let count = b.header.last_offset_delta as i64 + 1;
+            let mut switched = false;
+            let base = loop {
+                let mut buf = BytesMut::with_capacity(b.bytes.len());
+                let stamp = self.stamp(count as i32);
+                rewrite_into(&b.bytes, stamp, &mut buf);
+                match self.produce(buf.freeze(), expected, count).await {
+                    Err(e) if !switched && self.may_restart_sequence(&e) => {
+                        self.own_sequence(expected, &e).await?;
+                        switched = true;
+                    }
+                    r => break r?,
+                }
+            };
+            if base != expected {
+                return Err(MirrorError::Diverged {
+                    topic: self.topic.clone(),
+                    partition: self.partition,
+                    offset: expected,
+                    detail: format!(
+                        "our batch landed at offset {base}: another writer appended to the destination"
+                    ),
+                });
+            }
+            self.end = expected + count;
+            total += b.bytes.len() as u64;
         }
-        let records: Bytes = buf.freeze();
-        let base = self.produce(records, expected, count).await?;
-        if base != expected {
-            return Err(MirrorError::Diverged {
+        Ok(total)
+    }
+
+    /// Whether the destination refused a write for its producer sequence (or, while we
+    /// continue an older epoch's sequence, for that epoch) rather than for the data or
+    /// the cluster's state. A refusal of our own epoch is a real fence.
+    fn may_restart_sequence(&self, e: &MirrorError) -> bool {
+        use kafka_protocol::ResponseError as R;
+        match e {
+            MirrorError::Fenced { .. } => self.producer_epoch < self.own_epoch,
+            MirrorError::Kafka { source, .. } => matches!(
+                source.code(),
+                Some(R::OutOfOrderSequenceNumber | R::UnknownProducerId)
+            ),
+            _ => false,
+        }
+    }
+
+    /// The broker refused to continue the partition's sequence. If nobody wrote since
+    /// we read the end, the broker either checks every write against the fencing lock's
+    /// epoch (tansu), which fences older instances on each write, or has forgotten the
+    /// producer (Kafka expires idle producer state after `producer.id.expiration.ms`):
+    /// either way a new sequence under our own epoch is safe. If somebody wrote, another
+    /// instance of our lineage is ahead: the partition starts again from the new end.
+    async fn own_sequence(
+        &mut self,
+        expected: i64,
+        refused: &MirrorError,
+    ) -> Result<(), MirrorError> {
+        let c = &self.dest;
+        let end = c
+            .retry("end offset", || c.end_offset(&self.topic, self.partition))
+            .await
+            .map_err(|e| MirrorError::kafka(c.name(), e))?;
+        let last = last_batch(c, &self.topic, self.partition, end, self.fetch_bytes).await?;
+        let ours = last.is_some_and(|h| {
+            h.producer_id == self.producer_id && h.producer_epoch == self.producer_epoch
+        });
+        if end != expected || !ours {
+            return Err(MirrorError::Raced {
                 topic: self.topic.clone(),
                 partition: self.partition,
                 offset: expected,
                 detail: format!(
-                    "our batch landed at offset {base}: another writer appended to the destination"
+                    "the destination refused our next batch ({refused}) and now ends at {end}"
                 ),
             });
         }
-        self.end = expected + count;
-        Ok(total as u64)
+        tracing::info!(
+            topic = %self.topic, partition = self.partition, offset = expected,
+            from_epoch = self.producer_epoch, to_epoch = self.own_epoch, refused = %refused,
+            "destination refused the partition's producer sequence; starting a new one under our epoch"
+        );
+        self.producer_epoch = self.own_epoch;
+        self.sequence = 0;
+        Ok(())
     }
 
     async fn produce(&self, records: Bytes, expected: i64, count: i64) -> Result<i64, MirrorError> {
@@ -213,5 +283,50 @@ impl PartitionSink {
             }
             Err(e) => Err(MirrorError::kafka(c.name(), e)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn last(producer_id: i64, producer_epoch: i16, base_sequence: i32, span: i32) -> BatchHeader {
+        BatchHeader {
+            base_offset: 100,
+            batch_length: 0,
+            partition_leader_epoch: 0,
+            magic: 2,
+            crc: 0,
+            attributes: 0,
+            last_offset_delta: span - 1,
+            base_timestamp: 0,
+            max_timestamp: 0,
+            producer_id,
+            producer_epoch,
+            base_sequence,
+            record_count: span,
+        }
+    }
+
+    #[test]
+    fn our_last_batch_is_continued_under_its_own_epoch() {
+        // A restarted instance (epoch 5) continues the sequence written under epoch 2.
+        assert_eq!(lineage(Some(&last(7, 2, 40, 10)), 7, 5), (2, 50));
+        // The same epoch: the sequence goes on.
+        assert_eq!(lineage(Some(&last(7, 5, 0, 3)), 7, 5), (5, 3));
+        // Sequences wrap at i32::MAX, as Kafka's do.
+        assert_eq!(lineage(Some(&last(7, 5, i32::MAX, 2)), 7, 5), (5, 1));
+    }
+
+    #[test]
+    fn anything_else_starts_a_new_sequence_under_our_epoch() {
+        assert_eq!(lineage(None, 7, 5), (5, 0));
+        // Another producer's batch (a foreign writer, or a producer id given up).
+        assert_eq!(lineage(Some(&last(8, 2, 40, 10)), 7, 5), (5, 0));
+        // A newer epoch than ours is not ours to continue: we are the older instance,
+        // and our writes will be refused as fenced.
+        assert_eq!(lineage(Some(&last(7, 6, 40, 10)), 7, 5), (5, 0));
+        // Batches of a non-idempotent producer carry no epoch.
+        assert_eq!(lineage(Some(&last(-1, -1, -1, 10)), 7, 5), (5, 0));
     }
 }

@@ -1,9 +1,13 @@
-//! Shared test harness: real tansu brokers, the real librdkafka client (rdkafka crate)
-//! for producing and reading, and the wanmirror binary as a child process.
-//! Every process started here is killed on drop, also when a test fails.
+//! Shared test harness: real brokers (tansu, and Apache Kafka in `kafka`), the real
+//! librdkafka client (rdkafka crate) for producing and reading, and the wanmirror
+//! binary as a child process. Every process started here is killed on drop, also when
+//! a test fails.
 #![allow(dead_code)]
 
+pub mod kafka;
+pub mod kafka_security;
 pub mod proxy;
+pub mod scenarios;
 
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -31,18 +35,44 @@ pub struct Rec {
     pub headers: Vec<(String, Option<Vec<u8>>)>,
 }
 
-/// Two clusters: dc-a (source) and dc-b (destination).
-pub struct Pair {
-    pub a: TansuBroker,
-    pub b: TansuBroker,
+/// A running cluster a test can point clients at.
+pub trait Broker {
+    /// The bootstrap list, `host:port[,host:port...]`.
+    fn bootstrap(&self) -> String;
+    /// The replication factor topics on this cluster should get.
+    fn replicas(&self) -> i16 {
+        1
+    }
+}
+
+impl Broker for TansuBroker {
+    fn bootstrap(&self) -> String {
+        TansuBroker::bootstrap(self)
+    }
+}
+
+/// Two clusters: dc-a (source) and dc-b (destination); tansu unless a test asks for
+/// Apache Kafka (`Pair::with`).
+pub struct Pair<A: Broker = TansuBroker, B: Broker = TansuBroker> {
+    pub a: A,
+    pub b: B,
     pub dir: tempfile::TempDir,
 }
 
 impl Pair {
     pub fn start() -> Pair {
+        Pair::with(
+            TansuBroker::start("dc-a").expect("start source broker"),
+            TansuBroker::start("dc-b").expect("start destination broker"),
+        )
+    }
+}
+
+impl<A: Broker, B: Broker> Pair<A, B> {
+    pub fn with(a: A, b: B) -> Pair<A, B> {
         Pair {
-            a: TansuBroker::start("dc-a").expect("start source broker"),
-            b: TansuBroker::start("dc-b").expect("start destination broker"),
+            a,
+            b,
             dir: tempfile::tempdir().expect("tempdir"),
         }
     }
@@ -59,10 +89,11 @@ impl Pair {
     pub fn config(&self, name: &str, topics: &[&str], extra: &str) -> PathBuf {
         let list: Vec<String> = topics.iter().map(|t| format!("{t:?}")).collect();
         let text = format!(
-            "[source]\nname = \"dc-a\"\nbootstrap = \"{}\"\n\n[destination]\nname = \"dc-b\"\nbootstrap = \"{}\"\n\n[mirror]\ntopics = [{}]\nreplication_factor = 1\nprogress_interval_secs = 1\nmetadata_refresh_secs = 1\n{extra}\n",
+            "[source]\nname = \"dc-a\"\nbootstrap = \"{}\"\n\n[destination]\nname = \"dc-b\"\nbootstrap = \"{}\"\n\n[mirror]\ntopics = [{}]\nreplication_factor = {}\nprogress_interval_secs = 1\nmetadata_refresh_secs = 1\n{extra}\n",
             self.a.bootstrap(),
             self.b.bootstrap(),
-            list.join(", ")
+            list.join(", "),
+            self.b.replicas()
         );
         let p = self.dir.path().join(name);
         std::fs::write(&p, text).expect("write config");
@@ -80,10 +111,25 @@ pub fn runtime() -> tokio::runtime::Runtime {
 
 /// Creates a topic through our admin client (data always goes through rdkafka).
 pub fn create_topic(bootstrap: &str, topic: &str, partitions: i32) {
+    create_topic_with(bootstrap, topic, partitions, 1, &[]);
+}
+
+/// Creates a topic with a replication factor and topic configs.
+pub fn create_topic_with(
+    bootstrap: &str,
+    topic: &str,
+    partitions: i32,
+    replicas: i16,
+    configs: &[(&str, &str)],
+) {
+    let configs: BTreeMap<String, String> = configs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
     let rt = runtime();
     rt.block_on(async {
         let c = Cluster::new("t", bootstrap, SocketOptions::default());
-        c.create_topic(topic, partitions, 1, &BTreeMap::new())
+        c.create_topic(topic, partitions, replicas, &configs)
             .await
             .expect("create topic");
         for _ in 0..100 {
@@ -100,11 +146,14 @@ pub fn create_topic(bootstrap: &str, topic: &str, partitions: i32) {
     });
 }
 
-/// The exact end offset (high watermark) of a partition, through our client.
+/// The exact end offset (high watermark) of a partition, through our client (with its
+/// retries, so a leader that just died is waited out).
 pub fn end_offset(bootstrap: &str, topic: &str, partition: i32) -> i64 {
     runtime().block_on(async {
         let c = Cluster::new("t", bootstrap, SocketOptions::default());
-        c.end_offset(topic, partition).await.expect("end offset")
+        c.retry("end offset", || c.end_offset(topic, partition))
+            .await
+            .expect("end offset")
     })
 }
 
@@ -131,6 +180,23 @@ pub fn producer(bootstrap: &str, codec: &str, idempotent: bool) -> BaseProducer 
         .create()
         .expect("create producer")
 }
+
+/// An idempotent producer writing batches of at most 20 records.
+pub fn small_batches(bootstrap: &str, codec: &str) -> BaseProducer {
+    ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("compression.codec", codec)
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .set("batch.num.messages", "20")
+        .create()
+        .expect("create producer")
+}
+
+/// Mirror settings for pooled catch-up tests: small pieces and a low split threshold,
+/// so that a test-sized backlog is cut into hundreds of pieces spread over dozens of
+/// connections.
+pub const POOLED: &str = "fetch_bytes = 16384\nin_flight_bytes = 2097152\ntail_wait_ms = 100\n\n[transport]\npool_initial = 16\npool_max = 64\npiece_bytes = 16384\nsplit_bytes = 65536\n";
 
 /// Produces records and waits for every acknowledgement.
 pub fn produce(p: &BaseProducer, topic: &str, partition: i32, recs: &[Rec]) {
@@ -172,8 +238,20 @@ pub fn produce(p: &BaseProducer, topic: &str, partition: i32, recs: &[Rec]) {
     p.flush(Duration::from_secs(60)).expect("flush");
 }
 
+/// Milliseconds since the epoch, an hour ago (clear of any "too far in the future" check).
+pub fn recent_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+        - 3_600_000
+}
+
 /// Generates `n` varied records: keys and values of mixed sizes, some null, headers.
+/// Timestamps are recent: Apache Kafka's time retention (7 days by default) would delete
+/// older ones as soon as their segment rolls.
 pub fn sample(n: usize, seed: u64, value_len: impl Fn(usize) -> usize) -> Vec<Rec> {
+    let t0 = recent_ms() - 3 * n as i64;
     let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
     let mut next = move || {
         x = x
@@ -198,7 +276,7 @@ pub fn sample(n: usize, seed: u64, value_len: impl Fn(usize) -> usize) -> Vec<Re
             };
             Rec {
                 offset: i as i64,
-                timestamp: Some(1_700_000_000_000 + (i as i64) * 3),
+                timestamp: Some(t0 + (i as i64) * 3),
                 key: if i % 5 == 0 {
                     None
                 } else {
@@ -222,7 +300,8 @@ pub fn consume_all(bootstrap: &str, topic: &str, partition: i32) -> Vec<Rec> {
         .set("bootstrap.servers", bootstrap)
         .set("group.id", "wanmirror-tests")
         .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "false")
+        // EOF ends the read where control markers (never delivered) end the log.
+        .set("enable.partition.eof", "true")
         .set("fetch.message.max.bytes", "2000000")
         .create()
         .expect("create consumer");
@@ -240,6 +319,24 @@ pub fn consume_all(bootstrap: &str, topic: &str, partition: i32) -> Vec<Rec> {
         );
         match c.poll(Duration::from_millis(500)) {
             None => continue,
+            // At the end of what is there: done if that is past `end` (the last
+            // offsets may be control markers, never delivered), else more will come.
+            Some(Err(RdError::PartitionEOF(_))) => {
+                let pos = c
+                    .position()
+                    .ok()
+                    .and_then(|l| l.find_partition(topic, partition).map(|e| e.offset()))
+                    .and_then(|o| o.to_raw());
+                if pos.is_some_and(|o| o >= end) {
+                    break;
+                }
+            }
+            // A broker of a cluster that lost one (a test killed it) is reported, and
+            // the client moves on to the partition's new leader.
+            Some(Err(RdError::MessageConsumption(
+                rdkafka::types::RDKafkaErrorCode::BrokerTransportFailure
+                | rdkafka::types::RDKafkaErrorCode::AllBrokersDown,
+            ))) => continue,
             Some(Err(e)) => panic!("consume {topic}/{partition}: {e}"),
             Some(Ok(m)) => {
                 next = m.offset() + 1;
@@ -264,7 +361,12 @@ pub fn consume_all(bootstrap: &str, topic: &str, partition: i32) -> Vec<Rec> {
 }
 
 /// Asserts that a destination partition is a record-by-record copy of the source.
-pub fn assert_same(pair: &Pair, src_topic: &str, dst_topic: &str, partition: i32) -> usize {
+pub fn assert_same<A: Broker, B: Broker>(
+    pair: &Pair<A, B>,
+    src_topic: &str,
+    dst_topic: &str,
+    partition: i32,
+) -> usize {
     let s = consume_all(&pair.a.bootstrap(), src_topic, partition);
     let d = consume_all(&pair.b.bootstrap(), dst_topic, partition);
     assert_eq!(
