@@ -227,11 +227,11 @@ async fn partition(
         let (first_leaf, last_leaf) = (run[0], run[run.len() - 1]);
         let (lo, _) = leaf_range(from, to, opts.leaf_offsets, first_leaf as u64);
         let (_, hi) = leaf_range(from, to, opts.leaf_offsets, last_leaf as u64);
-        let first = narrow_leaf(source, dest, p, from, to, opts, first_leaf).await?;
+        let first = narrow_leaf(source, dest, p, from, to, opts, first_leaf, (se, de)).await?;
         let last = if last_leaf == first_leaf {
             first
         } else {
-            narrow_leaf(source, dest, p, from, to, opts, last_leaf).await?
+            narrow_leaf(source, dest, p, from, to, opts, last_leaf, (se, de)).await?
         };
         ranges.push(Range {
             from: lo,
@@ -292,7 +292,10 @@ fn runs(leaves: &[usize]) -> Vec<Vec<usize>> {
     out
 }
 
-/// First and last differing offset inside one leaf, from both sides' records.
+/// First and last differing offset inside one leaf, from both sides' records. `ends`
+/// are the sides' end offsets: a leaf past one side's end holds nothing there (a fetch
+/// past the end would fail with OFFSET_OUT_OF_RANGE).
+#[allow(clippy::too_many_arguments)]
 async fn narrow_leaf(
     source: &Side,
     dest: &Side,
@@ -301,21 +304,24 @@ async fn narrow_leaf(
     to: i64,
     opts: &Options,
     leaf: usize,
+    ends: (i64, i64),
 ) -> Result<Option<(i64, i64)>, VerifyError> {
     let (lo, hi) = leaf_range(from, to, opts.leaf_offsets, leaf as u64);
-    let read = |side: &Side| {
+    let read = |side: &Side, end: i64| {
         let side = side.clone();
         let opts = opts.clone();
         async move {
             let mut recs = Vec::new();
-            reader(&side, p, &opts)
-                .scan(lo, hi, |r| recs.push(r.clone()))
-                .await
-                .map_err(|e| VerifyError::kafka(side.cluster.name(), e))?;
+            if lo < end {
+                reader(&side, p, &opts)
+                    .scan(lo, hi.min(end), |r| recs.push(r.clone()))
+                    .await
+                    .map_err(|e| VerifyError::kafka(side.cluster.name(), e))?;
+            }
             Ok::<_, VerifyError>(recs)
         }
     };
-    let (a, b) = tokio::try_join!(read(source), read(dest))?;
+    let (a, b) = tokio::try_join!(read(source, ends.0), read(dest, ends.1))?;
     Ok(narrow(&a, &b))
 }
 

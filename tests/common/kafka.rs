@@ -445,6 +445,58 @@ impl KafkaCluster {
     }
 }
 
+/// MirrorMaker 2 in dedicated mode (`connect-mirror`'s driver), killed on drop.
+pub struct MirrorMaker {
+    child: Child,
+    pub log: PathBuf,
+}
+
+impl MirrorMaker {
+    /// Starts MirrorMaker 2 with `properties` (an mm2.properties text), running the
+    /// flows into cluster `target`; its output goes to a log file in `dir`.
+    pub fn start(dir: &std::path::Path, properties: &str, target: &str) -> MirrorMaker {
+        let home = kafka_home();
+        let cfg = dir.join("mm2.properties");
+        std::fs::write(&cfg, properties).expect("write mm2.properties");
+        let log = dir.join("mm2.log");
+        let out = std::fs::File::create(&log).expect("mm2 log");
+        let err = out.try_clone().expect("mm2 log");
+        let child = Command::new("java")
+            .args([
+                "-Xms128m",
+                "-Xmx512m",
+                "-XX:+UseSerialGC",
+                "-XX:TieredStopAtLevel=1",
+            ])
+            .arg(format!(
+                "-Dlog4j2.configurationFile={}",
+                home.join("log4j2.yaml").display()
+            ))
+            .arg("-cp")
+            .arg(format!("{}/*", home.join("libs").display()))
+            .arg("org.apache.kafka.connect.mirror.MirrorMaker")
+            .arg(&cfg)
+            .args(["--clusters", target])
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .expect("start MirrorMaker 2");
+        MirrorMaker { child, log }
+    }
+
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for MirrorMaker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 impl Broker for KafkaCluster {
     fn bootstrap(&self) -> String {
         self.nodes
