@@ -3,9 +3,10 @@
 MirrorMaker-style librdkafka baseline, over the emulated link of netem/.
 
 One command: `python3 bench/run.py` (root). `--smoke` runs one small profile.
+`--broker kafka` runs Apache Kafka (KRaft, single node) in both DCs instead of tansu.
 Results: bench/results/results.{json,md} and goodput.png.
 """
-import argparse, json, os, statistics, subprocess, sys, time
+import argparse, base64, json, os, shutil, statistics, subprocess, sys, tempfile, time, uuid
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -14,7 +15,11 @@ NAME = "wb"
 SRC_NS, DST_NS = f"{NAME}-src", f"{NAME}-dst"
 SRC_ADDR = "10.201.0.1:9092"
 DST_ADDR = "127.0.0.1:9092"
+# Run by default (and by --smoke, which CI runs); mm2 is opt-in: --contenders ...,mm2.
 CONTENDERS = ["baseline", "wanmirror-1conn", "wanmirror-default"]
+ALL_CONTENDERS = CONTENDERS + ["mm2"]
+BROKER = "tansu"  # --broker
+KAFKA = {}  # "libs", "home": the Apache Kafka jars, found once (kafka_setup)
 
 
 def sh(cmd, **kw):
@@ -47,6 +52,8 @@ class Procs:
     def stop_all(self):
         for p in self.ps:
             if p.poll() is None:
+                # Children first: a contender runs under /usr/bin/time.
+                subprocess.run(["pkill", "-KILL", "-P", str(p.pid)], capture_output=True)
                 p.kill()
                 p.wait()
         self.ps = []
@@ -85,6 +92,10 @@ class LinkSampler:
                 pass
             self.done.wait(0.5)
 
+    def carried(self):
+        """Bytes the emulator delivered towards the destination while sampling."""
+        return self.points[-1][1] - self.points[0][1] if len(self.points) >= 2 else None
+
     def stop(self):
         self.done.set()
         self.t.join()
@@ -113,7 +124,85 @@ def wait_port(nsname, host, port, limit=20):
     raise RuntimeError(f"broker {host}:{port} in {nsname} did not start")
 
 
-def brokers(procs):
+def kafka_setup():
+    """The Apache Kafka 4.1.1 jars (brokers and MirrorMaker 2), fetched once into a cache
+    outside the clone by scripts/kafka/fetch.sh (which prints the folder of jars last;
+    $WANMIRROR_KAFKA_HOME overrides the cache)."""
+    if not KAFKA:
+        libs = Path(sh([str(ROOT / "scripts" / "kafka" / "fetch.sh")]).strip().splitlines()[-1])
+        KAFKA.update(libs=libs, home=libs.parent)
+    return KAFKA
+
+
+def java():
+    jh = os.environ.get("JAVA_HOME")
+    return str(Path(jh) / "bin" / "java") if jh and (Path(jh) / "bin" / "java").exists() else "java"
+
+
+def kafka_cmd(main_class, *args, heap=("-Xms256m", "-Xmx512m"), gc=("-XX:+UseSerialGC",)):
+    k = kafka_setup()
+    return [java(), *heap, *gc, f"-Dlog4j2.configurationFile={k['home'] / 'log4j2.yaml'}",
+            "-cp", f"{k['libs']}/*", main_class, *args]
+
+
+def kafka_props(host, logdir):
+    # One KRaft node (broker and controller) per DC. Two network and two I/O threads,
+    # a 512 MB heap and the serial collector: two brokers, the emulator and the mirror
+    # share two cores. Batches of ~1 MB (the preload's) and copies of them must fit.
+    return "\n".join([
+        "process.roles=broker,controller", "node.id=1",
+        f"controller.quorum.bootstrap.servers={host}:9093",
+        f"listeners=PLAINTEXT://{host}:9092,CONTROLLER://{host}:9093",
+        f"advertised.listeners=PLAINTEXT://{host}:9092",
+        "controller.listener.names=CONTROLLER",
+        "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+        f"log.dirs={logdir}",
+        "offsets.topic.replication.factor=1", "offsets.topic.num.partitions=4",
+        "transaction.state.log.replication.factor=1", "transaction.state.log.min.isr=1",
+        "transaction.state.log.num.partitions=4",
+        "group.initial.rebalance.delay.ms=0",
+        "num.network.threads=2", "num.io.threads=2",
+        "message.max.bytes=8388608", "replica.fetch.max.bytes=8388608",
+        # Topics are created explicitly (preload, the mirrors); a metadata probe must
+        # not create one with the default partition count.
+        "auto.create.topics.enable=false",
+    ]) + "\n"
+
+
+def kafka_brokers(procs, workdir):
+    """Formats a KRaft store for each DC under workdir (removed by the caller after the
+    run) and starts the two brokers in their namespaces."""
+    nodes = [(SRC_NS, "10.201.0.1", "dc-a"), (DST_NS, "127.0.0.1", "dc-b")]
+    formats = []
+    for nsname, host, name in nodes:
+        d = workdir / name
+        (d / "data").mkdir(parents=True)
+        (d / "server.properties").write_text(kafka_props(host, d / "data"))
+        cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        formats.append(subprocess.Popen(kafka_cmd("kafka.tools.StorageTool", "format", "--config",
+                                                  str(d / "server.properties"), "--cluster-id", cid,
+                                                  "--standalone", heap=("-Xmx256m",)),
+                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    for f in formats:
+        out, _ = f.communicate(timeout=120)
+        if f.returncode != 0:
+            raise RuntimeError(f"kafka storage format failed: {out[-2000:]}")
+    for nsname, host, name in nodes:
+        d = workdir / name
+        log = open(d / "broker.log", "w")
+        procs.ps.append(subprocess.Popen(ns(nsname, kafka_cmd("kafka.Kafka", str(d / "server.properties"))),
+                                         stdout=log, stderr=subprocess.STDOUT))
+    for nsname, host, name in nodes:
+        try:
+            wait_port(nsname, host, 9092, limit=90)
+        except RuntimeError:
+            tail = (workdir / name / "broker.log").read_text()[-3000:]
+            raise RuntimeError(f"kafka broker {name} on {host}:9092 did not start:\n{tail}")
+
+
+def brokers(procs, workdir):
+    if BROKER == "kafka":
+        return kafka_brokers(procs, workdir)
     t = tansu_bin()
     procs.start(ns(SRC_NS, [t, "broker", "--cluster-id", "dc-a", "--listener-url", f"tcp://{SRC_ADDR}",
                             "--advertised-listener-url", f"tcp://{SRC_ADDR}", "--storage-engine", "memory://dc-a/", "--silent"]))
@@ -141,7 +230,70 @@ def mirror_config(path, topics, contender):
         f'tail_wait_ms = 100\nprogress_interval_secs = 2\n{MIRROR_EXTRA}\n{extra}')
 
 
-def contender_cmd(contender, topic, records, tail, cfgdir):
+def mm2_config(path, topic, partitions):
+    """MirrorMaker 2 (dedicated mode) as a careful operator sets it up for one lossy
+    long link: every setting and why in bench/README.md."""
+    fetch = 4 << 20
+    path.write_text("\n".join([
+        "clusters = dc-a, dc-b",
+        f"dc-a.bootstrap.servers = {SRC_ADDR}",
+        f"dc-b.bootstrap.servers = {DST_ADDR}",
+        "dc-a->dc-b.enabled = true",
+        f"dc-a->dc-b.topics = {topic}",
+        "dc-b->dc-a.enabled = false",
+        # A task (its own consumer, so its own connection to the source) per partition.
+        f"tasks.max = {partitions}",
+        # Single-node clusters: every topic MM2 creates has one replica.
+        "replication.factor = 1",
+        "checkpoints.topic.replication.factor = 1",
+        "heartbeats.topic.replication.factor = 1",
+        "offset-syncs.topic.replication.factor = 1",
+        "offset.storage.replication.factor = 1",
+        "status.storage.replication.factor = 1",
+        "config.storage.replication.factor = 1",
+        # Topics and groups picked up within seconds.
+        "refresh.topics.interval.seconds = 5",
+        "refresh.groups.interval.seconds = 5",
+        # Consumer offsets translated and applied to the destination, as for failover.
+        "emit.checkpoints.enabled = true",
+        "emit.checkpoints.interval.seconds = 10",
+        "sync.group.offsets.enabled = true",
+        "sync.group.offsets.interval.seconds = 10",
+        "emit.heartbeats.enabled = true",
+        "emit.heartbeats.interval.seconds = 1",
+        "sync.topic.configs.enabled = true",
+        # Neither broker runs an authorizer.
+        "sync.topic.acls.enabled = false",
+        # Source consumers across the link: fetches that a lossy connection carries well
+        # within the request timeout, kernel receive autotuning.
+        f"dc-a.consumer.fetch.max.bytes = {fetch}",
+        f"dc-a.consumer.max.partition.fetch.bytes = {fetch}",
+        "dc-a.consumer.receive.buffer.bytes = -1",
+        "dc-a.consumer.request.timeout.ms = 120000",
+        "dc-a.producer.send.buffer.bytes = -1",
+        # Destination producers: batching, lz4 (as the source batches are), acks=all.
+        "dc-b.producer.batch.size = 524288",
+        "dc-b.producer.linger.ms = 20",
+        "dc-b.producer.compression.type = lz4",
+        "dc-b.producer.acks = all",
+        "dc-b.producer.enable.idempotence = true",
+        "dc-b.producer.max.request.size = 2097152",
+    ]) + "\n")
+
+
+def mm2_cmd(cfg):
+    # The heap and JVM options of Kafka's connect-mirror-maker.sh / kafka-run-class.sh.
+    return kafka_cmd("org.apache.kafka.connect.mirror.MirrorMaker", str(cfg), "--clusters", "dc-b",
+                     heap=("-Xms256m", "-Xmx2g"),
+                     gc=("-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20", "-XX:InitiatingHeapOccupancyPercent=35",
+                         "-XX:+ExplicitGCInvokesConcurrent", "-Djava.awt.headless=true"))
+
+
+def contender_cmd(contender, topic, records, tail, cfgdir, partitions=1):
+    if contender == "mm2":
+        cfg = cfgdir / f"mm2-{topic}.properties"
+        mm2_config(cfg, topic, partitions)
+        return mm2_cmd(cfg)
     if contender == "baseline":
         return [str(REL / "wanbench"), "baseline", "--source", SRC_ADDR, "--dest", DST_ADDR,
                 "--topic", topic, "--dest-topic", f"dc-a.{topic}", "--records", str(0 if tail else records)]
@@ -150,61 +302,125 @@ def contender_cmd(contender, topic, records, tail, cfgdir):
     return [str(REL / "wanmirror"), "run", "--config", str(cfg)] + ([] if tail else ["--stop-at-end"])
 
 
+def ends(nsname, addr, topic, wire=True):
+    return wb(nsname, ["ends", "--bootstrap", addr, "--topic", topic] + ([] if wire else ["--no-wire"]))
+
+
+def wait_copied(p, src_ends, deadline):
+    """MirrorMaker 2 never exits by itself: poll the destination topic's end offsets
+    (only dc-a.bench, none of MM2's internal topics) until every partition holds as many
+    records as the source's, MM2 exits, or the deadline passes. True when copied. MM2
+    does not keep offsets, so end offsets count the records written (duplicates
+    included; they are reported after the run)."""
+    while time.time() < deadline:
+        if p.poll() is not None:
+            return False
+        try:
+            got = ends(DST_NS, DST_ADDR, "dc-a.bench", wire=False)["partitions"]
+        except subprocess.CalledProcessError:
+            got = []
+        if len(got) == len(src_ends) and all(g >= s for g, s in zip(got, src_ends)):
+            return True
+        time.sleep(0.5)
+    return False
+
+
+def stop_contender(p, grace):
+    # Stop the contender, not /usr/bin/time (which must live to write its report).
+    subprocess.run(["pkill", "-TERM", "-P", str(p.pid)], capture_output=True)
+    try:
+        p.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        subprocess.run(["pkill", "-KILL", "-P", str(p.pid)], capture_output=True)
+        try:
+            p.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            p.kill(); p.wait()
+
+
 def one_run(profile, contender, args, cfgdir):
     procs = Procs()
+    workdir = Path(tempfile.mkdtemp(prefix="wb-run-"))
     try:
         cc = link_up(profile)
-        brokers(procs)
+        brokers(procs, workdir)
         pre = wb(SRC_NS, ["preload", "--bootstrap", SRC_ADDR, "--topic", "bench",
                           "--partitions", str(args.partitions), "--bytes", str(args.dataset_mb * 1_000_000)])
         records, payload, wire = pre["records"], pre["bytes"], pre["wire_bytes"]
+        src_ends = ends(SRC_NS, SRC_ADDR, "bench", wire=False)["partitions"]
         timefile = cfgdir / "time.txt"
-        cmd = ["/usr/bin/time", "-o", str(timefile), "-f", "%e %U %S %M"] + contender_cmd(contender, "bench", records, False, cfgdir)
+        cmd = ["/usr/bin/time", "-o", str(timefile), "-f", "%e %U %S %M"] + \
+            contender_cmd(contender, "bench", records, False, cfgdir, args.partitions)
         start = time.time()
         log = subprocess.DEVNULL
         if args.logs:
             Path(args.logs).mkdir(parents=True, exist_ok=True)
             log = open(Path(args.logs) / f"rtt{profile['rtt_ms']}-loss{profile['loss_pct']}-{contender}-{int(time.time())}.log", "w")
-        p = subprocess.Popen(ns(DST_NS, ["env", "RUST_LOG=" + os.environ.get("WANBENCH_RUST_LOG", "info")] + cmd), stdout=subprocess.DEVNULL, stderr=log)
+        # MM2 logs (log4j2, warnings and errors) to stdout.
+        p = subprocess.Popen(ns(DST_NS, ["env", "RUST_LOG=" + os.environ.get("WANBENCH_RUST_LOG", "info")] + cmd),
+                             stdout=log if contender == "mm2" else subprocess.DEVNULL, stderr=log)
+        procs.ps.append(p)  # stopped with its child also if this run fails
         capped = False
         samples = LinkSampler()
-        try:
-            p.wait(timeout=args.cap_secs)
-        except subprocess.TimeoutExpired:
-            capped = True
-            # Stop the contender, not /usr/bin/time (which must live to write its report).
-            subprocess.run(["pkill", "-TERM", "-P", str(p.pid)], capture_output=True)
+        if contender == "mm2":
+            done = wait_copied(p, src_ends, start + args.cap_secs)
+            elapsed = time.time() - start
+            steady = samples.stop()
+            exited = p.poll()
+            capped = not done and exited is None
+            if exited is not None and not done:
+                raise RuntimeError(f"mm2 exited with {exited} before the copy was complete")
+            stop_contender(p, 30)
+        else:
             try:
-                p.wait(timeout=20)
+                p.wait(timeout=args.cap_secs)
             except subprocess.TimeoutExpired:
-                p.kill(); p.wait()
-        elapsed = time.time() - start
-        steady = samples.stop()
+                capped = True
+                stop_contender(p, 20)
+            elapsed = time.time() - start
+            steady = samples.stop()
         fields = timefile.read_text().split()[-4:] if timefile.exists() else []
         if len(fields) == 4:
             u, s_, rss_kb = float(fields[1]), float(fields[2]), int(fields[3])
         else:
             u = s_ = rss_kb = None
         timefile.unlink(missing_ok=True)
-        ends = wb(DST_NS, ["ends", "--bootstrap", DST_ADDR, "--topic", "dc-a.bench"])
-        copied = ends["end_offsets"]
-        if contender != "baseline" and not capped and ends["wire_bytes"] != wire:
+        dst = ends(DST_NS, DST_ADDR, "dc-a.bench")
+        copied = dst["end_offsets"]
+        if contender.startswith("wanmirror") and not capped and dst["wire_bytes"] != wire:
             # A byte-for-byte copy stores exactly the source's batch bytes.
-            raise RuntimeError(f"{contender}: destination holds {ends['wire_bytes']} batch bytes, source {wire}")
-        frac = min(copied, records) / records
-        copied_bytes = payload * frac
+            raise RuntimeError(f"{contender}: destination holds {dst['wire_bytes']} batch bytes, source {wire}")
+        # Records beyond the source's, per partition (a re-producing mirror can write a
+        # record twice), and records still missing.
+        got = dst["partitions"] + [0] * max(0, len(src_ends) - len(dst["partitions"]))
+        dups = sum(max(0, g - s) for g, s in zip(got, src_ends))
+        missing = sum(max(0, s - g) for g, s in zip(got, src_ends))
+        # What a capped run copied, counted per partition: the preload puts all the text
+        # in the even partitions and all the random bytes in the odd ones, so a record
+        # share over the whole topic would overstate the bytes of a copy that moved
+        # ahead in the cheap partitions (each partition's records are alike).
+        shares = [min(g, s) / s if s else 1.0 for g, s in zip(got, src_ends)]
+        copied_bytes = sum(f * b for f, b in zip(shares, pre["partition_bytes"]))
+        copied_wire = sum(f * w for f, w in zip(shares, pre["partition_wire"]))
         goodput = copied_bytes / elapsed / 1e6
-        wire_mbit = wire * frac * 8 / elapsed / 1e6
+        wire_mbit = copied_wire * 8 / elapsed / 1e6
         gb = copied_bytes / 1e9
+        carried = samples.carried()
         res = {
-            "congestion_control": cc, "records": records, "copied_records": copied, "capped": capped,
+            "broker": BROKER, "congestion_control": cc, "records": records, "copied_records": copied,
+            "duplicates": dups, "capped": capped,
+            "copied_pct": round(100 * (records - missing) / records, 2),
             "time_s": round(elapsed, 2), "goodput_MBps": round(goodput, 3),
             # Share of the link: compressed batch bytes as they cross it, not payload.
             "wire_Mbps": round(wire_mbit, 2),
             "link_pct": round(100 * wire_mbit / profile["rate_mbit"], 2),
             # Sustained rate: useful wire bytes over the time the link took to carry the
             # middle 80 % of what it carried in this run (start-up and tail left out).
-            "steady_link_pct": round(100 * steady * frac * wire * 8 / 1e6 / profile["rate_mbit"], 2) if steady else None,
+            "steady_link_pct": round(100 * steady * copied_wire * 8 / 1e6 / profile["rate_mbit"], 2) if steady else None,
+            # Everything the emulated link delivered towards the destination meanwhile
+            # (headers, retransmissions and answers thrown away included).
+            "carried_MB": round(carried / 1e6, 1) if carried is not None else None,
+            "carried_link_pct": round(100 * carried * 8 / 1e6 / elapsed / profile["rate_mbit"], 2) if carried else None,
             "cpu_s_per_GB": round((u + s_) / gb, 2) if gb > 0 and u is not None else None,
             "peak_rss_MB": round(rss_kb / 1024, 1) if rss_kb is not None else None,
         }
@@ -216,6 +432,7 @@ def one_run(profile, contender, args, cfgdir):
     finally:
         procs.stop_all()
         link_down()
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def diff_speed(contender, cfgdir):
@@ -235,7 +452,16 @@ def diff_speed(contender, cfgdir):
 
 def latency(contender, args, cfgdir, procs):
     wb(SRC_NS, ["preload", "--bootstrap", SRC_ADDR, "--topic", "lat", "--partitions", "1", "--bytes", "0"])
-    procs.start(ns(DST_NS, contender_cmd(contender, "lat", 0, True, cfgdir)))
+    if contender == "mm2":
+        # MM2 takes seconds to start (JVM, Connect herder, internal topics, tasks): it
+        # mirrors a probe topic too, and the measurement starts once a probe is across.
+        wb(SRC_NS, ["preload", "--bootstrap", SRC_ADDR, "--topic", "lat-probe", "--partitions", "1", "--bytes", "0"])
+        cfg = cfgdir / "mm2-lat.properties"
+        mm2_config(cfg, "lat|lat-probe", 1)
+        procs.start(ns(DST_NS, mm2_cmd(cfg)))
+        wait_mm2_tailing()
+    else:
+        procs.start(ns(DST_NS, contender_cmd(contender, "lat", 0, True, cfgdir)))
     n = args.latency_rate * args.latency_secs
     cons = subprocess.Popen(ns(DST_NS, [str(REL / "wanbench"), "latency-consume", "--bootstrap", DST_ADDR,
                                         "--topic", "dc-a.lat", "--partitions", "1", "--records", str(n),
@@ -248,6 +474,20 @@ def latency(contender, args, cfgdir, procs):
     r = json.loads(out.strip().splitlines()[-1])
     return {"lat_p50_ms": r["p50_ms"], "lat_p99_ms": r["p99_ms"], "lat_p999_ms": r["p999_ms"],
             "lat_records": r["records"]}
+
+
+def wait_mm2_tailing(limit=120):
+    sh(ns(SRC_NS, [str(REL / "wanbench"), "latency-produce", "--bootstrap", SRC_ADDR, "--topic", "lat-probe",
+                   "--rate", "10", "--seconds", "1"]))
+    t = time.time()
+    while time.time() - t < limit:
+        try:
+            if ends(DST_NS, DST_ADDR, "dc-a.lat-probe", wire=False)["end_offsets"] >= 10:
+                return
+        except subprocess.CalledProcessError:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError("mm2 did not start copying the latency topic")
 
 
 def summarise(runs):
@@ -268,18 +508,25 @@ def write_outputs(results, args, outdir):
             p = Path(rec[k]).resolve()
             rec[k] = str(p.relative_to(ROOT)) if p.is_relative_to(ROOT) else p.name
     (outdir / "results.json").write_text(json.dumps({"args": rec, "results": results}, indent=2))
-    lines = ["| RTT ms | loss % | contender | payload MB/s | % of link (wire), whole run | % of link, sustained | time s | lat p50/p99/p99.9 ms | CPU s/GB | RSS MB |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| RTT ms | loss % | contender | payload MB/s | % of link (wire), whole run | % of link, sustained | link carried % | copied % | time s | lat p50/p99/p99.9 ms | CPU s/GB | RSS MB |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     fmt = lambda s, k: ("%g (%g–%g)" % (s[k]["median"], s[k]["min"], s[k]["max"])) if k in s else "n/a"
     for r in results:
         s = r["summary"]
         lat = "/".join(str(s[k]["median"]) if k in s else "n/a" for k in ("lat_p50_ms", "lat_p99_ms", "lat_p999_ms"))
         lines.append(f"| {r['profile']['rtt_ms']} | {r['profile']['loss_pct']} | {r['contender']} | {fmt(s, 'goodput_MBps')} | "
-                     f"{fmt(s, 'link_pct')} | {fmt(s, 'steady_link_pct')} | {fmt(s, 'time_s')} | {lat} | {fmt(s, 'cpu_s_per_GB')} | {fmt(s, 'peak_rss_MB')} |")
-    md = "\n".join(lines) + ("\n\nEach cell: median (min–max) of %d runs. Link cap %s Mbit/s; dataset %d MB; catch-up capped at %d s. "
+                     f"{fmt(s, 'link_pct')} | {fmt(s, 'steady_link_pct')} | {fmt(s, 'carried_link_pct')} | {fmt(s, 'copied_pct')} | {fmt(s, 'time_s')} | {lat} | {fmt(s, 'cpu_s_per_GB')} | {fmt(s, 'peak_rss_MB')} |")
+    dups = [f"{r['contender']} at {r['profile']['rtt_ms']:g} ms / {r['profile']['loss_pct']:g} %: "
+            + ", ".join(str(x.get("duplicates", 0)) for x in r["runs"])
+            for r in results if any(x.get("duplicates") for x in r["runs"])]
+    if dups:
+        lines += ["", "Duplicate records at the destination (per run): " + "; ".join(dups) + "."]
+    md = "\n".join(lines) + ("\n\nBrokers: %s in both DCs. Each cell: median (min–max) of %d runs. Link cap %s Mbit/s; dataset %d MB; catch-up capped at %d s. "
          "Whole run: stored batch bytes copied / wall time from process start to exit. Sustained: the same bytes over the time "
-         "the link carried the middle 80 %% of the run's traffic (start-up and tail left out).\n") % (
-        args.runs, args.rate_mbit, args.dataset_mb, args.cap_secs)
+         "the link carried the middle 80 %% of the run's traffic (start-up and tail left out). "
+         "Link carried: everything the emulated link delivered towards the destination during the run (headers, retransmissions, "
+         "answers thrown away) over the same wall time. Copied: records at the destination, of the source's.\n") % (
+        args.broker, args.runs, args.rate_mbit, args.dataset_mb, args.cap_secs)
     (outdir / "results.md").write_text(md)
     print(md)
     try:
@@ -292,7 +539,7 @@ def write_outputs(results, args, outdir):
     rtts = sorted({r["profile"]["rtt_ms"] for r in results})
     fig, axes = plt.subplots(1, len(rtts), figsize=(4 * len(rtts), 3.6), squeeze=False, sharey=True)
     for ax, rtt in zip(axes[0], rtts):
-        for c in CONTENDERS:
+        for c in ALL_CONTENDERS:
             pts = sorted((r["profile"]["loss_pct"], r["summary"]["wire_Mbps"]["median"])
                          for r in results if r["profile"]["rtt_ms"] == rtt and r["contender"] == c)
             if pts:
@@ -318,7 +565,10 @@ def main():
     ap.add_argument("--cap-secs", type=int, default=45, help="catch-up time cap; goodput then counts what was copied")
     ap.add_argument("--latency-secs", type=int, default=5, help="seconds of tailing-latency measurement (0 = skip)")
     ap.add_argument("--latency-rate", type=int, default=100, help="records/s produced during the latency phase")
-    ap.add_argument("--contenders", default=",".join(CONTENDERS), help="subset of: " + ", ".join(CONTENDERS))
+    ap.add_argument("--contenders", default=",".join(CONTENDERS),
+                    help="comma-separated, of: " + ", ".join(ALL_CONTENDERS) + " (default: all but mm2)")
+    ap.add_argument("--broker", choices=["tansu", "kafka"], default="tansu",
+                    help="brokers in both DCs: tansu (memory storage) or Apache Kafka (single-node KRaft)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"), help="output directory")
     ap.add_argument("--mirror-extra", default="", help="TOML lines added under [mirror] for wanmirror (e.g. 'in_flight_bytes = 1073741824')")
     ap.add_argument("--diff", action="store_true", help="after each complete wanmirror copy, time `wanmirror diff` of it")
@@ -326,8 +576,14 @@ def main():
     ap.add_argument("--smoke", action="store_true", help="one small profile, one run")
     ap.add_argument("--resume", action="store_true", help="keep results already in --out and run only the missing ones")
     args = ap.parse_args()
-    global MIRROR_EXTRA
+    global MIRROR_EXTRA, BROKER
     MIRROR_EXTRA = args.mirror_extra.replace("\\n", "\n")
+    BROKER = args.broker
+    for c in args.contenders.split(","):
+        if c not in ALL_CONTENDERS:
+            ap.error(f"unknown contender {c}")
+    if BROKER == "kafka" or "mm2" in args.contenders.split(","):
+        kafka_setup()
     if args.smoke:
         args.rtts, args.losses, args.runs, args.dataset_mb = "20", "0.1", 1, 2
         args.cap_secs, args.latency_secs, args.latency_rate = 30, 3, 50
@@ -336,12 +592,13 @@ def main():
     if args.resume and (out / "results.json").exists():
         results = json.loads((out / "results.json").read_text())["results"]
         print(f"resuming: {len(results)} profile/contender results kept", flush=True)
-    done = {(r["profile"]["rtt_ms"], r["profile"]["loss_pct"], r["contender"]) for r in results}
+    done = {(r["profile"]["rtt_ms"], r["profile"]["loss_pct"], r["contender"]) for r in results
+            if r["profile"].get("broker", "tansu") == args.broker}
     cfgdir = Path(sh(["mktemp", "-d"]).strip())
     try:
         for rtt in [float(x) for x in args.rtts.split(",")]:
             for loss in [float(x) for x in args.losses.split(",")]:
-                profile = {"rtt_ms": rtt, "loss_pct": loss, "rate_mbit": args.rate_mbit}
+                profile = {"rtt_ms": rtt, "loss_pct": loss, "rate_mbit": args.rate_mbit, "broker": args.broker}
                 for c in args.contenders.split(","):
                     if (rtt, loss, c) in done:
                         continue
@@ -354,6 +611,7 @@ def main():
                     write_outputs(results, args, Path(args.out))
     finally:
         link_down()
+        shutil.rmtree(cfgdir, ignore_errors=True)
     ok = all(r["summary"].get("goodput_MBps", {}).get("median", 0) > 0 for r in results)
     sys.exit(0 if ok and results else 1)
 

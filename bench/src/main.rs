@@ -12,11 +12,11 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use hdrhistogram::Histogram;
 use rand::Rng;
-use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-use rdkafka::{Offset, TopicPartitionList};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use wanmirror::kafka::client::Cluster;
 use wanmirror::kafka::connection::SocketOptions;
 
@@ -53,6 +53,10 @@ enum Cmd {
         /// Stop after this many records (0 = run until killed).
         #[arg(long, default_value_t = 0)]
         records: u64,
+        /// librdkafka `debug` contexts for the consumer (e.g. `fetch,broker,protocol`),
+        /// logged to stderr with a wall-clock stamp. Warnings and errors are always logged.
+        #[arg(long, default_value = "")]
+        debug: String,
     },
     /// Produce `rate` records/s of `size` bytes for `seconds`, stamped with send time.
     LatencyProduce {
@@ -67,12 +71,17 @@ enum Cmd {
         #[arg(long, default_value_t = 20)]
         seconds: u64,
     },
-    /// Print the sum of a topic's end offsets over all partitions (JSON).
+    /// Print the sum of a topic's end offsets over all partitions, each partition's end
+    /// offset, and the stored batch bytes (JSON). A missing topic has no partitions.
     Ends {
         #[arg(long)]
         bootstrap: String,
         #[arg(long)]
         topic: String,
+        /// Skip reading the topic for its batch bytes (`wire_bytes` is then null): a
+        /// cheap progress probe.
+        #[arg(long)]
+        no_wire: bool,
     },
     /// Micro-benchmark of `wanmirror diff` leaf hashing on one core (JSON: MB/s
     /// median, min, max over `runs`).
@@ -157,7 +166,10 @@ async fn create_topic(bootstrap: &str, topic: &str, partitions: i32) -> Result<(
 }
 
 /// Mixed record sizes (log-uniform 100 B .. 16 KiB); half compressible text, half random.
-fn preload(bootstrap: &str, topic: &str, partitions: i32, bytes: u64) -> Result<u64> {
+/// Returns the records written and the payload bytes per partition (record n goes to
+/// partition n mod partitions, so with an even count the even partitions hold all the
+/// text and the odd ones all the random bytes: their batch bytes differ ~90x).
+fn preload(bootstrap: &str, topic: &str, partitions: i32, bytes: u64) -> Result<(u64, Vec<u64>)> {
     let p = producer(
         bootstrap,
         &[
@@ -168,6 +180,7 @@ fn preload(bootstrap: &str, topic: &str, partitions: i32, bytes: u64) -> Result<
     )?;
     let mut rng = rand::rng();
     let mut written = 0u64;
+    let mut per_part = vec![0u64; partitions as usize];
     let mut n = 0u64;
     let words = b"order shipped payment settled customer region warehouse invoice ";
     while written < bytes {
@@ -194,20 +207,24 @@ fn preload(bootstrap: &str, topic: &str, partitions: i32, bytes: u64) -> Result<
         )?;
         p.poll(Duration::ZERO);
         written += size as u64;
+        per_part[part as usize] += size as u64;
         n += 1;
     }
     p.flush(Duration::from_secs(300))?;
-    Ok(n)
+    Ok((n, per_part))
 }
 
-/// Bytes of record batches stored in a topic (compressed, as they cross the link).
-async fn wire_bytes(bootstrap: &str, topic: &str) -> Result<u64> {
+/// Bytes of record batches stored in each partition of a topic, by partition index
+/// (compressed, as they cross the link).
+async fn wire_bytes(bootstrap: &str, topic: &str) -> Result<Vec<u64>> {
     let c = Cluster::new("wire", bootstrap, SocketOptions::default());
-    let Some(t) = c.topic(topic).await? else {
-        return Ok(0);
+    let Some(mut t) = c.topic(topic).await? else {
+        return Ok(Vec::new());
     };
-    let mut total = 0u64;
+    t.partitions.sort_by_key(|p| p.index);
+    let mut per_part = Vec::new();
     for p in t.partitions {
+        let mut total = 0u64;
         let end = c.end_offset(topic, p.index).await?;
         let mut next = 0;
         while next < end {
@@ -219,23 +236,62 @@ async fn wire_bytes(bootstrap: &str, topic: &str) -> Result<u64> {
             next = last.header.next_offset();
             total += batches.iter().map(|b| b.bytes.len() as u64).sum::<u64>();
         }
+        per_part.push(total);
     }
-    Ok(total)
+    Ok(per_part)
 }
 
-fn baseline(source: &str, dest: &str, topic: &str, dest_topic: &str, records: u64) -> Result<()> {
-    // Tuned as a careful MirrorMaker user would: large fetches, deep prefetch queue,
-    // batching producer with idempotence and acks=all, kernel socket autotuning.
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", source)
+/// librdkafka's log lines (warnings, errors, and `debug` contexts when set) to stderr,
+/// stamped with the wall clock: the rdkafka crate otherwise hands them to the `log`
+/// facade, which nothing here prints.
+struct StderrLog;
+
+impl ClientContext for StderrLog {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, msg: &str) {
+        let ms = now_ms();
+        eprintln!("{}.{:03} {level:?} {fac} {msg}", ms / 1000, ms % 1000);
+    }
+}
+
+impl ConsumerContext for StderrLog {}
+
+fn baseline(
+    source: &str,
+    dest: &str,
+    topic: &str,
+    dest_topic: &str,
+    records: u64,
+    debug: &str,
+) -> Result<()> {
+    // Tuned as a careful MirrorMaker user would: fetches sized for the link, deep
+    // prefetch queue, batching producer with idempotence and acks=all, kernel socket
+    // autotuning.
+    //
+    // librdkafka keeps one Fetch in flight per broker connection, times it out after
+    // `socket.timeout.ms` and then drops the connection, throwing away what arrived.
+    // One CUBIC connection carries ~0.8-1.3 Mbit/s at 200 ms RTT and 1 % loss:
+    // a 50 MB answer (the former fetch.max.bytes) would take ~5 minutes, so every fetch
+    // timed out after 60 s and started over (bench/README.md, "The baseline's fetch
+    // size"). An 8 MiB answer takes ~50-100 s there, well within the raised 300 s
+    // timeout (librdkafka's maximum), and still fills a clean 200 Mbit/s link in
+    // ~0.35 s per round trip.
+    let mut cc = ClientConfig::new();
+    cc.set("bootstrap.servers", source)
         .set("group.id", "wanbench-baseline")
         .set("enable.auto.commit", "false")
-        .set("fetch.max.bytes", "52428800")
-        .set("max.partition.fetch.bytes", "10485760")
+        .set("fetch.max.bytes", "8388608")
+        .set("max.partition.fetch.bytes", "1048576")
+        .set("socket.timeout.ms", "300000")
         .set("fetch.wait.max.ms", "100")
         .set("queued.max.messages.kbytes", "1048576")
-        .set("socket.receive.buffer.bytes", "0")
-        .create()?;
+        .set("socket.receive.buffer.bytes", "0");
+    // The crate takes its log level from the `log` facade (off here): set it, so that
+    // librdkafka's warnings and errors (and `debug` lines) reach StderrLog.
+    cc.set_log_level(RDKafkaLogLevel::Debug);
+    if !debug.is_empty() {
+        cc.set("debug", debug);
+    }
+    let consumer: BaseConsumer<StderrLog> = cc.create_with_context(StderrLog)?;
     let rt = tokio::runtime::Runtime::new()?;
     let meta = rt.block_on(async {
         let c = Cluster::new("src", source, SocketOptions::default());
@@ -396,11 +452,15 @@ fn main() -> Result<()> {
         } => {
             let rt = tokio::runtime::Runtime::new()?;
             rt.block_on(create_topic(&bootstrap, &topic, partitions))?;
-            let n = preload(&bootstrap, &topic, partitions, bytes)?;
+            let (n, part_bytes) = preload(&bootstrap, &topic, partitions, bytes)?;
             let wire = rt.block_on(wire_bytes(&bootstrap, &topic))?;
             println!(
                 "{}",
-                serde_json::json!({"records": n, "bytes": bytes, "wire_bytes": wire})
+                serde_json::json!({
+                    "records": n, "bytes": part_bytes.iter().sum::<u64>(),
+                    "wire_bytes": wire.iter().sum::<u64>(),
+                    "partition_bytes": part_bytes, "partition_wire": wire,
+                })
             );
         }
         Cmd::Baseline {
@@ -409,7 +469,8 @@ fn main() -> Result<()> {
             topic,
             dest_topic,
             records,
-        } => baseline(&source, &dest, &topic, &dest_topic, records)?,
+            debug,
+        } => baseline(&source, &dest, &topic, &dest_topic, records, &debug)?,
         Cmd::LatencyProduce {
             bootstrap,
             topic,
@@ -421,23 +482,36 @@ fn main() -> Result<()> {
             rt.block_on(create_topic(&bootstrap, &topic, 1))?;
             latency_produce(&bootstrap, &topic, rate, size, seconds)?;
         }
-        Cmd::Ends { bootstrap, topic } => {
+        Cmd::Ends {
+            bootstrap,
+            topic,
+            no_wire,
+        } => {
             let rt = tokio::runtime::Runtime::new()?;
-            let total = rt.block_on(async {
+            let (ends, wire) = rt.block_on(async {
                 let c = Cluster::new("ends", &bootstrap, SocketOptions::default());
-                let mut total = 0i64;
-                if let Some(t) = c.topic(&topic).await? {
+                let mut ends = Vec::new();
+                if let Some(mut t) = c.topic(&topic).await? {
+                    t.partitions.sort_by_key(|p| p.index);
                     for p in t.partitions {
-                        total += c.end_offset(&topic, p.index).await?;
+                        ends.push(c.end_offset(&topic, p.index).await?);
                     }
                 }
-                let wire = wire_bytes(&bootstrap, &topic).await?;
-                anyhow::Ok((total, wire))
+                let wire = if no_wire {
+                    None
+                } else {
+                    Some(wire_bytes(&bootstrap, &topic).await?)
+                };
+                anyhow::Ok((ends, wire))
             })?;
             // Stored batch bytes: a byte-for-byte copy holds exactly the source's.
             println!(
                 "{}",
-                serde_json::json!({"end_offsets": total.0, "wire_bytes": total.1})
+                serde_json::json!({
+                    "end_offsets": ends.iter().sum::<i64>(), "partitions": ends,
+                    "wire_bytes": wire.as_ref().map(|w| w.iter().sum::<u64>()),
+                    "partition_wire": wire,
+                })
             );
         }
         Cmd::Hash {
