@@ -1,7 +1,7 @@
 //! The compatibility suite: the mirror's guarantees against real Apache Kafka (KRaft,
 //! started by `common::kafka`), with librdkafka producing and reading. Where tansu
 //! cannot show a case (DeleteRecords, compaction, ListOffsets, replication, leader
-//! changes, transactions), it is shown here.
+//! changes, transactions, secured listeners, MirrorMaker 2), it is shown here.
 
 mod common;
 
@@ -151,8 +151,8 @@ fn list_offsets_latest_is_the_high_watermark() {
     assert_eq!((low, high), (0, 500));
 }
 
-/// `--stop-at-end` on Kafka: ends at the source end taken at start, with more records
-/// arriving meanwhile, and a second run picks up exactly where the first stopped.
+/// `--stop-at-end` on Kafka: a run ends at the source end, and a second run, after
+/// more records arrived, picks up exactly where the first stopped.
 #[test]
 fn stop_at_end_then_resume_copies_each_record_once() {
     let pair = kafka_pair();
@@ -162,10 +162,8 @@ fn stop_at_end_then_resume_copies_each_record_once() {
         produce(&p, "s", part, &sample(3000, 40 + part as u64, |i| i % 700));
     }
     let cfg = pair.config("m.toml", &["s"], "");
-    let started = Instant::now();
     let (st, log) = mirror_to_end(&cfg);
     assert!(st.success(), "{log}");
-    assert!(started.elapsed() < Duration::from_secs(120));
     for part in 0..3 {
         assert_eq!(end_offset(&pair.b.bootstrap(), "dc-a.s", part), 3000);
         produce(&p, "s", part, &sample(1000, 50 + part as u64, |i| i % 700));
