@@ -42,18 +42,7 @@ fn offsets_identical_with_every_codec_headers_and_large_records() {
     }
     // Records from empty up to 1 MB, each in a batch of its own.
     topic(&pair.a, "sizes", 1);
-    let sizes = [0usize, 1, 100, 10_000, 100_000, 500_000, 1_000_000];
-    let recs: Vec<Rec> = sizes
-        .iter()
-        .enumerate()
-        .map(|(i, &n)| Rec {
-            offset: i as i64,
-            timestamp: Some(recent_ms() + i as i64),
-            key: Some(format!("size-{n}").into_bytes()),
-            value: Some((0..n).map(|x| (x * 7 + i) as u8).collect()),
-            headers: vec![("size".into(), Some(n.to_string().into_bytes()))],
-        })
-        .collect();
+    let recs = sized_records(&[0, 1, 100, 10_000, 100_000, 500_000, 1_000_000]);
     let big = producer(&pair.a.bootstrap(), "none", false);
     for r in &recs {
         produce(&big, "sizes", 0, std::slice::from_ref(r));
@@ -67,7 +56,7 @@ fn offsets_identical_with_every_codec_headers_and_large_records() {
             assert_eq!(assert_same(&pair, &t, &format!("dc-a.{t}"), part), 2000);
         }
     }
-    assert_eq!(assert_same(&pair, "sizes", "dc-a.sizes", 0), sizes.len());
+    assert_eq!(assert_same(&pair, "sizes", "dc-a.sizes", 0), recs.len());
 }
 
 #[test]
@@ -184,6 +173,16 @@ fn admin(bootstrap: &str) -> rdkafka::admin::AdminClient<rdkafka::client::Defaul
         .expect("admin client")
 }
 
+/// DeleteRecords: moves partition 0's log start of `topic` to `offset`.
+fn delete_records_before(bootstrap: &str, topic: &str, offset: i64) {
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    tpl.add_partition_offset(topic, 0, rdkafka::Offset::Offset(offset))
+        .expect("tpl");
+    runtime()
+        .block_on(admin(bootstrap).delete_records(&tpl, &rdkafka::admin::AdminOptions::new()))
+        .expect("DeleteRecords");
+}
+
 fn offset_map_keys<B: Broker>(b: &B) -> Vec<String> {
     consume_all(&b.bootstrap(), "__wanmirror_offsets", 0)
         .into_iter()
@@ -206,14 +205,7 @@ fn start_policy_pad_on_a_log_start_moved_by_delete_records() {
     let p = producer(&pair.a.bootstrap(), "lz4", true);
     let recs = sample(1000, 5, |i| i % 300);
     produce(&p, "trimmed", 0, &recs);
-    let mut tpl = rdkafka::TopicPartitionList::new();
-    tpl.add_partition_offset("trimmed", 0, rdkafka::Offset::Offset(400))
-        .expect("tpl");
-    runtime()
-        .block_on(
-            admin(&pair.a.bootstrap()).delete_records(&tpl, &rdkafka::admin::AdminOptions::new()),
-        )
-        .expect("DeleteRecords");
+    delete_records_before(&pair.a.bootstrap(), "trimmed", 400);
     let start = runtime()
         .block_on(async { pair.src().log_start("trimmed", 0).await })
         .expect("log start");
@@ -819,14 +811,7 @@ fn mm2_does_not_keep_offsets_and_diff_names_where() {
         0,
         &sample(1000, 4, |i| 100 + i % 200),
     );
-    let mut tpl = rdkafka::TopicPartitionList::new();
-    tpl.add_partition_offset("orders", 0, rdkafka::Offset::Offset(400))
-        .expect("tpl");
-    runtime()
-        .block_on(
-            admin(&pair.a.bootstrap()).delete_records(&tpl, &rdkafka::admin::AdminOptions::new()),
-        )
-        .expect("DeleteRecords");
+    delete_records_before(&pair.a.bootstrap(), "orders", 400);
 
     let cfg = pair.config("m.toml", &["orders"], "rename = \"wanmirror.{topic}\"");
     let (st, log) = mirror_to_end(&cfg);

@@ -42,18 +42,7 @@ fn sixteen_partitions_and_record_sizes_up_to_the_limit() {
         );
     }
     // 0 B up to just under the 1 MiB default max.message.bytes (batch overhead included).
-    let sizes = [0usize, 1, 100, 10_000, 100_000, 500_000, 1_000_000];
-    let recs: Vec<Rec> = sizes
-        .iter()
-        .enumerate()
-        .map(|(i, &n)| Rec {
-            offset: i as i64,
-            timestamp: Some(1_700_000_000_000 + i as i64),
-            key: Some(format!("size-{n}").into_bytes()),
-            value: Some((0..n).map(|x| (x * 7 + i) as u8).collect()),
-            headers: vec![],
-        })
-        .collect();
+    let recs = sized_records(&[0, 1, 100, 10_000, 100_000, 500_000, 1_000_000]);
     let big = producer(&pair.a.bootstrap(), "none", false);
     produce(&big, "sizes", 0, &recs);
     let cfg = pair.config("m.toml", &["wide", "sizes"], "rename = \"{topic}\"");
@@ -65,7 +54,7 @@ fn sixteen_partitions_and_record_sizes_up_to_the_limit() {
             200 + part as usize * 10
         );
     }
-    assert_eq!(assert_same(&pair, "sizes", "sizes", 0), sizes.len());
+    assert_eq!(assert_same(&pair, "sizes", "sizes", 0), recs.len());
 }
 
 #[test]

@@ -238,6 +238,21 @@ pub fn produce(p: &BaseProducer, topic: &str, partition: i32, recs: &[Rec]) {
     p.flush(Duration::from_secs(60)).expect("flush");
 }
 
+/// One record per size in `sizes` (value bytes), keyed and with a header naming it.
+pub fn sized_records(sizes: &[usize]) -> Vec<Rec> {
+    sizes
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| Rec {
+            offset: i as i64,
+            timestamp: Some(recent_ms() + i as i64),
+            key: Some(format!("size-{n}").into_bytes()),
+            value: Some((0..n).map(|x| (x * 7 + i) as u8).collect()),
+            headers: vec![("size".into(), Some(n.to_string().into_bytes()))],
+        })
+        .collect()
+}
+
 /// Milliseconds since the epoch, an hour ago (clear of any "too far in the future" check).
 pub fn recent_ms() -> i64 {
     std::time::SystemTime::now()
