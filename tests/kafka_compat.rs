@@ -592,7 +592,8 @@ fn source_leader_change_during_a_pooled_catch_up() {
 
 /// What Kafka does with the fetches the catch-up makes (decisions 27-29 and 31): a
 /// one-byte ask at, inside, or between batches, and inside the log's last batch, brings
-/// exactly one batch, the one holding the offset; the answer's head names it.
+/// exactly one batch, the one holding the offset; the answer's head names it. A larger
+/// limit that ends inside a batch is filled to the byte, that batch cut off.
 #[test]
 fn a_fetch_inside_a_batch_brings_the_batch_holding_it() {
     let a = KafkaCluster::start(Shape::single());
@@ -615,6 +616,17 @@ fn a_fetch_inside_a_batch_brings_the_batch_holding_it() {
     assert!(
         inside >= 5,
         "too few fetches landed inside a batch: {inside}"
+    );
+    // A byte limit that ends inside the second batch: Kafka sends exactly that many
+    // bytes, the second batch cut off, and those bytes are of no use (decision 28;
+    // the catch-up's `Sizing` asks for one batch less than a piece because of it).
+    let (_, first_whole) = scenarios::answer_bytes(&a.bootstrap(), "heads", 0, 1);
+    let limit = (first_whole + first_whole / 2) as i32;
+    let (sent, whole) = scenarios::answer_bytes(&a.bootstrap(), "heads", 0, limit);
+    assert_eq!(
+        (sent, whole),
+        (limit as usize, first_whole),
+        "a {limit}-byte ask: record bytes sent, and of whole batches"
     );
 }
 

@@ -81,8 +81,9 @@ pub(super) async fn run(
             size.scatter = true;
             let span = start.high_watermark - start.offset;
             // On Kafka a wide piece starting inside a batch receives that batch, which
-            // belongs to the piece before: at most one batch wasted per wide piece, so
-            // keep them few on short backlogs.
+            // the piece before would fetch too if its rest went out before this
+            // piece's head said where that batch begins (`Pieces` waits for heads,
+            // but briefly): keep them few on short backlogs.
             (span / (span / SCATTER_SPACING).clamp(2, SCATTER)).max(1)
         }
     };
@@ -113,8 +114,9 @@ pub(super) async fn run(
         piece_offsets = first_len, piece_bytes = size.piece_bytes(),
         "partition far behind; catching up in parallel pieces"
     );
-    // Heads of answers still arriving: (request id, first batch's base and next).
-    let (heads_tx, mut heads_rx) = mpsc::unbounded_channel::<(u64, i64, i64)>();
+    // Heads of answers still arriving: (request id, first batch's base and next,
+    // whether the request asked for one batch).
+    let (heads_tx, mut heads_rx) = mpsc::unbounded_channel::<(u64, i64, i64, bool)>();
     // A fetch goes on the connection leased for it, if any; pieces the writer waits for
     // (the head, duplicates of slow ones) are urgent and skip the queue. Retries go
     // through the pool afresh (the leader may have moved). Returns the leased
@@ -133,13 +135,14 @@ pub(super) async fn run(
         let shared = shared.clone();
         let topic = topic.clone();
         // A one-batch ask brings just the batch its head names: what lies past it can
-        // be asked for as soon as the head is in, seconds before the whole answer.
-        let heads = (bytes == 1).then(|| heads_tx.clone());
-        let id = r.id;
+        // be asked for as soon as the head is in, seconds before the whole answer. Any
+        // head says where the answer begins (below the fetch offset on Kafka).
+        let heads = heads_tx.clone();
+        let (id, one_batch) = (r.id, bytes == 1);
         let on_first = move || -> Option<OnFirstBatch> {
-            let tx = heads.clone()?;
+            let tx = heads.clone();
             Some(Box::new(move |base, next| {
-                let _ = tx.send((id, base, next));
+                let _ = tx.send((id, base, next, one_batch));
             }))
         };
         tasks.spawn(async move {
@@ -253,6 +256,7 @@ pub(super) async fn run(
                                 );
                             }
                             mid_batch = seen;
+                            pieces.set_mid_batch(seen);
                         }
                         if let (Some(first), Some(last)) = (batches.first(), batches.last()) {
                             let span = (last.header.next_offset() - first.header.base_offset).max(1);
@@ -316,9 +320,13 @@ pub(super) async fn run(
                     }
                 }
             }
-            Some((id, base, next)) = heads_rx.recv() => {
+            Some((id, base, next, one_batch)) = heads_rx.recv() => {
                 tracing::debug!(topic = %topic, partition = p, id, base, next, "piece head");
-                pieces.on_first_batch(id, base, next);
+                if one_batch {
+                    pieces.on_first_batch(id, base, next, now());
+                } else {
+                    pieces.on_head(id, base, now());
+                }
             }
             _ = tokio::time::sleep(STEAL_CHECK) => {}
             _ = tx.closed() => return None,
@@ -385,11 +393,12 @@ impl Drop for CountGuard<'_> {
 
 /// How many bytes a piece is, and how many to ask a broker for.
 ///
-/// Brokers differ in what a byte limit means: Kafka stops before the batch that would
-/// exceed it, tansu includes that batch. Asking for one largest batch less than the
-/// piece makes tansu answer about the piece and Kafka a little less (the rest is
-/// fetched as a remainder), so neither sends much beyond the piece: bytes beyond it
-/// cross the WAN twice.
+/// Brokers differ in what a byte limit means: Kafka sends exactly that many bytes of
+/// log, the last batch cut off (dropped here, and fetched again with the rest), tansu
+/// includes that batch whole. Asking for one largest batch less than the piece makes
+/// tansu answer about the piece and Kafka a little less (the rest is fetched as a
+/// remainder), so neither sends much beyond the piece: bytes beyond it cross the WAN
+/// twice. (A one-byte ask brings exactly the first batch on both.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Sizing {
     configured: usize,

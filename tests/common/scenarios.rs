@@ -193,6 +193,22 @@ pub fn diff_json(
     (code, json)
 }
 
+/// One fetch at `offset` of partition 0 asking for `max_bytes`: the bytes of the
+/// answer's record set, and the bytes of the whole batches in it (a broker may cut
+/// the last batch off at the limit).
+pub fn answer_bytes(bootstrap: &str, topic: &str, offset: i64, max_bytes: i32) -> (usize, usize) {
+    use wanmirror::kafka::batch::split_batches;
+    runtime().block_on(async {
+        let c = Cluster::new("dc-a", bootstrap, SocketOptions::default());
+        let f = c
+            .fetch_piece(topic, 0, offset, max_bytes, false, None)
+            .await
+            .expect("fetch");
+        let whole = split_batches(&f.records).expect("batches");
+        (f.records.len(), whole.iter().map(|b| b.bytes.len()).sum())
+    })
+}
+
 /// One-byte catch-up fetches of a real broker's log (batches of up to 20 records):
 /// each brings exactly one batch, and where the answer is larger than its head, the
 /// head names that batch. Returns (offset, first batch base, next) per fetch.
