@@ -6,7 +6,7 @@ One command: `python3 bench/run.py` (root). `--smoke` runs one small profile.
 `--broker kafka` runs Apache Kafka (KRaft, single node) in both DCs instead of tansu.
 Results: bench/results/results.{json,md} and goodput.png.
 """
-import argparse, base64, json, os, shutil, statistics, subprocess, sys, tempfile, time, uuid
+import argparse, base64, json, os, shutil, signal, statistics, subprocess, sys, tempfile, time, uuid
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -139,9 +139,14 @@ def java():
     return str(Path(jh) / "bin" / "java") if jh and (Path(jh) / "bin" / "java").exists() else "java"
 
 
-def kafka_cmd(main_class, *args, heap=("-Xms256m", "-Xmx512m"), gc=("-XX:+UseSerialGC",)):
+def kafka_cmd(main_class, *args, tmp, heap=("-Xms256m", "-Xmx512m"), gc=("-XX:+UseSerialGC",)):
+    # `tmp`: the JVM's temporary directory, inside the run's directory (removed after
+    # the run): the Kafka clients unpack their compression libraries there, and a
+    # killed JVM leaves them behind.
     k = kafka_setup()
-    return [java(), *heap, *gc, f"-Dlog4j2.configurationFile={k['home'] / 'log4j2.yaml'}",
+    Path(tmp).mkdir(parents=True, exist_ok=True)
+    return [java(), *heap, *gc, f"-Djava.io.tmpdir={tmp}",
+            f"-Dlog4j2.configurationFile={k['home'] / 'log4j2.yaml'}",
             "-cp", f"{k['libs']}/*", main_class, *args]
 
 
@@ -181,7 +186,7 @@ def kafka_brokers(procs, workdir):
         cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
         formats.append(subprocess.Popen(kafka_cmd("kafka.tools.StorageTool", "format", "--config",
                                                   str(d / "server.properties"), "--cluster-id", cid,
-                                                  "--standalone", heap=("-Xmx256m",)),
+                                                  "--standalone", tmp=d / "tmp", heap=("-Xmx256m",)),
                                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
     for f in formats:
         out, _ = f.communicate(timeout=120)
@@ -190,7 +195,7 @@ def kafka_brokers(procs, workdir):
     for nsname, host, name in nodes:
         d = workdir / name
         log = open(d / "broker.log", "w")
-        procs.ps.append(subprocess.Popen(ns(nsname, kafka_cmd("kafka.Kafka", str(d / "server.properties"))),
+        procs.ps.append(subprocess.Popen(ns(nsname, kafka_cmd("kafka.Kafka", str(d / "server.properties"), tmp=d / "tmp")),
                                          stdout=log, stderr=subprocess.STDOUT))
     for nsname, host, name in nodes:
         try:
@@ -284,7 +289,7 @@ def mm2_config(path, topic, partitions):
 def mm2_cmd(cfg):
     # The heap and JVM options of Kafka's connect-mirror-maker.sh / kafka-run-class.sh.
     return kafka_cmd("org.apache.kafka.connect.mirror.MirrorMaker", str(cfg), "--clusters", "dc-b",
-                     heap=("-Xms256m", "-Xmx2g"),
+                     tmp=Path(cfg).parent / "mm2-tmp", heap=("-Xms256m", "-Xmx2g"),
                      gc=("-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20", "-XX:InitiatingHeapOccupancyPercent=35",
                          "-XX:+ExplicitGCInvokesConcurrent", "-Djava.awt.headless=true"))
 
@@ -555,6 +560,9 @@ def write_outputs(results, args, outdir):
 
 
 def main():
+    # A kill (SIGTERM, as from `timeout` or a CI runner) unwinds through the `finally`
+    # blocks like Ctrl-C does, so brokers, contenders and the link are stopped.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--rtts", default="0,50,100,200", help="round-trip times in ms, comma-separated")
     ap.add_argument("--losses", default="0,0.1,1", help="loss rates in %%, comma-separated (applied in both directions)")

@@ -91,6 +91,14 @@ pub struct KafkaCluster {
     tls: Option<Tls>,
 }
 
+/// The JVM's temporary directory inside `dir`, which the test removes: the Kafka
+/// clients unpack their compression libraries there, and a killed JVM leaves them.
+fn java_tmpdir(dir: &std::path::Path) -> String {
+    let tmp = dir.join("java-tmp");
+    std::fs::create_dir_all(&tmp).expect("java tmpdir");
+    format!("-Djava.io.tmpdir={}", tmp.display())
+}
+
 /// A random cluster id as Kafka writes it: 16 bytes, URL-safe base64 without padding;
 /// like Kafka's own, never starting with '-' (the formatter would read it as an option).
 fn cluster_id() -> String {
@@ -298,6 +306,7 @@ impl KafkaCluster {
             "-XX:TieredStopAtLevel=1",
         ])
         .arg("-Djava.awt.headless=true")
+        .arg(java_tmpdir(self._dir.path()))
         .arg(format!(
             "-Dlog4j2.configurationFile={}",
             self.log4j.display()
@@ -468,6 +477,7 @@ impl MirrorMaker {
                 "-XX:+UseSerialGC",
                 "-XX:TieredStopAtLevel=1",
             ])
+            .arg(java_tmpdir(dir))
             .arg(format!(
                 "-Dlog4j2.configurationFile={}",
                 home.join("log4j2.yaml").display()
