@@ -69,8 +69,19 @@ fn tails_new_records_new_topics_and_stops_cleanly_on_sigterm() {
     eventually(Duration::from_secs(60), "initial copy", || {
         topic_exists(&b, "dc-a.live") && end_offset(&b, "dc-a.live", 0) == 500
     });
-    // Records produced while tailing, and a topic created while running.
-    produce(&p, "live", 1, &sample(300, 2, |i| i % 50));
+    // Records produced while tailing (stamped now: their replication latency is how
+    // long the mirror took; after a progress interval, so that no batch of the first
+    // copy shares their line), and a topic created while running.
+    std::thread::sleep(Duration::from_millis(1_500));
+    let now = recent_ms() + 3_600_000;
+    let fresh: Vec<Rec> = sample(300, 2, |i| i % 50)
+        .into_iter()
+        .map(|r| Rec {
+            timestamp: Some(now),
+            ..r
+        })
+        .collect();
+    produce(&p, "live", 1, &fresh);
     create_topic(&pair.a.bootstrap(), "late", 1);
     produce(&p, "late", 0, &sample(100, 3, |i| i));
     eventually(Duration::from_secs(60), "tailed copy", || {
@@ -84,6 +95,18 @@ fn tails_new_records_new_topics_and_stops_cleanly_on_sigterm() {
     let log = m.log_text();
     assert!(log.contains("caught up"), "{log}");
     assert!(log.contains("progress"), "{log}");
+    // Replication latency per topic on the progress lines: the first copy's records
+    // were stamped an hour ago, the tailed ones a moment before they were produced.
+    let late = latencies(&log, "late");
+    assert!(
+        !late.is_empty() && late.iter().all(|ms| *ms >= 3_600_000),
+        "the hour-old records: {late:?}"
+    );
+    let live = latencies(&log, "live");
+    assert!(
+        live.iter().any(|ms| *ms < 60_000),
+        "the tailed records: {live:?}"
+    );
     assert_same(&pair, "live", "dc-a.live", 0);
     assert_same(&pair, "live", "dc-a.live", 1);
     assert_same(&pair, "late", "dc-a.late", 0);
@@ -173,4 +196,16 @@ fn batches_are_forwarded_as_bytes_and_topic_configs_are_copied() {
             "{copied:?}"
         );
     });
+}
+
+/// The p50 replication latencies the progress lines of `log` give for `topic`.
+fn latencies(log: &str, topic: &str) -> Vec<u64> {
+    let key = format!("\"{topic}\": \"p50 ");
+    log.lines()
+        .filter(|l| l.contains(" progress"))
+        .filter_map(|l| {
+            let rest = &l[l.find(&key)? + key.len()..];
+            rest.split(' ').next()?.parse().ok()
+        })
+        .collect()
 }

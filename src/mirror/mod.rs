@@ -8,6 +8,7 @@ pub mod catch_up;
 pub mod cursor;
 pub mod error;
 pub mod fence;
+pub mod latency;
 pub mod offset_map;
 pub mod partition;
 pub mod pieces;
@@ -54,6 +55,8 @@ pub struct Shared {
 pub struct Stats {
     bytes: AtomicU64,
     parts: Mutex<BTreeMap<Job, (i64, i64)>>,
+    /// Replication latency of the batches written since the last progress line.
+    pub latency: latency::Latencies,
 }
 
 impl Stats {
@@ -365,10 +368,18 @@ async fn progress_loop(shared: Arc<Shared>) {
 fn log_progress(shared: &Shared, bytes: u64, over: Duration) {
     let rate = bytes as f64 / over.as_secs_f64();
     let lag = shared.stats.lag_by_topic();
+    let latency: BTreeMap<String, String> = shared
+        .stats
+        .latency
+        .take()
+        .into_iter()
+        .map(|(t, s)| (t, s.to_string()))
+        .collect();
     tracing::info!(
         bytes_per_sec = rate as u64,
         total_bytes = shared.stats.bytes.load(Ordering::Relaxed),
         lag = ?lag,
+        latency = ?latency,
         "progress"
     );
 }

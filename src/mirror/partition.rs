@@ -103,6 +103,7 @@ pub async fn run(shared: Arc<Shared>, job: Job) -> Result<(), MirrorError> {
         sequence,
         end: dest_end,
         fetch_bytes: cfg.fetch_bytes,
+        acked: Vec::new(),
     };
     pad_to(&shared, &job, &mut cursor, &mut sink, src_start).await?;
 
@@ -139,6 +140,9 @@ pub async fn run(shared: Arc<Shared>, job: Job) -> Result<(), MirrorError> {
                 let (steps, refusal) = cursor.plan(&batches);
                 let bytes = sink.write(steps).await?;
                 shared.stats.record(&job, sink.end, high_watermark, bytes);
+                for (ts, at) in sink.take_acked() {
+                    shared.stats.latency.record(st, ts, at);
+                }
                 if let Some(r) = refusal {
                     return Err(refused(&job, r));
                 }

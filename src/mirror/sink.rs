@@ -39,6 +39,9 @@ pub struct PartitionSink {
     pub end: i64,
     /// Bytes per fetch when the last batch must be read again.
     pub fetch_bytes: usize,
+    /// (max timestamp, acknowledged at) of the source batches written since the last
+    /// [`PartitionSink::take_acked`], both in ms since the epoch: replication latency.
+    pub acked: Vec<(i64, i64)>,
 }
 
 /// The producer epoch and sequence a partition's next write carries.
@@ -61,7 +64,19 @@ pub fn lineage(last: Option<&BatchHeader>, producer_id: i64, own_epoch: i16) -> 
     }
 }
 
+/// Wall-clock milliseconds since the epoch.
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
 impl PartitionSink {
+    /// The acknowledgements recorded since the last call (see `acked`).
+    pub fn take_acked(&mut self) -> Vec<(i64, i64)> {
+        std::mem::take(&mut self.acked)
+    }
+
     fn stamp(&mut self, records: i32) -> ProducerStamp {
         let s = ProducerStamp {
             producer_id: self.producer_id,
@@ -80,13 +95,20 @@ impl PartitionSink {
         let mut written = 0u64;
         for step in steps {
             match step {
-                Step::Append(b) => written += self.append(vec![b]).await?,
+                Step::Append(b) => {
+                    let ts = b.header.max_timestamp;
+                    written += self.append(vec![b]).await?;
+                    self.acked.push((ts, now_ms()));
+                }
                 Step::Fill {
                     from,
                     to,
                     timestamp,
                 } => self.fill(from, to, timestamp, "gap").await?,
-                Step::Densify { batch, from } => written += self.densify(&batch, from).await?,
+                Step::Densify { batch, from } => {
+                    written += self.densify(&batch, from).await?;
+                    self.acked.push((batch.header.max_timestamp, now_ms()));
+                }
             }
         }
         Ok(written)
