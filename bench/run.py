@@ -224,7 +224,7 @@ def wb(nsname, args):
 MIRROR_EXTRA = ""  # --mirror-extra: lines added under [mirror] for both wanmirror contenders
 
 
-def mirror_config(path, topics, contender):
+def mirror_config(path, topics, contender, wait_ms=100):
     extra = ""
     if contender == "wanmirror-1conn":
         # Catch-up over a single pooled connection (plus the long-poll one when tailing).
@@ -232,10 +232,10 @@ def mirror_config(path, topics, contender):
     path.write_text(
         f'[source]\nname = "dc-a"\nbootstrap = "{SRC_ADDR}"\n[destination]\nname = "dc-b"\n'
         f'bootstrap = "{DST_ADDR}"\n[mirror]\ntopics = {json.dumps(topics)}\nreplication_factor = 1\n'
-        f'tail_wait_ms = 100\nprogress_interval_secs = 2\n{MIRROR_EXTRA}\n{extra}')
+        f'tail_wait_ms = {wait_ms}\nprogress_interval_secs = 2\n{MIRROR_EXTRA}\n{extra}')
 
 
-def mm2_config(path, topic, partitions):
+def mm2_config(path, topic, partitions, wait_ms=None):
     """MirrorMaker 2 (dedicated mode) as a careful operator sets it up for one lossy
     long link: every setting and why in bench/README.md."""
     fetch = 4 << 20
@@ -275,6 +275,7 @@ def mm2_config(path, topic, partitions):
         f"dc-a.consumer.max.partition.fetch.bytes = {fetch}",
         "dc-a.consumer.receive.buffer.bytes = -1",
         "dc-a.consumer.request.timeout.ms = 120000",
+        *([f"dc-a.consumer.fetch.max.wait.ms = {wait_ms}"] if wait_ms else []),
         "dc-a.producer.send.buffer.bytes = -1",
         # Destination producers: batching, lz4 (as the source batches are), acks=all.
         "dc-b.producer.batch.size = 524288",
@@ -294,16 +295,20 @@ def mm2_cmd(cfg):
                          "-XX:+ExplicitGCInvokesConcurrent", "-Djava.awt.headless=true"))
 
 
-def contender_cmd(contender, topic, records, tail, cfgdir, partitions=1):
+def contender_cmd(contender, topic, records, tail, cfgdir, partitions=1, wait_ms=None):
+    """`wait_ms`: how long a fetch at the source's end waits for new data (the
+    mirror's `tail_wait_ms`, the baseline's and MM2's fetch wait); by default 100 ms
+    for the mirror and the baseline, and the Java consumer's 500 ms for MM2."""
     if contender == "mm2":
-        cfg = cfgdir / f"mm2-{topic}.properties"
-        mm2_config(cfg, topic, partitions)
+        cfg = cfgdir / f"mm2-{topic.replace('|', '-')}.properties"
+        mm2_config(cfg, topic, partitions, wait_ms)
         return mm2_cmd(cfg)
     if contender == "baseline":
         return [str(REL / "wanbench"), "baseline", "--source", SRC_ADDR, "--dest", DST_ADDR,
-                "--topic", topic, "--dest-topic", f"dc-a.{topic}", "--records", str(0 if tail else records)]
+                "--topic", topic, "--dest-topic", f"dc-a.{topic}", "--records", str(0 if tail else records),
+                "--fetch-wait-ms", str(wait_ms or 100)]
     cfg = cfgdir / f"{contender}-{topic}.toml"
-    mirror_config(cfg, [topic], contender)
+    mirror_config(cfg, [topic], contender, wait_ms or 100)
     return [str(REL / "wanmirror"), "run", "--config", str(cfg)] + ([] if tail else ["--stop-at-end"])
 
 
@@ -481,18 +486,106 @@ def latency(contender, args, cfgdir, procs):
             "lat_records": r["records"]}
 
 
-def wait_mm2_tailing(limit=120):
-    sh(ns(SRC_NS, [str(REL / "wanbench"), "latency-produce", "--bootstrap", SRC_ADDR, "--topic", "lat-probe",
+def wait_mm2_tailing(limit=120, probe="lat-probe"):
+    sh(ns(SRC_NS, [str(REL / "wanbench"), "latency-produce", "--bootstrap", SRC_ADDR, "--topic", probe,
                    "--rate", "10", "--seconds", "1"]))
     t = time.time()
     while time.time() - t < limit:
         try:
-            if ends(DST_NS, DST_ADDR, "dc-a.lat-probe", wire=False)["end_offsets"] >= 10:
+            if ends(DST_NS, DST_ADDR, f"dc-a.{probe}", wire=False)["end_offsets"] >= 10:
                 return
         except subprocess.CalledProcessError:
             pass
         time.sleep(0.5)
     raise RuntimeError("mm2 did not start copying the latency topic")
+
+
+def live_wait_ms():
+    """The fetch wait at the source's end in the live profiles. Apache Kafka answers a
+    long poll as soon as data arrives, so the usual 500 ms costs nothing. tansu 0.6
+    sleeps out most of the wait before it answers (docs/tansu-quirks.md), so every
+    contender there waits 20 ms: shorter waits poll the source across the link
+    all the time, longer ones are a latency floor that is the broker's, not the
+    contender's."""
+    return 20 if BROKER == "tansu" else 500
+
+
+def live_run(profile, contender, args, cfgdir):
+    """A live stream: the contender runs first, tailing an empty topic of
+    `--partitions` partitions; then records of `--live-record-bytes` random bytes are
+    written at `live_pct` % of the link rate for `--live-secs` s, stamped with their
+    send time, and read back in the destination DC as they arrive."""
+    procs = Procs()
+    workdir = Path(tempfile.mkdtemp(prefix="wb-live-"))
+    try:
+        cc = link_up(profile)
+        brokers(procs, workdir)
+        topic, parts, size = "live", args.partitions, args.live_record_bytes
+        wb(SRC_NS, ["preload", "--bootstrap", SRC_ADDR, "--topic", topic, "--partitions", str(parts), "--bytes", "0"])
+        rate = int(profile["live_pct"] / 100 * profile["rate_mbit"] * 1e6 / 8 / size)
+        n = rate * args.live_secs
+        wait_ms = live_wait_ms()
+        timefile = cfgdir / "time.txt"
+        if contender == "mm2":
+            wb(SRC_NS, ["preload", "--bootstrap", SRC_ADDR, "--topic", "live-probe", "--partitions", "1", "--bytes", "0"])
+            cmd = contender_cmd(contender, "live|live-probe", 0, True, cfgdir, parts, wait_ms)
+        else:
+            cmd = contender_cmd(contender, topic, 0, True, cfgdir, parts, wait_ms)
+        log = subprocess.DEVNULL
+        if args.logs:
+            Path(args.logs).mkdir(parents=True, exist_ok=True)
+            log = open(Path(args.logs) / f"live-rtt{profile['rtt_ms']}-loss{profile['loss_pct']}-load{profile['live_pct']}-{contender}-{int(time.time())}.log", "w")
+        p = subprocess.Popen(ns(DST_NS, ["env", "RUST_LOG=" + os.environ.get("WANBENCH_RUST_LOG", "info"),
+                                         "/usr/bin/time", "-o", str(timefile), "-f", "%e %U %S %M"] + cmd),
+                             stdout=log if contender == "mm2" else subprocess.DEVNULL, stderr=log)
+        procs.ps.append(p)
+        if contender == "mm2":
+            wait_mm2_tailing(probe="live-probe")
+        cons = subprocess.Popen(ns(DST_NS, [str(REL / "wanbench"), "latency-consume", "--bootstrap", DST_ADDR,
+                                            "--topic", f"dc-a.{topic}", "--partitions", str(parts), "--records", str(n),
+                                            "--timeout-secs", str(args.live_secs + args.live_drain_cap + 60)]),
+                                stdout=subprocess.PIPE, text=True)
+        procs.ps.append(cons)
+        time.sleep(3)  # the contender and the consumer settle on the empty topic
+        samples = LinkSampler()
+        prod = subprocess.run(ns(SRC_NS, [str(REL / "wanbench"), "latency-produce", "--bootstrap", SRC_ADDR,
+                                          "--topic", topic, "--partitions", str(parts), "--rate", str(rate),
+                                          "--size", str(size), "--seconds", str(args.live_secs), "--linger-ms", "5"]),
+                              capture_output=True, text=True, check=True)
+        pace = json.loads(prod.stderr.strip().splitlines()[-1])
+        # The load stopped: what is left must arrive within the drain cap.
+        try:
+            out, _ = cons.communicate(timeout=args.live_drain_cap + 60)
+        except subprocess.TimeoutExpired:
+            cons.kill()
+            out, _ = cons.communicate()
+        carried = samples.carried()
+        samples.stop()
+        stop_contender(p, 20)
+        r = json.loads(out.strip().splitlines()[-1])
+        fields = timefile.read_text().split()[-4:] if timefile.exists() else []
+        timefile.unlink(missing_ok=True)
+        cpu = float(fields[1]) + float(fields[2]) if len(fields) == 4 else None
+        gb = r["records"] * size / 1e9
+        return {
+            "broker": BROKER, "congestion_control": cc, "tail_wait_ms": wait_ms,
+            "rate_records_s": rate, "records": n, "copied_records": r["records"],
+            "copied_pct": round(100 * r["records"] / n, 2) if n else None, "duplicates": r["duplicates"],
+            "produce_s": round(pace["seconds"], 2), "produce_max_behind_ms": pace["max_behind_ms"],
+            "lat_p50_ms": r["p50_ms"], "lat_p99_ms": r["p99_ms"], "lat_p999_ms": r["p999_ms"], "lat_max_ms": r["max_ms"],
+            # Still to copy when the load stopped, in records and in seconds of load.
+            "lag_at_stop_records": r["lag_at_stop_records"],
+            "lag_at_stop_s": round(r["lag_at_stop_records"] / rate, 2) if rate else None,
+            "drain_s": r["drain_s"],
+            "carried_MB": round(carried / 1e6, 1) if carried is not None else None,
+            "cpu_s_per_GB": round(cpu / gb, 2) if cpu is not None and gb > 0 else None,
+            "peak_rss_MB": round(int(fields[3]) / 1024, 1) if len(fields) == 4 else None,
+            "cdf": r["cdf"],
+        }
+    finally:
+        procs.stop_all()
+        link_down()
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def summarise(runs):
@@ -513,25 +606,13 @@ def write_outputs(results, args, outdir):
             p = Path(rec[k]).resolve()
             rec[k] = str(p.relative_to(ROOT)) if p.is_relative_to(ROOT) else p.name
     (outdir / "results.json").write_text(json.dumps({"args": rec, "results": results}, indent=2))
-    lines = ["| RTT ms | loss % | contender | payload MB/s | % of link (wire), whole run | % of link, sustained | link carried % | copied % | time s | lat p50/p99/p99.9 ms | CPU s/GB | RSS MB |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    fmt = lambda s, k: ("%g (%g–%g)" % (s[k]["median"], s[k]["min"], s[k]["max"])) if k in s else "n/a"
-    for r in results:
-        s = r["summary"]
-        lat = "/".join(str(s[k]["median"]) if k in s else "n/a" for k in ("lat_p50_ms", "lat_p99_ms", "lat_p999_ms"))
-        lines.append(f"| {r['profile']['rtt_ms']} | {r['profile']['loss_pct']} | {r['contender']} | {fmt(s, 'goodput_MBps')} | "
-                     f"{fmt(s, 'link_pct')} | {fmt(s, 'steady_link_pct')} | {fmt(s, 'carried_link_pct')} | {fmt(s, 'copied_pct')} | {fmt(s, 'time_s')} | {lat} | {fmt(s, 'cpu_s_per_GB')} | {fmt(s, 'peak_rss_MB')} |")
-    dups = [f"{r['contender']} at {r['profile']['rtt_ms']:g} ms / {r['profile']['loss_pct']:g} %: "
-            + ", ".join(str(x.get("duplicates", 0)) for x in r["runs"])
-            for r in results if any(x.get("duplicates") for x in r["runs"])]
-    if dups:
-        lines += ["", "Duplicate records at the destination (per run): " + "; ".join(dups) + "."]
-    md = "\n".join(lines) + ("\n\nBrokers: %s in both DCs. Each cell: median (min–max) of %d runs. Link cap %s Mbit/s; dataset %d MB; catch-up capped at %d s. "
-         "Whole run: stored batch bytes copied / wall time from process start to exit. Sustained: the same bytes over the time "
-         "the link carried the middle 80 %% of the run's traffic (start-up and tail left out). "
-         "Link carried: everything the emulated link delivered towards the destination during the run (headers, retransmissions, "
-         "answers thrown away) over the same wall time. Copied: records at the destination, of the source's.\n") % (
-        args.broker, args.runs, args.rate_mbit, args.dataset_mb, args.cap_secs)
+    catch = [r for r in results if "live_pct" not in r["profile"]]
+    live = [r for r in results if "live_pct" in r["profile"]]
+    md = ""
+    if catch:
+        md += catch_up_table(catch, args)
+    if live:
+        md += ("\n" if md else "") + live_table(live, args)
     (outdir / "results.md").write_text(md)
     print(md)
     try:
@@ -541,6 +622,64 @@ def write_outputs(results, args, outdir):
     except ImportError:
         print("matplotlib missing: no chart", file=sys.stderr)
         return
+    if catch:
+        goodput_chart(plt, catch, args, outdir / "goodput.png")
+    if live:
+        latency_chart(plt, live, outdir / "latency.png")
+
+
+FMT = lambda s, k: ("%g (%g–%g)" % (s[k]["median"], s[k]["min"], s[k]["max"])) if k in s else "n/a"
+
+
+def catch_up_table(results, args):
+    lines = ["| RTT ms | loss % | contender | payload MB/s | % of link (wire), whole run | % of link, sustained | link carried % | copied % | time s | lat p50/p99/p99.9 ms | CPU s/GB | RSS MB |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    fmt = FMT
+    for r in results:
+        s = r["summary"]
+        lat = "/".join(str(s[k]["median"]) if k in s else "n/a" for k in ("lat_p50_ms", "lat_p99_ms", "lat_p999_ms"))
+        lines.append(f"| {r['profile']['rtt_ms']} | {r['profile']['loss_pct']} | {r['contender']} | {fmt(s, 'goodput_MBps')} | "
+                     f"{fmt(s, 'link_pct')} | {fmt(s, 'steady_link_pct')} | {fmt(s, 'carried_link_pct')} | {fmt(s, 'copied_pct')} | {fmt(s, 'time_s')} | {lat} | {fmt(s, 'cpu_s_per_GB')} | {fmt(s, 'peak_rss_MB')} |")
+    lines += dup_note(results, "Duplicate records at the destination (per run)",
+                      lambda pr: f"{pr['rtt_ms']:g} ms / {pr['loss_pct']:g} %")
+    return "\n".join(lines) + ("\n\nBrokers: %s in both DCs. Each cell: median (min–max) of %d runs. Link cap %s Mbit/s; dataset %d MB; catch-up capped at %d s. "
+         "Whole run: stored batch bytes copied / wall time from process start to exit. Sustained: the same bytes over the time "
+         "the link carried the middle 80 %% of the run's traffic (start-up and tail left out). "
+         "Link carried: everything the emulated link delivered towards the destination during the run (headers, retransmissions, "
+         "answers thrown away) over the same wall time. Copied: records at the destination, of the source's.\n") % (
+        args.broker, args.runs, args.rate_mbit, args.dataset_mb, args.cap_secs)
+
+
+def dup_note(results, title, where):
+    """A line under a table naming each contender and profile with duplicates."""
+    dups = [f"{r['contender']} at {where(r['profile'])}: " + ", ".join(str(x.get("duplicates", 0)) for x in r["runs"])
+            for r in results if any(x.get("duplicates") for x in r["runs"])]
+    return ["", f"{title}: " + "; ".join(dups) + "."] if dups else []
+
+
+def live_table(results, args):
+    lines = ["| RTT ms | loss % | load % of link | contender | latency p50 ms | p99 ms | p99.9 ms | max ms | lag at load stop, s of load | drain s | copied % | CPU s/GB | RSS MB |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    fmt = FMT
+    for r in results:
+        s, pr = r["summary"], r["profile"]
+        undrained = sum(1 for x in r["runs"] if x.get("drain_s") is None)
+        drain = fmt(s, "drain_s") + (f" ({undrained} of {len(r['runs'])} never drained)" if undrained else "")
+        lines.append(f"| {pr['rtt_ms']:g} | {pr['loss_pct']:g} | {pr['live_pct']:g} | {r['contender']} | {fmt(s, 'lat_p50_ms')} | "
+                     f"{fmt(s, 'lat_p99_ms')} | {fmt(s, 'lat_p999_ms')} | {fmt(s, 'lat_max_ms')} | {fmt(s, 'lag_at_stop_s')} | "
+                     f"{drain} | {fmt(s, 'copied_pct')} | {fmt(s, 'cpu_s_per_GB')} | {fmt(s, 'peak_rss_MB')} |")
+    lines += dup_note(results, "Records read twice at the destination (per run)",
+                      lambda pr: f"{pr['loss_pct']:g} % loss / {pr['live_pct']:g} % load")
+    wait = results[0]["runs"][0].get("tail_wait_ms")
+    return "\n".join(lines) + ("\n\nLive profiles. Brokers: %s in both DCs; fetch wait at the source's end %s ms for every contender. "
+         "Each cell: median (min–max) of %d runs. Link cap %s Mbit/s; %d partitions; %d-byte random records written at the load's "
+         "share of the link rate (payload) for %d s, stamped with their send time; latency is read time in the destination DC "
+         "minus that stamp. Lag at load stop: records not yet read when the load stopped, in seconds of load. Drain: seconds from "
+         "the load's end until the last record was read (a run that never drained waited %d s).\n") % (
+        args.broker, wait, args.runs, args.rate_mbit, args.partitions, args.live_record_bytes, args.live_secs, args.live_drain_cap)
+
+
+def goodput_chart(plt, results, args, path):
     rtts = sorted({r["profile"]["rtt_ms"] for r in results})
     fig, axes = plt.subplots(1, len(rtts), figsize=(4 * len(rtts), 3.6), squeeze=False, sharey=True)
     for ax, rtt in zip(axes[0], rtts):
@@ -556,7 +695,32 @@ def write_outputs(results, args, outdir):
     axes[0][0].set_ylabel("goodput on the wire, Mbit/s")
     axes[0][-1].legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(outdir / "goodput.png", dpi=110)
+    fig.savefig(path, dpi=110)
+
+
+def latency_chart(plt, results, path):
+    """One panel per live profile: each contender's latency CDF, from the run whose
+    p99 is the median of its runs."""
+    profiles = sorted({(r["profile"]["rtt_ms"], r["profile"]["loss_pct"], r["profile"]["live_pct"]) for r in results})
+    fig, axes = plt.subplots(1, len(profiles), figsize=(4.2 * len(profiles), 3.6), squeeze=False)
+    for ax, (rtt, loss, load) in zip(axes[0], profiles):
+        for r in results:
+            pr = r["profile"]
+            if (pr["rtt_ms"], pr["loss_pct"], pr["live_pct"]) != (rtt, loss, load):
+                continue
+            runs = sorted((x for x in r["runs"] if x.get("cdf")), key=lambda x: x["lat_p99_ms"])
+            if not runs:
+                continue
+            cdf = runs[len(runs) // 2]["cdf"]
+            ax.plot([max(v, 1) for _, v in cdf], [q for q, _ in cdf], label=r["contender"])
+        ax.set_xscale("log")
+        ax.set_title(f"RTT {rtt:g} ms, loss {loss:g} %, load {load:g} %", fontsize=9)
+        ax.set_xlabel("latency, ms")
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0][0].set_ylabel("share of records")
+    axes[0][-1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
 
 
 def main():
@@ -583,6 +747,11 @@ def main():
     ap.add_argument("--logs", default="", help="keep each contender's log in this directory")
     ap.add_argument("--smoke", action="store_true", help="one small profile, one run")
     ap.add_argument("--resume", action="store_true", help="keep results already in --out and run only the missing ones")
+    ap.add_argument("--live", default="", help="live profiles instead of the catch-up: loads as %% of the link rate, "
+                    "comma-separated (e.g. 10,40,70); each contender tails while the load runs")
+    ap.add_argument("--live-secs", type=int, default=60, help="seconds of load in a live profile")
+    ap.add_argument("--live-drain-cap", type=int, default=120, help="seconds after the load stops that a live run waits for the rest")
+    ap.add_argument("--live-record-bytes", type=int, default=1024, help="record size in the live profiles (random bytes)")
     args = ap.parse_args()
     global MIRROR_EXTRA, BROKER
     MIRROR_EXTRA = args.mirror_extra.replace("\\n", "\n")
@@ -600,27 +769,34 @@ def main():
     if args.resume and (out / "results.json").exists():
         results = json.loads((out / "results.json").read_text())["results"]
         print(f"resuming: {len(results)} profile/contender results kept", flush=True)
-    done = {(r["profile"]["rtt_ms"], r["profile"]["loss_pct"], r["contender"]) for r in results
+    key = lambda prof, c: (prof["rtt_ms"], prof["loss_pct"], prof.get("live_pct"), c)
+    done = {key(r["profile"], r["contender"]) for r in results
             if r["profile"].get("broker", "tansu") == args.broker}
+    loads = [float(x) for x in args.live.split(",")] if args.live else [None]
     cfgdir = Path(sh(["mktemp", "-d"]).strip())
     try:
         for rtt in [float(x) for x in args.rtts.split(",")]:
             for loss in [float(x) for x in args.losses.split(",")]:
-                profile = {"rtt_ms": rtt, "loss_pct": loss, "rate_mbit": args.rate_mbit, "broker": args.broker}
-                for c in args.contenders.split(","):
-                    if (rtt, loss, c) in done:
-                        continue
-                    runs = []
-                    for i in range(args.runs):
-                        r = one_run(profile, c, args, cfgdir)
-                        print(f"rtt={rtt} loss={loss} {c} run {i + 1}: {json.dumps(r)}", flush=True)
-                        runs.append(r)
-                    results.append({"profile": profile, "contender": c, "runs": runs, "summary": summarise(runs)})
-                    write_outputs(results, args, Path(args.out))
+                for load in loads:
+                    profile = {"rtt_ms": rtt, "loss_pct": loss, "rate_mbit": args.rate_mbit, "broker": args.broker}
+                    if load is not None:
+                        profile["live_pct"] = load
+                    for c in args.contenders.split(","):
+                        if key(profile, c) in done:
+                            continue
+                        runs = []
+                        for i in range(args.runs):
+                            r = live_run(profile, c, args, cfgdir) if load is not None else one_run(profile, c, args, cfgdir)
+                            shown = {k: v for k, v in r.items() if k != "cdf"}
+                            print(f"rtt={rtt} loss={loss} load={load} {c} run {i + 1}: {json.dumps(shown)}", flush=True)
+                            runs.append(r)
+                        results.append({"profile": profile, "contender": c, "runs": runs, "summary": summarise(runs)})
+                        write_outputs(results, args, Path(args.out))
     finally:
         link_down()
         shutil.rmtree(cfgdir, ignore_errors=True)
-    ok = all(r["summary"].get("goodput_MBps", {}).get("median", 0) > 0 for r in results)
+    ok = all(r["summary"].get("goodput_MBps" if "live_pct" not in r["profile"] else "copied_pct", {}).get("median", 0) > 0
+             for r in results)
     sys.exit(0 if ok and results else 1)
 
 

@@ -57,8 +57,14 @@ enum Cmd {
         /// logged to stderr with a wall-clock stamp. Warnings and errors are always logged.
         #[arg(long, default_value = "")]
         debug: String,
+        /// The consumer's `fetch.wait.max.ms`: how long a fetch at the end waits for
+        /// new data (the live profiles use the mirror's tail wait).
+        #[arg(long, default_value_t = 100)]
+        fetch_wait_ms: u32,
     },
-    /// Produce `rate` records/s of `size` bytes for `seconds`, stamped with send time.
+    /// Produce `rate` records/s of `size` random (incompressible) bytes for `seconds`,
+    /// stamped with their send time, record i keyed `i` and sent to partition
+    /// i mod `partitions` (the topic is created with that many if missing).
     LatencyProduce {
         #[arg(long)]
         bootstrap: String,
@@ -70,6 +76,11 @@ enum Cmd {
         size: usize,
         #[arg(long, default_value_t = 20)]
         seconds: u64,
+        #[arg(long, default_value_t = 1)]
+        partitions: i32,
+        /// The producer's `linger.ms` (a live application's producer batches a little).
+        #[arg(long, default_value_t = 0)]
+        linger_ms: u32,
     },
     /// Print the sum of a topic's end offsets over all partitions, each partition's end
     /// offset, and the stored batch bytes (JSON). A missing topic has no partitions.
@@ -95,7 +106,10 @@ enum Cmd {
         #[arg(long, default_value_t = 7)]
         runs: usize,
     },
-    /// Read `records` stamped records from the destination and print latency percentiles (JSON).
+    /// Read `records` stamped records (keys 0..records) from the destination and print
+    /// (JSON) latency percentiles, records seen once and twice, and how far behind the
+    /// copy was when the load stopped (the newest timestamp): records that arrived
+    /// after that moment, and the seconds until the last one arrived.
     LatencyConsume {
         #[arg(long)]
         bootstrap: String,
@@ -262,6 +276,7 @@ fn baseline(
     dest_topic: &str,
     records: u64,
     debug: &str,
+    fetch_wait_ms: u32,
 ) -> Result<()> {
     // Tuned as a careful MirrorMaker user would: fetches sized for the link, deep
     // prefetch queue, batching producer with idempotence and acks=all, kernel socket
@@ -282,7 +297,7 @@ fn baseline(
         .set("fetch.max.bytes", "8388608")
         .set("max.partition.fetch.bytes", "1048576")
         .set("socket.timeout.ms", "300000")
-        .set("fetch.wait.max.ms", "100")
+        .set("fetch.wait.max.ms", fetch_wait_ms.to_string())
         .set("queued.max.messages.kbytes", "1048576")
         .set("socket.receive.buffer.bytes", "0");
     // The crate takes its log level from the `log` facade (off here): set it, so that
@@ -356,34 +371,51 @@ fn baseline(
     Ok(())
 }
 
-fn latency_produce(
-    bootstrap: &str,
-    topic: &str,
+struct Load<'a> {
+    topic: &'a str,
     rate: u64,
     size: usize,
     seconds: u64,
-) -> Result<u64> {
-    let p = producer(bootstrap, &[("linger.ms", "0")])?;
+    partitions: i32,
+    linger_ms: u32,
+}
+
+fn latency_produce(bootstrap: &str, load: &Load) -> Result<u64> {
+    let linger = load.linger_ms.to_string();
+    let p = producer(bootstrap, &[("linger.ms", &linger)])?;
     let start = Instant::now();
-    let total = rate * seconds;
-    let value = vec![b'x'; size];
+    let total = load.rate * load.seconds;
+    // Random bytes, so that no codec makes the load lighter for one contender.
+    let mut rng = rand::rng();
+    let pool: Vec<u8> = (0..load.size + 65_536).map(|_| rng.random()).collect();
+    let mut behind_ms = 0u128;
     for i in 0..total {
-        let due = start + Duration::from_nanos(i * 1_000_000_000 / rate);
+        let due = start + Duration::from_nanos(i * 1_000_000_000 / load.rate);
         let now = Instant::now();
         if due > now {
             std::thread::sleep(due - now);
+        } else {
+            behind_ms = behind_ms.max((now - due).as_millis());
         }
         let key = i.to_string();
+        let at = (i as usize * 7919) % 65_536;
         send(
             &p,
-            BaseRecord::to(topic)
+            BaseRecord::to(load.topic)
+                .partition((i % load.partitions.max(1) as u64) as i32)
                 .key(key.as_bytes())
-                .payload(value.as_slice())
+                .payload(&pool[at..at + load.size])
                 .timestamp(now_ms()),
         )?;
         p.poll(Duration::ZERO);
     }
+    let sent_s = start.elapsed().as_secs_f64();
     p.flush(Duration::from_secs(60))?;
+    // The producer keeping its pace is part of the measurement's conditions.
+    eprintln!(
+        "{}",
+        serde_json::json!({"produced": total, "seconds": sent_s, "max_behind_ms": behind_ms})
+    );
     Ok(total)
 }
 
@@ -422,21 +454,45 @@ fn latency_consume(
     }
     c.assign(&tpl)?;
     let mut h = Histogram::<u64>::new(3)?;
-    let mut n = 0;
+    // Arrival (ms since the epoch) of each record seen, by key; duplicates counted.
+    let mut arrived: Vec<i64> = vec![0; records as usize];
+    let (mut n, mut dups, mut newest) = (0u64, 0u64, 0i64);
     while n < records && Instant::now() < deadline {
-        if let Some(Ok(m)) = c.poll(Duration::from_millis(100)) {
-            if let Some(ts) = m.timestamp().to_millis() {
-                h.saturating_record((now_ms() - ts).max(0) as u64);
+        let Some(Ok(m)) = c.poll(Duration::from_millis(100)) else {
+            continue;
+        };
+        let Some(ts) = m.timestamp().to_millis() else {
+            continue;
+        };
+        let at = now_ms();
+        let key = m
+            .key()
+            .and_then(|k| std::str::from_utf8(k).ok()?.parse::<usize>().ok());
+        match key.and_then(|k| arrived.get_mut(k)) {
+            Some(slot) if *slot != 0 => dups += 1,
+            Some(slot) => {
+                *slot = at;
                 n += 1;
+                newest = newest.max(ts);
+                h.saturating_record((at - ts).max(0) as u64);
             }
+            None => {}
         }
     }
+    // The load stopped with its newest record: what was still to arrive then, and how
+    // long until the last of it did (None: not everything arrived).
+    let lag_at_stop = arrived.iter().filter(|a| **a > newest).count();
+    let last = arrived.iter().copied().max().unwrap_or(0);
+    let drain_s = (n == records).then(|| (last - newest).max(0) as f64 / 1000.0);
     println!(
         "{}",
         serde_json::json!({
-            "records": n, "expected": records,
+            "records": n, "expected": records, "duplicates": dups,
             "p50_ms": h.value_at_quantile(0.5), "p99_ms": h.value_at_quantile(0.99),
             "p999_ms": h.value_at_quantile(0.999), "max_ms": h.max(),
+            "lag_at_stop_records": lag_at_stop, "drain_s": drain_s,
+            "cdf": (1..=100).map(|i| f64::from(i) / 100.0).chain([0.995, 0.999])
+                .map(|q| (q, h.value_at_quantile(q))).collect::<Vec<_>>(),
         })
     );
     Ok(())
@@ -470,17 +526,36 @@ fn main() -> Result<()> {
             dest_topic,
             records,
             debug,
-        } => baseline(&source, &dest, &topic, &dest_topic, records, &debug)?,
+            fetch_wait_ms,
+        } => baseline(
+            &source,
+            &dest,
+            &topic,
+            &dest_topic,
+            records,
+            &debug,
+            fetch_wait_ms,
+        )?,
         Cmd::LatencyProduce {
             bootstrap,
             topic,
             rate,
             size,
             seconds,
+            partitions,
+            linger_ms,
         } => {
             let rt = tokio::runtime::Runtime::new()?;
-            rt.block_on(create_topic(&bootstrap, &topic, 1))?;
-            latency_produce(&bootstrap, &topic, rate, size, seconds)?;
+            rt.block_on(create_topic(&bootstrap, &topic, partitions))?;
+            let load = Load {
+                topic: &topic,
+                rate,
+                size,
+                seconds,
+                partitions,
+                linger_ms,
+            };
+            latency_produce(&bootstrap, &load)?;
         }
         Cmd::Ends {
             bootstrap,

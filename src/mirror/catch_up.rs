@@ -271,6 +271,7 @@ pub(super) async fn run(
                             pieces.set_piece_len(by_bytes.max((2.0 * batch_span) as i64));
                             let split = mid_batch == MidBatch::Next && size.one_batch_each();
                             pieces.set_split(split.then_some(batch_span.round() as i64));
+                            pieces.set_one_batch(size.one_batch_each());
                         }
                         let outcome = match bad {
                             Some(e) => {

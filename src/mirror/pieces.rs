@@ -144,8 +144,10 @@ pub struct Pieces<B, T> {
     /// Batch starts learnt from the heads of answers still arriving
     /// ([`Pieces::on_first_batch`]), at or above the head.
     starts: BTreeSet<i64>,
-    /// How the source answers a fetch inside a batch (the driver learns it).
+    /// How the source answers a fetch inside a batch (from answers and heads).
     mid_batch: MidBatch,
+    /// Every fetch asks for one batch ([`Pieces::set_one_batch`]).
+    one_batch: bool,
     /// Moving average of the time from sending a fetch to its answer's head.
     avg_head_ms: f64,
 }
@@ -160,9 +162,10 @@ const LATE_FACTOR: f64 = 0.5;
 /// In-flight pieces at or below which the end game starts.
 const ENDGAME_FLIGHTS: usize = 16;
 /// A range that ends where a blind fetch begins waits for that fetch's head at most
-/// this many times the average head time, and at least `MIN_HEAD_WAIT_MS`.
+/// this many times the average head time, within these bounds.
 const HEAD_WAIT_FACTOR: f64 = 2.0;
 const MIN_HEAD_WAIT_MS: f64 = 1_000.0;
+const MAX_HEAD_WAIT_MS: f64 = 3_000.0;
 
 impl<B: Span, T: Clone> Pieces<B, T> {
     /// A catch-up of `[start, target)` in pieces of `piece_len` offsets.
@@ -183,15 +186,25 @@ impl<B: Span, T: Clone> Pieces<B, T> {
             split: None,
             starts: BTreeSet::new(),
             mid_batch: MidBatch::Unknown,
+            one_batch: true,
             avg_head_ms: 0.0,
         }
     }
 
-    /// How the source answers a fetch inside a batch, as far as the driver has seen.
-    /// With `Holding` (Kafka), a range that ends where a blind fetch begins waits
-    /// briefly for that fetch's head: see [`Pieces::next_request`].
+    /// How the source answers a fetch inside a batch, as far as the driver has seen
+    /// (heads tell it too, see [`Pieces::on_head`]; `Holding` is final). With
+    /// `Holding` (Kafka), planning waits briefly for heads: see
+    /// [`Pieces::awaits_head`] and [`Pieces::may_plan_now`].
     pub fn set_mid_batch(&mut self, style: MidBatch) {
-        self.mid_batch = style;
+        if self.mid_batch != MidBatch::Holding {
+            self.mid_batch = style;
+        }
+    }
+
+    /// Whether every fetch asks for one batch (the driver's sizing): only then does a
+    /// head tell where an answer ends.
+    pub fn set_one_batch(&mut self, one: bool) {
+        self.one_batch = one;
     }
 
     pub fn emitted(&self) -> i64 {
@@ -241,16 +254,19 @@ impl<B: Span, T: Clone> Pieces<B, T> {
             && (self.frontier == self.emitted || self.frontier - self.emitted < self.window)
     }
 
-    /// Whether a new piece may be planned at the frontier now. On Kafka a short fetch
-    /// (the rest of a piece) that ends there and asked from a known batch start brings
-    /// that batch whole, and it may run past the frontier: a piece cut there before
-    /// its head tells where the batch ends would bring it again ([`Pieces::awaits_head`] is the same wait seen from
-    /// the other side).
+    /// Whether a new piece may be planned at the frontier now. On Kafka a short
+    /// one-batch fetch (the rest of a piece) that ends there brings the batch holding
+    /// its start, and that batch may run past the frontier: a piece cut there before
+    /// the fetch's head tells where the batch ends would bring it again. (Full pieces
+    /// span two batches or more, so theirs rarely does. A larger ask's head does not
+    /// tell where its answer ends, so there is nothing to wait for.
+    /// [`Pieces::awaits_head`] is the same wait seen from the other side.)
     fn may_plan_now(&self, now_ms: u64) -> bool {
         self.may_plan()
-            && !(self.frontier > self.emitted
+            && !(self.one_batch
+                && self.frontier > self.emitted
                 && self.waits_for(now_ms, |f| {
-                    f.end == self.frontier && !f.blind && f.end - f.start < self.piece_len
+                    f.end == self.frontier && f.end - f.start < self.piece_len
                 }))
     }
 
@@ -412,8 +428,10 @@ impl<B: Span, T: Clone> Pieces<B, T> {
                 return None;
             }
             let until = claimed.peek().map_or(limit, |(s, _)| (*s).min(limit));
-            let allowed = (at == self.emitted || !self.deferred.contains(&at))
-                && !self.awaits_head(until, now_ms);
+            // The head never waits: it holds up the whole stream, which costs more
+            // than a batch fetched twice.
+            let allowed = at == self.emitted
+                || (!self.deferred.contains(&at) && !self.awaits_head(until, now_ms));
             if head_only && !allowed {
                 return None;
             }
@@ -438,9 +456,12 @@ impl<B: Span, T: Clone> Pieces<B, T> {
     /// would bring the batch twice (a third of all bytes, with pieces of two ~1 MB
     /// batches). Its head, which arrives well before its answer, tells where that
     /// batch begins, and so where the range before really ends. Waiting is bounded:
-    /// a head that is lost or late must not hold the range up for long.
+    /// a head that is lost or late must not hold the range up for long. (A start
+    /// learnt to be a batch start after the fetch went out is not blind any more.)
     fn awaits_head(&self, until: i64, now_ms: u64) -> bool {
-        self.waits_for(now_ms, |f| f.from == until && f.blind)
+        self.waits_for(now_ms, |f| {
+            f.from == until && f.blind && !self.batch_starts_at(f.start)
+        })
     }
 
     /// On a broker that answers with the batch holding the offset, whether a flight
@@ -449,7 +470,8 @@ impl<B: Span, T: Clone> Pieces<B, T> {
         if self.mid_batch != MidBatch::Holding {
             return false;
         }
-        let patience = (self.avg_head_ms * HEAD_WAIT_FACTOR).max(MIN_HEAD_WAIT_MS);
+        let patience =
+            (self.avg_head_ms * HEAD_WAIT_FACTOR).clamp(MIN_HEAD_WAIT_MS, MAX_HEAD_WAIT_MS);
         self.flights.values().any(|f| {
             !f.headed && (now_ms.saturating_sub(f.issued_ms) as f64) < patience && which(f)
         })
@@ -542,13 +564,17 @@ impl<B: Span, T: Clone> Pieces<B, T> {
         f.headed = true;
         let took = now_ms.saturating_sub(f.issued_ms) as f64;
         let (start, twin) = (f.start, f.twin);
+        // A head is as good a proof of the broker's style as an answer.
+        self.mid_batch = self.mid_batch.observe(start, base);
         // Never below the head (the origin may lie inside a batch), nor above the
         // fetch offset (a batch after it says nothing about the range before).
         let from = base.clamp(self.emitted.min(start), start);
         f.from = from;
         if let Some(t) = twin.and_then(|t| self.flights.get_mut(&t)) {
             if t.start == start {
+                // Its answer begins with the same batch: nothing left to wait for.
                 t.from = t.from.min(from);
+                t.headed = true;
             }
         }
         self.avg_head_ms = if self.avg_head_ms == 0.0 {
@@ -563,7 +589,8 @@ impl<B: Span, T: Clone> Pieces<B, T> {
     /// The rest of its range need not wait seconds for the whole answer on a lossy
     /// path: the request (and its twin, fetching from the same start) now claims only
     /// up to `next`, where a batch is known to start, so the rest is a gap to fetch at
-    /// once; or, if the batch runs past its range, up to `next` as well. Only a hint for
+    /// once; or, if the batch runs past its range, up to `next` as well (and the
+    /// frontier moves there: no new piece is cut inside that batch). Only a hint for
     /// planning: what is handed out still follows the answers.
     pub fn on_first_batch(&mut self, id: u64, base: i64, next: i64, now_ms: u64) {
         if next <= base {
@@ -576,8 +603,8 @@ impl<B: Span, T: Clone> Pieces<B, T> {
         if next <= f.start || next == f.end {
             return;
         }
-        // A batch that runs past the range claims the rest of it too: a piece cut
-        // inside it would bring it again (Kafka) or nothing (tansu).
+        // A batch that runs past the range claims the rest of it too: a fetch inside
+        // it would bring it again (Kafka) or the batch after it (tansu).
         let (start, twin, grew) = (f.start, f.twin, next > f.end);
         f.end = next;
         if let Some(t) = twin.and_then(|t| self.flights.get_mut(&t)) {
@@ -1080,13 +1107,11 @@ mod tests {
         p.set_mid_batch(MidBatch::Holding);
         let a = p.next_request(0, true).unwrap();
         p.next_request(0, true).unwrap(); // cut blind at 15
-        p.on_answer(a.id, vec![B(0, 10)], None, 100);
-        p.pop_ready();
-        // [10, 15) is at the head and ends where the blind fetch began.
+        p.on_first_batch(a.id, 0, 10, 100);
+        // [10, 15) ends where the blind fetch began, whose head is lost or late:
+        // after a second the range goes anyway.
         assert!(p.next_request(900, true).is_none());
-        assert!(p.next_request(900, false).is_none());
-        // That fetch's head is lost or late: after a second the range goes anyway.
-        let r = p.next_request(1_100, false).unwrap();
+        let r = p.next_request(1_100, true).unwrap();
         assert_eq!((r.start, r.end), (10, 15));
         // On tansu (a fetch inside a batch brings the next batch) nothing waits.
         let mut t: Pieces<B, ()> = Pieces::new(0, 30, 15);
@@ -1095,6 +1120,69 @@ mod tests {
         t.next_request(0, true).unwrap();
         t.on_first_batch(a.id, 0, 10, 100);
         assert_eq!(t.next_request(100, true).map(|r| r.start), Some(10));
+    }
+
+    #[test]
+    fn the_head_of_the_stream_never_waits() {
+        let mut p: Pieces<B, ()> = Pieces::new(0, 30, 15);
+        p.set_mid_batch(MidBatch::Holding);
+        let a = p.next_request(0, true).unwrap();
+        p.next_request(0, true).unwrap(); // cut blind at 15
+        p.on_answer(a.id, vec![B(0, 10)], None, 100);
+        p.pop_ready();
+        let r = p.next_request(100, false).expect("the head goes at once");
+        assert_eq!((r.start, r.end), (10, 15));
+    }
+
+    #[test]
+    fn a_head_proves_the_brokers_style() {
+        let mut p: Pieces<B, ()> = Pieces::new(0, 45, 15);
+        let rs: Vec<_> = (0..3).map(|_| p.next_request(0, true).unwrap()).collect();
+        // The fetch at 15 begins with [10, 20): Kafka's style, learnt from the head
+        // before any answer. [20, 30) ends where the blind fetch at 30 began: wait.
+        p.on_first_batch(rs[1].id, 10, 20, 50);
+        assert!(p.next_request(60, true).is_none());
+        assert_eq!(
+            p.next_request(1_100, true).map(|r| (r.start, r.end)),
+            Some((20, 30))
+        );
+        // A later "style" from the driver does not undo it.
+        p.set_mid_batch(MidBatch::Unknown);
+        assert!(p.waits_for(1_100, |_| true));
+    }
+
+    #[test]
+    fn no_piece_is_cut_inside_the_batch_a_short_fetch_brings() {
+        for one_batch in [true, false] {
+            let mut p: Pieces<B, ()> = Pieces::new(0, 100, 20);
+            p.set_mid_batch(MidBatch::Holding);
+            p.set_one_batch(one_batch);
+            let a = p.next_request(0, true).unwrap();
+            p.on_first_batch(a.id, 0, 8, 10);
+            // The rest of a's range, from a known batch start: its batch may run past
+            // 20, where the next piece would be cut.
+            let g = p.next_request(10, true).unwrap();
+            assert_eq!((g.start, g.end), (8, 20));
+            let next = p.next_request(20, true);
+            if !one_batch {
+                // A larger ask's head would not say where it ends: no wait.
+                assert_eq!(next.map(|r| r.start), Some(20));
+                continue;
+            }
+            assert!(next.is_none(), "waits for the head of [8, 20)");
+            // Its batch is [8, 25): the next piece starts there.
+            p.on_first_batch(g.id, 8, 25, 30);
+            let r = p.next_request(30, true).unwrap();
+            assert_eq!((r.start, r.end), (25, 45));
+            // A head that does not come holds planning up only briefly.
+            let r2 = p.next_request(30, true).unwrap();
+            assert_eq!(r2.start, 45);
+            p.on_first_batch(r2.id, 45, 50, 40);
+            let g2 = p.next_request(40, true).unwrap();
+            assert_eq!((g2.start, g2.end), (50, 65));
+            assert!(p.next_request(900, true).is_none());
+            assert_eq!(p.next_request(1_100, true).map(|r| r.start), Some(65));
+        }
     }
 
     #[test]
@@ -1154,8 +1242,8 @@ mod tests {
         /// Random piece sizes, batch layouts with compaction gaps, answer order,
         /// failures, short and empty answers, duplicates, both brokers' behaviour
         /// for fetches inside a batch, with and without split fetches, answer heads
-        /// arriving early, with and without waiting for heads: the output is the source log from the start, each batch
-        /// once, in order.
+        /// arriving early, with and without waiting for heads: the output is the
+        /// source log from the start, each batch once, in order.
         #[test]
         fn reassembles_the_source_exactly(
             shape in proptest::collection::vec((0i64..3, 1i64..20), 1..40),
@@ -1242,9 +1330,10 @@ mod tests {
         /// Kafka's answers (a fetch inside a batch brings the batch holding it), one
         /// batch per answer, pieces at least as long as any batch, heads arriving in
         /// any order and answers in any order after their heads, and no head ever
-        /// late (time stands still): no batch crosses the link twice. (Holes in the
-        /// offsets are left out: a fetch inside one brings the batch after it, which
-        /// nothing could have told.)
+        /// late (time stands still): no batch crosses the link twice, unless one of
+        /// the fetches that brought it was at the head of the stream, which never
+        /// waits. (Holes in the offsets are left out: a fetch inside one brings the
+        /// batch after it, which nothing could have told.)
         #[test]
         fn on_kafka_heads_keep_each_batch_to_one_fetch(
             sizes in proptest::collection::vec(1i64..20, 1..40),
@@ -1257,10 +1346,12 @@ mod tests {
             let longest = src.iter().map(|b| b.1 - b.0).max().unwrap();
             let mut p: Pieces<B, ()> = Pieces::new(0, end, longest + extra);
             p.set_mid_batch(MidBatch::Holding);
-            // In flight, with whether its head arrived.
-            let mut flying: Vec<(Request, bool)> = Vec::new();
+            // In flight, with whether its head arrived and whether it went out at the
+            // head of the stream.
+            let mut flying: Vec<(Request, bool, bool)> = Vec::new();
             let mut out = Vec::new();
-            let mut fetched = 0usize;
+            // Per batch: fetches that brought it, and those of them not at the head.
+            let mut fetched: BTreeMap<i64, (usize, usize)> = BTreeMap::new();
             let head = |p: &mut Pieces<B, ()>, r: &Request| {
                 if let Some(b) = fetch(&src, r.start, 1, true).first() {
                     p.on_first_batch(r.id, b.0, b.1, 0);
@@ -1272,7 +1363,7 @@ mod tests {
                 match what {
                     0 => {
                         while let Some(r) = p.next_request(0, true) {
-                            flying.push((r, false));
+                            flying.push((r, false, r.start == p.emitted()));
                         }
                     }
                     1 if !flying.is_empty() => {
@@ -1283,24 +1374,31 @@ mod tests {
                         }
                     }
                     _ if !flying.is_empty() => {
-                        let (r, headed) = flying.swap_remove(pick % flying.len());
+                        let (r, headed, at_head) = flying.swap_remove(pick % flying.len());
                         if !headed {
                             head(&mut p, &r);
                         }
                         let got = fetch(&src, r.start, 1, true);
-                        fetched += got.len();
+                        for b in &got {
+                            let e = fetched.entry(b.0).or_default();
+                            e.0 += 1;
+                            e.1 += usize::from(!at_head);
+                        }
                         p.on_answer(r.id, got, None, 0);
                         out.extend(p.pop_ready().0);
                     }
                     _ => {
                         let r = p.next_request(0, true);
                         prop_assert!(r.is_some(), "stuck at {}", p.emitted());
-                        flying.extend(r.map(|r| (r, false)));
+                        flying.extend(r.map(|r| (r, false, r.start == p.emitted())));
                     }
                 }
             }
             prop_assert_eq!(&out, &src);
-            prop_assert_eq!(fetched, src.len(), "batches fetched");
+            prop_assert_eq!(fetched.len(), src.len());
+            for (base, (all, off_head)) in fetched {
+                prop_assert!(off_head <= 1, "batch at {} fetched {} times, {} off the head", base, all, off_head);
+            }
         }
 
         /// A corrupt batch anywhere: everything before it, exactly once, and nothing after.
