@@ -613,6 +613,9 @@ def write_outputs(results, args, outdir):
         md += catch_up_table(catch, args)
     if live:
         md += ("\n" if md else "") + live_table(live, args)
+    if getattr(args, "merged_from", ""):
+        md += (f"\nCombined with `--merge` from bench/results/{{{args.merged_from}}}: the contenders of each profile "
+               "were measured in the same run, the profiles in separate runs.\n")
     (outdir / "results.md").write_text(md)
     print(md)
     try:
@@ -723,6 +726,26 @@ def latency_chart(plt, results, path):
     fig.savefig(path, dpi=110)
 
 
+def merge(args):
+    """One table and chart from several runs of the same settings (each profile's
+    contenders were measured in the same run; profiles in different runs)."""
+    results, sources = [], []
+    union = {"rtts": [], "losses": [], "contenders": []}
+    for d in args.merge.split(","):
+        j = json.loads((Path(d) / "results.json").read_text())
+        for k, v in j["args"].items():
+            if k in union:
+                union[k] += [x for x in str(v).split(",") if x not in union[k]]
+            elif k not in ("out", "logs", "merge", "resume"):
+                setattr(args, k, v)
+        results += j["results"]
+        sources.append(Path(d).name)
+    for k, v in union.items():
+        setattr(args, k, ",".join(v))
+    args.merged_from = ",".join(sources)
+    write_outputs(results, args, Path(args.out))
+
+
 def main():
     # A kill (SIGTERM, as from `timeout` or a CI runner) unwinds through the `finally`
     # blocks like Ctrl-C does, so brokers, contenders and the link are stopped.
@@ -752,7 +775,11 @@ def main():
     ap.add_argument("--live-secs", type=int, default=60, help="seconds of load in a live profile")
     ap.add_argument("--live-drain-cap", type=int, default=120, help="seconds after the load stops that a live run waits for the rest")
     ap.add_argument("--live-record-bytes", type=int, default=1024, help="record size in the live profiles (random bytes)")
+    ap.add_argument("--merge", default="", help="run nothing: combine the results of these result directories "
+                    "(comma-separated, same dataset and cap) into one table and chart in --out")
     args = ap.parse_args()
+    if args.merge:
+        return merge(args)
     global MIRROR_EXTRA, BROKER
     MIRROR_EXTRA = args.mirror_extra.replace("\\n", "\n")
     BROKER = args.broker

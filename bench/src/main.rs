@@ -453,7 +453,10 @@ fn latency_consume(
         tpl.add_partition_offset(topic, p, Offset::Beginning)?;
     }
     c.assign(&tpl)?;
-    let mut h = Histogram::<u64>::new(3)?;
+    // Explicit bounds: `saturating_record` clamps to the highest trackable value and
+    // never resizes, so an auto-resizing histogram (`new`, 2 ms at first) clamped
+    // every latency above ~2 s to 2,047 ms.
+    let mut h = Histogram::<u64>::new_with_bounds(1, 3_600_000, 3)?;
     // Arrival (ms since the epoch) of each record seen, by key; duplicates counted.
     let mut arrived: Vec<i64> = vec![0; records as usize];
     let (mut n, mut dups, mut newest) = (0u64, 0u64, 0i64);
