@@ -183,7 +183,11 @@ def kafka_brokers(procs, workdir):
         d = workdir / name
         (d / "data").mkdir(parents=True)
         (d / "server.properties").write_text(kafka_props(host, d / "data"))
-        cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        # Like Kafka's own ids, never starting with '-': the formatter would read it as
+        # an option (one format in 64 failed that way).
+        cid = "-"
+        while cid.startswith("-"):
+            cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
         formats.append(subprocess.Popen(kafka_cmd("kafka.tools.StorageTool", "format", "--config",
                                                   str(d / "server.properties"), "--cluster-id", cid,
                                                   "--standalone", tmp=d / "tmp", heap=("-Xmx256m",)),
@@ -541,9 +545,12 @@ def live_run(profile, contender, args, cfgdir):
         procs.ps.append(p)
         if contender == "mm2":
             wait_mm2_tailing(probe="live-probe")
+        load_end = cfgdir / "load_end"
+        load_end.unlink(missing_ok=True)
         cons = subprocess.Popen(ns(DST_NS, [str(REL / "wanbench"), "latency-consume", "--bootstrap", DST_ADDR,
                                             "--topic", f"dc-a.{topic}", "--partitions", str(parts), "--records", str(n),
-                                            "--timeout-secs", str(args.live_secs + args.live_drain_cap + 60)]),
+                                            "--timeout-secs", str(args.live_secs + args.live_drain_cap + 60),
+                                            "--load-end-file", str(load_end)]),
                                 stdout=subprocess.PIPE, text=True)
         procs.ps.append(cons)
         time.sleep(3)  # the contender and the consumer settle on the empty topic
@@ -553,6 +560,7 @@ def live_run(profile, contender, args, cfgdir):
                                           "--size", str(size), "--seconds", str(args.live_secs), "--linger-ms", "5"]),
                               capture_output=True, text=True, check=True)
         pace = json.loads(prod.stderr.strip().splitlines()[-1])
+        load_end.write_text(str(pace["end_ms"]))
         # The load stopped: what is left must arrive within the drain cap.
         try:
             out, _ = cons.communicate(timeout=args.live_drain_cap + 60)
@@ -613,7 +621,7 @@ def write_outputs(results, args, outdir):
         md += catch_up_table(catch, args)
     if live:
         md += ("\n" if md else "") + live_table(live, args)
-    if getattr(args, "merged_from", ""):
+    if "," in getattr(args, "merged_from", ""):
         md += (f"\nCombined with `--merge` from bench/results/{{{args.merged_from}}}: the contenders of each profile "
                "were measured in the same run, the profiles in separate runs.\n")
     (outdir / "results.md").write_text(md)
@@ -677,7 +685,8 @@ def live_table(results, args):
     return "\n".join(lines) + ("\n\nLive profiles. Brokers: %s in both DCs; fetch wait at the source's end %s ms for every contender. "
          "Each cell: median (min–max) of %d runs. Link cap %s Mbit/s; %d partitions; %d-byte random records written at the load's "
          "share of the link rate (payload) for %d s, stamped with their send time; latency is read time in the destination DC "
-         "minus that stamp. Lag at load stop: records not yet read when the load stopped, in seconds of load. Drain: seconds from "
+         "minus that stamp (records that never arrived are not in it: see copied). Lag at load stop: records not yet read when "
+         "the load stopped (never-arrived ones included), in seconds of load. Drain: seconds from "
          "the load's end until the last record was read (a run that never drained waited %d s).\n") % (
         args.broker, wait, args.runs, args.rate_mbit, args.partitions, args.live_record_bytes, args.live_secs, args.live_drain_cap)
 
@@ -720,7 +729,7 @@ def latency_chart(plt, results, path):
         ax.set_title(f"RTT {rtt:g} ms, loss {loss:g} %, load {load:g} %", fontsize=9)
         ax.set_xlabel("latency, ms")
         ax.grid(True, which="both", alpha=0.3)
-    axes[0][0].set_ylabel("share of records")
+    axes[0][0].set_ylabel("share of the records read")
     axes[0][-1].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

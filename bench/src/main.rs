@@ -108,8 +108,8 @@ enum Cmd {
     },
     /// Read `records` stamped records (keys 0..records) from the destination and print
     /// (JSON) latency percentiles, records seen once and twice, and how far behind the
-    /// copy was when the load stopped (the newest timestamp): records that arrived
-    /// after that moment, and the seconds until the last one arrived.
+    /// copy was when the load stopped: records not read by then, and the seconds
+    /// until the last one was.
     LatencyConsume {
         #[arg(long)]
         bootstrap: String,
@@ -121,6 +121,10 @@ enum Cmd {
         records: u64,
         #[arg(long, default_value_t = 120)]
         timeout_secs: u64,
+        /// A file the load's end (ms since the epoch) is written to when the load
+        /// stops; read at the end. Without it, the newest record's stamp.
+        #[arg(long)]
+        load_end_file: Option<std::path::PathBuf>,
     },
 }
 
@@ -410,11 +414,13 @@ fn latency_produce(bootstrap: &str, load: &Load) -> Result<u64> {
         p.poll(Duration::ZERO);
     }
     let sent_s = start.elapsed().as_secs_f64();
+    let end_ms = now_ms();
     p.flush(Duration::from_secs(60))?;
-    // The producer keeping its pace is part of the measurement's conditions.
+    // The producer keeping its pace is part of the measurement's conditions; `end_ms`
+    // is when the load stopped (the last record's stamp, about).
     eprintln!(
         "{}",
-        serde_json::json!({"produced": total, "seconds": sent_s, "max_behind_ms": behind_ms})
+        serde_json::json!({"produced": total, "seconds": sent_s, "max_behind_ms": behind_ms, "end_ms": end_ms})
     );
     Ok(total)
 }
@@ -425,6 +431,7 @@ fn latency_consume(
     partitions: i32,
     records: u64,
     timeout: u64,
+    load_end: Option<&std::path::Path>,
 ) -> Result<()> {
     let c: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
@@ -482,11 +489,14 @@ fn latency_consume(
             None => {}
         }
     }
-    // The load stopped with its newest record: what was still to arrive then, and how
-    // long until the last of it did (None: not everything arrived).
-    let lag_at_stop = arrived.iter().filter(|a| **a > newest).count();
+    // What was still to arrive when the load stopped (never-arrived records included),
+    // and how long until the last of it did (None: not everything arrived).
+    let stopped = load_end
+        .and_then(|f| std::fs::read_to_string(f).ok()?.trim().parse::<i64>().ok())
+        .unwrap_or(newest);
+    let lag_at_stop = arrived.iter().filter(|a| **a == 0 || **a > stopped).count();
     let last = arrived.iter().copied().max().unwrap_or(0);
-    let drain_s = (n == records).then(|| (last - newest).max(0) as f64 / 1000.0);
+    let drain_s = (n == records).then(|| (last - stopped).max(0) as f64 / 1000.0);
     println!(
         "{}",
         serde_json::json!({
@@ -603,7 +613,15 @@ fn main() -> Result<()> {
             partitions,
             records,
             timeout_secs,
-        } => latency_consume(&bootstrap, &topic, partitions, records, timeout_secs)?,
+            load_end_file,
+        } => latency_consume(
+            &bootstrap,
+            &topic,
+            partitions,
+            records,
+            timeout_secs,
+            load_end_file.as_deref(),
+        )?,
     }
     Ok(())
 }

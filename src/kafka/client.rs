@@ -322,6 +322,23 @@ impl Cluster {
             .await
     }
 
+    /// A long poll for one partition on a connection of the broker's pool rather than
+    /// on its shared long-poll connection: for a tailing partition whose data keeps
+    /// coming, so that one lossy connection does not carry every busy partition.
+    pub async fn fetch_tail(
+        &self,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+        max_bytes: i32,
+        max_wait: Duration,
+    ) -> Result<Fetched> {
+        self.lease(topic, partition, false)
+            .await?
+            .fetch_waiting(topic, partition, offset, max_bytes, max_wait)
+            .await
+    }
+
     /// A catch-up fetch of one offset range's start, over the broker's connection pool:
     /// no long poll, no fetch session, so many can run in parallel for one partition.
     /// `urgent`: the partition's writer waits for this one; it may open a connection

@@ -45,6 +45,11 @@ pub(super) const KIB: usize = 1024;
 /// A partition starting at least this many offsets behind catches up in pieces at
 /// once (its record sizes, hence its backlog in bytes, are not known yet).
 const START_SPLIT_OFFSETS: i64 = 4096;
+/// A tail answer at least this large (or half the fetch size, if that is less) makes
+/// the partition live. At RTT 100 ms an answer holds about a round trip's worth of
+/// new data, so this is ~0.6 MB/s, about three times what one connection carries at
+/// 1 % loss.
+const LIVE_BYTES: usize = 64 * KIB;
 /// Upper bound of a grown fetch: larger than any batch a broker accepts by default.
 pub(super) const MAX_FETCH: usize = 64 << 20;
 
@@ -253,6 +258,12 @@ async fn fetch_loop(
     let mut largest_batch = 0usize;
     // A single permit request larger than the whole budget would never be granted.
     let budget_kib = (cfg.in_flight_bytes / KIB) as u32;
+    // The last fetch at the end brought a lot of data (at least `LIVE_BYTES`, or half
+    // of what it asked for): the partition is live, and its next long poll goes on a
+    // pooled connection of its own (docs/live.md). Partitions with little traffic
+    // keep sharing the broker's long-poll connection: each pooled long poll holds a
+    // connection for up to `tail_wait_ms`.
+    let mut live = false;
     loop {
         let reserve = ((max_bytes / KIB).max(1) as u32).min(budget_kib);
         let Ok(mut permit) = shared.budget.clone().acquire_many_owned(reserve).await else {
@@ -264,8 +275,11 @@ async fn fetch_loop(
         let tailing = offset >= high_watermark;
         let res = src
             .retry("fetch", || async {
-                if tailing {
-                    let wait = Duration::from_millis(cfg.tail_wait_ms);
+                let wait = Duration::from_millis(cfg.tail_wait_ms);
+                if tailing && live {
+                    src.fetch_tail(topic, p, offset, max_bytes as i32, wait)
+                        .await
+                } else if tailing {
                     src.fetch(topic, p, offset, max_bytes as i32, wait).await
                 } else {
                     src.fetch_piece(topic, p, offset, max_bytes as i32, true, None)
@@ -277,6 +291,14 @@ async fn fetch_loop(
             Ok(f) => {
                 high_watermark = f.high_watermark;
                 let (batches, bad) = split_valid(&f.records);
+                let busy = f.records.len() >= LIVE_BYTES.min(max_bytes / 2).max(1);
+                if tailing && live != busy {
+                    live = busy;
+                    tracing::debug!(
+                        topic = %topic, partition = p, offset, live,
+                        "{}", if live { "data keeps coming: long-polling on a pooled connection" } else { "quiet: long-polling on the shared connection" }
+                    );
+                }
                 tracing::debug!(
                     topic = %topic, partition = p, offset, asked = max_bytes, bytes = f.records.len(),
                     batches = batches.len(), next = batches.last().map(|b| b.header.next_offset()),

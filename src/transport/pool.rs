@@ -16,7 +16,7 @@ use super::sizer::{Change, PoolConfig, Sizer, Window};
 use crate::kafka::client::Fetched;
 use crate::kafka::connection::{ConnStats, Connection, SocketOptions};
 use crate::kafka::error::Result;
-use crate::kafka::fetch_mux::{fetch_request, send_fetch, send_fetch_early, OnFirstBatch};
+use crate::kafka::fetch_mux::{fetch_request, send_fetch, send_fetch_early, Answers, OnFirstBatch};
 
 /// Requests in flight per connection. One: a piece queued behind another waits for
 /// that whole transfer, which on a lossy path doubles the time until it can be handed
@@ -343,14 +343,38 @@ impl Lease {
             std::iter::once((topic, partition, offset, max_bytes)),
             Duration::ZERO,
         );
-        let mut answers = match on_first {
+        let answers = match on_first {
             Some(f) => send_fetch_early(&self.conn, &req, f).await?,
             None => send_fetch(&self.conn, &req, Duration::ZERO).await?,
         };
+        self.take(answers, topic, partition)
+    }
+
+    /// The partition's answer, marked with the connection and time queued.
+    fn take(&self, mut answers: Answers, topic: &str, partition: i32) -> Result<Fetched> {
         let mut f = answers.take(self.conn.addr(), topic, partition)?;
         f.conn = self.id;
         f.queued = self.queued;
         Ok(f)
+    }
+
+    /// A long poll on the leased connection: the broker answers when data is there,
+    /// or after `max_wait` with none. A busy tailing partition polls on a pooled
+    /// connection of its own instead of the broker's shared one (docs/live.md).
+    pub async fn fetch_waiting(
+        self,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+        max_bytes: i32,
+        max_wait: Duration,
+    ) -> Result<Fetched> {
+        let req = fetch_request(
+            std::iter::once((topic, partition, offset, max_bytes)),
+            max_wait,
+        );
+        let answers = send_fetch(&self.conn, &req, max_wait).await?;
+        self.take(answers, topic, partition)
     }
 }
 

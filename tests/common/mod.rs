@@ -409,6 +409,11 @@ pub struct Mirror {
 
 impl Mirror {
     pub fn spawn(config: &std::path::Path, args: &[&str]) -> Mirror {
+        Mirror::spawn_logging(config, args, "info")
+    }
+
+    /// With `filter` as RUST_LOG (e.g. to see one module's debug lines).
+    pub fn spawn_logging(config: &std::path::Path, args: &[&str], filter: &str) -> Mirror {
         let log = config.with_extension(format!(
             "{}.log",
             std::time::SystemTime::now()
@@ -422,7 +427,7 @@ impl Mirror {
             .arg("--config")
             .arg(config)
             .args(args)
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", filter)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(f)
