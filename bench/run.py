@@ -549,8 +549,9 @@ def live_run(profile, contender, args, cfgdir):
         load_end.unlink(missing_ok=True)
         cons = subprocess.Popen(ns(DST_NS, [str(REL / "wanbench"), "latency-consume", "--bootstrap", DST_ADDR,
                                             "--topic", f"dc-a.{topic}", "--partitions", str(parts), "--records", str(n),
-                                            "--timeout-secs", str(args.live_secs + args.live_drain_cap + 60),
-                                            "--load-end-file", str(load_end)]),
+                                            "--timeout-secs", str(args.live_secs + args.live_drain_cap + 120),
+                                            "--load-end-file", str(load_end),
+                                            "--drain-cap-secs", str(args.live_drain_cap)]),
                                 stdout=subprocess.PIPE, text=True)
         procs.ps.append(cons)
         time.sleep(3)  # the contender and the consumer settle on the empty topic
@@ -560,7 +561,9 @@ def live_run(profile, contender, args, cfgdir):
                                           "--size", str(size), "--seconds", str(args.live_secs), "--linger-ms", "5"]),
                               capture_output=True, text=True, check=True)
         pace = json.loads(prod.stderr.strip().splitlines()[-1])
-        load_end.write_text(str(pace["end_ms"]))
+        # Written whole, then renamed: the consumer reads it while it runs.
+        (cfgdir / "load_end.tmp").write_text(str(pace["end_ms"]))
+        (cfgdir / "load_end.tmp").rename(load_end)
         # The load stopped: what is left must arrive within the drain cap.
         try:
             out, _ = cons.communicate(timeout=args.live_drain_cap + 60)
@@ -623,7 +626,8 @@ def write_outputs(results, args, outdir):
         md += ("\n" if md else "") + live_table(live, args)
     if "," in getattr(args, "merged_from", ""):
         md += (f"\nCombined with `--merge` from bench/results/{{{args.merged_from}}}: the contenders of each profile "
-               "were measured in the same run, the profiles in separate runs.\n")
+               "were measured in the same run (unless a source's results.json records `resume`: then some were added later), "
+               "the profiles in separate runs.\n")
     (outdir / "results.md").write_text(md)
     print(md)
     try:
@@ -788,6 +792,8 @@ def main():
                     "(comma-separated, same dataset and cap) into one table and chart in --out")
     args = ap.parse_args()
     if args.merge:
+        if Path(args.out).resolve() == (ROOT / "bench" / "results").resolve():
+            ap.error("--merge needs --out: a directory of its own for the combined results")
         return merge(args)
     global MIRROR_EXTRA, BROKER
     MIRROR_EXTRA = args.mirror_extra.replace("\\n", "\n")

@@ -84,7 +84,7 @@ fn a_topic_written_all_the_time_stays_offset_identical() {
             .position(|x| x == "Grew")
             .is_some_and(|g| c[g..].iter().any(|x| x == "Reverted" || x == "Idle"))
     };
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + Duration::from_secs(90);
     while Instant::now() < deadline && !shrank_after_growth(&m.log_text()) {
         std::thread::sleep(Duration::from_millis(500));
     }

@@ -125,6 +125,10 @@ enum Cmd {
         /// stops; read at the end. Without it, the newest record's stamp.
         #[arg(long)]
         load_end_file: Option<std::path::PathBuf>,
+        /// Once the load-end file is there, stop reading this many seconds after the
+        /// load's end even if records are still missing.
+        #[arg(long)]
+        drain_cap_secs: Option<u64>,
     },
 }
 
@@ -431,7 +435,7 @@ fn latency_consume(
     partitions: i32,
     records: u64,
     timeout: u64,
-    load_end: Option<&std::path::Path>,
+    load_end: Option<(&std::path::Path, Option<u64>)>,
 ) -> Result<()> {
     let c: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
@@ -439,7 +443,7 @@ fn latency_consume(
         .set("enable.auto.commit", "false")
         .set("fetch.wait.max.ms", "10")
         .create()?;
-    let deadline = Instant::now() + Duration::from_secs(timeout);
+    let mut deadline = Instant::now() + Duration::from_secs(timeout);
     // Wait for the mirror to create the topic.
     loop {
         let md = c.fetch_metadata(Some(topic), Duration::from_secs(5))?;
@@ -467,7 +471,23 @@ fn latency_consume(
     // Arrival (ms since the epoch) of each record seen, by key; duplicates counted.
     let mut arrived: Vec<i64> = vec![0; records as usize];
     let (mut n, mut dups, mut newest) = (0u64, 0u64, 0i64);
+    // When the load stopped (ms since the epoch), once the orchestrator says so; the
+    // drain cap counts from then.
+    let read_end = || {
+        let (f, _) = load_end?;
+        std::fs::read_to_string(f).ok()?.trim().parse::<i64>().ok()
+    };
+    let mut stopped_at: Option<i64> = None;
+    let mut looked = Instant::now();
     while n < records && Instant::now() < deadline {
+        if stopped_at.is_none() && looked.elapsed() >= Duration::from_millis(200) {
+            looked = Instant::now();
+            stopped_at = read_end();
+            if let (Some(end), Some((_, Some(cap)))) = (stopped_at, load_end) {
+                let left = (end + cap as i64 * 1000 - now_ms()).max(0) as u64;
+                deadline = deadline.min(Instant::now() + Duration::from_millis(left));
+            }
+        }
         let Some(Ok(m)) = c.poll(Duration::from_millis(100)) else {
             continue;
         };
@@ -491,9 +511,7 @@ fn latency_consume(
     }
     // What was still to arrive when the load stopped (never-arrived records included),
     // and how long until the last of it did (None: not everything arrived).
-    let stopped = load_end
-        .and_then(|f| std::fs::read_to_string(f).ok()?.trim().parse::<i64>().ok())
-        .unwrap_or(newest);
+    let stopped = stopped_at.or_else(read_end).unwrap_or(newest);
     let lag_at_stop = arrived.iter().filter(|a| **a == 0 || **a > stopped).count();
     let last = arrived.iter().copied().max().unwrap_or(0);
     let drain_s = (n == records).then(|| (last - stopped).max(0) as f64 / 1000.0);
@@ -614,13 +632,14 @@ fn main() -> Result<()> {
             records,
             timeout_secs,
             load_end_file,
+            drain_cap_secs,
         } => latency_consume(
             &bootstrap,
             &topic,
             partitions,
             records,
             timeout_secs,
-            load_end_file.as_deref(),
+            load_end_file.as_deref().map(|f| (f, drain_cap_secs)),
         )?,
     }
     Ok(())

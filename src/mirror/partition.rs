@@ -269,9 +269,10 @@ async fn fetch_loop(
         let Ok(mut permit) = shared.budget.clone().acquire_many_owned(reserve).await else {
             return;
         };
-        // Only a fetch at the end waits for new data, on the broker's long-poll
-        // connection. Reads behind the end go over the pool: one partition's megabytes
-        // must not queue on the connection every tailing partition shares.
+        // Only a fetch at the end waits for new data: on the broker's shared long-poll
+        // connection, or, for a live partition, on a pooled one. Reads behind the end
+        // go over the pool: one partition's megabytes must not queue on the connection
+        // every quiet tailing partition shares.
         let tailing = offset >= high_watermark;
         let res = src
             .retry("fetch", || async {

@@ -1,4 +1,5 @@
-//! A pool of connections to one source broker for catch-up fetches.
+//! A pool of connections to one source broker for catch-up fetches and the long polls
+//! of live partitions.
 //!
 //! A caller leases an idle connection ([`Lease`], at most [`DEPTH`] requests on each);
 //! when none is idle it waits for one to free up (the sign that more connections would
