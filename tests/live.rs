@@ -39,14 +39,8 @@ fn a_topic_written_all_the_time_stays_offset_identical() {
     create_topic(&ba, "stream", PARTS);
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("m.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[source]\nname = \"dc-a\"\nbootstrap = \"{ba}\"\n[destination]\nname = \"dc-b\"\nbootstrap = \"{bb}\"\n[mirror]\ntopics = [\"stream\"]\nreplication_factor = 1\nprogress_interval_secs = 1\n{}",
-            POOLED.replace("tail_wait_ms = 100", "tail_wait_ms = 20")
-        ),
-    )
-    .unwrap();
+    let extra = POOLED.replace("tail_wait_ms = 100", "tail_wait_ms = 20");
+    write_config(&cfg, &ba, &bb, 1, &["stream"], &extra);
     let m = Mirror::spawn_logging(&cfg, &[], "info,wanmirror::mirror::partition=debug");
 
     // The load: bursts of a few MB as fast as the producer goes, then a trickle, until

@@ -73,13 +73,14 @@ fn pieces_survive_a_cut_link_to_the_source() {
     }
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("m.toml");
-    std::fs::write(
+    write_config(
         &cfg,
-        format!(
-            "[source]\nname = \"dc-a\"\nbootstrap = \"{ba}\"\n[destination]\nname = \"dc-b\"\nbootstrap = \"{bb}\"\n[mirror]\ntopics = [\"cut\"]\nreplication_factor = 1\nprogress_interval_secs = 1\nretry_secs = 20\n{POOLED}"
-        ),
-    )
-    .unwrap();
+        &ba,
+        &bb,
+        1,
+        &["cut"],
+        &format!("retry_secs = 20\n{POOLED}"),
+    );
     let mut m = Mirror::spawn(&cfg, &["--stop-at-end"]);
     let dest_end = || end_offset(&bb, "dc-a.cut", 0) + end_offset(&bb, "dc-a.cut", 1);
     eventually(Duration::from_secs(60), "copy under way", || {

@@ -12,7 +12,7 @@ use crate::kafka::error::KafkaError;
 use crate::kafka::records::{densify, encode, filler};
 use crate::mirror::cursor::Step;
 use crate::mirror::error::MirrorError;
-use crate::mirror::offset_map::{Deviation, OffsetMap};
+use crate::mirror::offset_map::{self, Deviation, OffsetMap};
 use crate::mirror::tail::last_batch;
 
 /// Filler records per produced batch when padding or filling large ranges: about
@@ -64,13 +64,6 @@ pub fn lineage(last: Option<&BatchHeader>, producer_id: i64, own_epoch: i16) -> 
     }
 }
 
-/// Wall-clock milliseconds since the epoch.
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
-
 impl PartitionSink {
     /// The acknowledgements recorded since the last call (see `acked`).
     pub fn take_acked(&mut self) -> Vec<(i64, i64)> {
@@ -98,7 +91,7 @@ impl PartitionSink {
                 Step::Append(b) => {
                     let ts = b.header.max_timestamp;
                     written += self.append(vec![b]).await?;
-                    self.acked.push((ts, now_ms()));
+                    self.acked.push((ts, offset_map::now_ms()));
                 }
                 Step::Fill {
                     from,
@@ -107,7 +100,8 @@ impl PartitionSink {
                 } => self.fill(from, to, timestamp, "gap").await?,
                 Step::Densify { batch, from } => {
                     written += self.densify(&batch, from).await?;
-                    self.acked.push((batch.header.max_timestamp, now_ms()));
+                    self.acked
+                        .push((batch.header.max_timestamp, offset_map::now_ms()));
                 }
             }
         }

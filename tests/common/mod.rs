@@ -87,18 +87,35 @@ impl<A: Broker, B: Broker> Pair<A, B> {
 
     /// Writes a config mirroring `topics` from a to b; `extra` lines go under [mirror].
     pub fn config(&self, name: &str, topics: &[&str], extra: &str) -> PathBuf {
-        let list: Vec<String> = topics.iter().map(|t| format!("{t:?}")).collect();
-        let text = format!(
-            "[source]\nname = \"dc-a\"\nbootstrap = \"{}\"\n\n[destination]\nname = \"dc-b\"\nbootstrap = \"{}\"\n\n[mirror]\ntopics = [{}]\nreplication_factor = {}\nprogress_interval_secs = 1\nmetadata_refresh_secs = 1\n{extra}\n",
-            self.a.bootstrap(),
-            self.b.bootstrap(),
-            list.join(", "),
-            self.b.replicas()
-        );
         let p = self.dir.path().join(name);
-        std::fs::write(&p, text).expect("write config");
+        write_config(
+            &p,
+            &self.a.bootstrap(),
+            &self.b.bootstrap(),
+            self.b.replicas(),
+            topics,
+            extra,
+        );
         p
     }
+}
+
+/// Writes a config at `path` mirroring `topics` from the source reached at `source`
+/// (a broker, or a proxy in front of it) into `dest`; `extra` lines go under [mirror].
+pub fn write_config(
+    path: &std::path::Path,
+    source: &str,
+    dest: &str,
+    replicas: i16,
+    topics: &[&str],
+    extra: &str,
+) {
+    let list: Vec<String> = topics.iter().map(|t| format!("{t:?}")).collect();
+    let text = format!(
+        "[source]\nname = \"dc-a\"\nbootstrap = \"{source}\"\n\n[destination]\nname = \"dc-b\"\nbootstrap = \"{dest}\"\n\n[mirror]\ntopics = [{}]\nreplication_factor = {replicas}\nprogress_interval_secs = 1\nmetadata_refresh_secs = 1\n{extra}\n",
+        list.join(", "),
+    );
+    std::fs::write(path, text).expect("write config");
 }
 
 pub fn runtime() -> tokio::runtime::Runtime {
