@@ -169,6 +169,10 @@ pub struct TransportConfig {
     /// A partition further behind than this (estimated bytes) is split into pieces
     /// fetched in parallel; closer to the end it is read with one fetch at a time.
     pub split_bytes: usize,
+    /// Bytes asked for per piece, and per tail probe, of a live partition (one whose
+    /// data keeps coming), at most `piece_bytes`: small, so a record waits for at most
+    /// one short transfer (docs/live.md).
+    pub live_piece_bytes: usize,
     /// Fixed socket receive buffer. Unset leaves it to kernel autotuning, which a
     /// fixed size turns off.
     pub recv_buffer_bytes: Option<usize>,
@@ -188,6 +192,9 @@ impl Default for TransportConfig {
             // one connection carries ~0.18 MB/s, so a few MB at one fetch at a time
             // would be seconds of latency (docs/live.md).
             split_bytes: 1024 * 1024,
+            // At 1 % loss and RTT 100 ms one connection carries tens of KB per round
+            // trip: 64 KiB is a few round trips (docs/live.md, decision 40).
+            live_piece_bytes: 64 * 1024,
             recv_buffer_bytes: None,
             destination_congestion: None,
         }
@@ -350,6 +357,13 @@ impl Config {
                 "must be between 1 KiB and 64 MiB".into(),
             ));
         }
+        // Above `piece_bytes` it has no effect (live pieces are never larger).
+        if !(1024..=64 << 20).contains(&t.live_piece_bytes) {
+            return Err(bad(
+                "transport.live_piece_bytes",
+                "must be between 1 KiB and 64 MiB".into(),
+            ));
+        }
         if t.recv_buffer_bytes.is_some_and(|b| b < 4096) {
             return Err(bad(
                 "transport.recv_buffer_bytes",
@@ -464,6 +478,8 @@ topics = ["orders", "payments\\..*"]
         assert!(err(&with("pool_max = 0")).contains("transport.pool_max"));
         assert!(err(&with("pool_initial = 999")).contains("transport.pool_initial"));
         assert!(err(&with("piece_bytes = 10")).contains("transport.piece_bytes"));
+        assert!(err(&with("live_piece_bytes = 10")).contains("transport.live_piece_bytes"));
+        assert!(err(&with("live_piece_bytes = 99999999999")).contains("transport.live_piece_bytes"));
         assert!(err(&with("destination_congestion = \"b b\"")).contains("congestion"));
         assert!(err(&with("pool = 3")).contains("unknown field"));
         let c = Config::parse("t", &with("pool_max = 8\npool_initial = 4")).unwrap();

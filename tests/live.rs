@@ -1,7 +1,8 @@
 //! A live stream: a topic written all the time while the mirror runs, across the test
 //! link proxy, stays offset-identical. Bursts make partitions fall behind and be
 //! caught up in pooled pieces (the pool grows) while records keep arriving, and the
-//! quieter stretches between them let the pool shrink again.
+//! quieter stretches between them let the pool shrink again. Busy partitions at their
+//! end go live (pieces and probes over the pool) and back to the shared long poll.
 
 mod common;
 
@@ -41,7 +42,11 @@ fn a_topic_written_all_the_time_stays_offset_identical() {
     let cfg = dir.path().join("m.toml");
     let extra = POOLED.replace("tail_wait_ms = 100", "tail_wait_ms = 20");
     write_config(&cfg, &ba, &bb, 1, &["stream"], &extra);
-    let m = Mirror::spawn_logging(&cfg, &[], "info,wanmirror::mirror::partition=debug");
+    let m = Mirror::spawn_logging(
+        &cfg,
+        &[],
+        "info,wanmirror::mirror::partition=debug,wanmirror::mirror::catch_up=debug",
+    );
 
     // The load: bursts of a few MB as fast as the producer goes, then a trickle, until
     // the pool has grown and shrunk while records were arriving (or a time limit).
@@ -106,10 +111,24 @@ fn a_topic_written_all_the_time_stays_offset_identical() {
         "bursts should have been caught up in pieces: {log}"
     );
     assert!(
-        log.contains("long-polling on a pooled connection"),
-        "busy partitions should have long-polled on pooled connections: {log}"
+        log.contains("data keeps coming: the partition goes live"),
+        "busy tailing partitions should have gone live: {log}"
     );
-    eprintln!("records: {total}; pool changes: {:?}", pool_changes(&log));
+    // Live partitions probed their end on pooled connections, and went quiet again.
+    let probes: Vec<u64> = log
+        .lines()
+        .filter(|l| l.contains("partition quiet again"))
+        .filter_map(|l| l.split(" probes=").nth(1))
+        .filter_map(|s| s.split_whitespace().next()?.parse().ok())
+        .collect();
+    assert!(
+        probes.iter().any(|n| *n > 0),
+        "live partitions should have probed their end and gone quiet again: {probes:?}\n{log}"
+    );
+    eprintln!(
+        "records: {total}; pool changes: {:?}; probes per live stretch: {probes:?}",
+        pool_changes(&log)
+    );
     for part in 0..PARTS {
         let s = consume_all(&ba, "stream", part);
         let d = consume_all(&bb, "dc-a.stream", part);

@@ -16,7 +16,7 @@ use tokio::sync::Mutex;
 
 use super::connection::{Connection, SocketOptions};
 use super::error::{KafkaError, Result};
-use super::fetch_mux::{fetch_request, send_fetch, FetchMux, OnFirstBatch};
+use super::fetch_mux::{fetch_request, send_fetch, FetchMux, OnHead};
 use crate::transport::pool::{Lease, Pool};
 use crate::transport::sizer::PoolConfig;
 
@@ -322,23 +322,6 @@ impl Cluster {
             .await
     }
 
-    /// A long poll for one partition on a connection of the broker's pool rather than
-    /// on its shared long-poll connection: for a tailing partition whose data keeps
-    /// coming, so that one lossy connection does not carry every busy partition.
-    pub async fn fetch_tail(
-        &self,
-        topic: &str,
-        partition: i32,
-        offset: i64,
-        max_bytes: i32,
-        max_wait: Duration,
-    ) -> Result<Fetched> {
-        self.lease(topic, partition, false)
-            .await?
-            .fetch_waiting(topic, partition, offset, max_bytes, max_wait)
-            .await
-    }
-
     /// A catch-up fetch of one offset range's start, over the broker's connection pool:
     /// no long poll, no fetch session, so many can run in parallel for one partition.
     /// `urgent`: the partition's writer waits for this one; it may open a connection
@@ -350,11 +333,11 @@ impl Cluster {
         offset: i64,
         max_bytes: i32,
         urgent: bool,
-        on_first: Option<OnFirstBatch>,
+        on_head: Option<OnHead>,
     ) -> Result<Fetched> {
         self.lease(topic, partition, urgent)
             .await?
-            .fetch(topic, partition, offset, max_bytes, on_first)
+            .fetch(topic, partition, offset, max_bytes, Duration::ZERO, on_head)
             .await
     }
 
@@ -363,6 +346,15 @@ impl Cluster {
     pub async fn lease(&self, topic: &str, partition: i32, urgent: bool) -> Result<Lease> {
         let leader = self.leader_of(topic, partition).await?;
         self.pool(leader).await?.lease(urgent).await
+    }
+
+    /// The partition switched between tailing and pieces (see [`Pool::note_switch`]).
+    pub async fn note_switch(&self, topic: &str, partition: i32) {
+        if let Ok(leader) = self.leader_of(topic, partition).await {
+            if let Ok(pool) = self.pool(leader).await {
+                pool.note_switch();
+            }
+        }
     }
 
     async fn pool(&self, broker: i32) -> Result<Arc<Pool>> {

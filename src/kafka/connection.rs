@@ -225,17 +225,18 @@ impl Connection {
         self.versions.pick::<R>(&self.addr)
     }
 
-    /// Like [`Connection::send_versioned`], and `head` receives the response frame's
-    /// first bytes (at least [`HEAD_BYTES`], header included) as soon as they are in,
-    /// if the response is longer than that.
+    /// Like [`Connection::send_versioned`] for a request the broker may hold for
+    /// `wait`, and `head` receives the response frame's first bytes (at least
+    /// [`HEAD_BYTES`], header included) as soon as they are in, if the response is
+    /// longer than that.
     pub async fn send_with_head<R: Request>(
         &self,
         req: &R,
         version: i16,
+        wait: Duration,
         head: oneshot::Sender<Bytes>,
     ) -> Result<R::Response> {
-        self.exchange(req, version, Duration::ZERO, Some(head))
-            .await
+        self.exchange(req, version, wait, Some(head)).await
     }
 
     async fn send_versioned_wait<R: Request>(

@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::client::Fetched;
 use super::connection::{broker_err, Connection, SocketOptions};
 use super::error::{KafkaError, Result};
-use super::peek::first_batch;
+use super::peek;
 
 /// Largest total response we ask a broker for in one round.
 const MAX_RESPONSE: i32 = 64 << 20;
@@ -226,28 +226,30 @@ pub(crate) async fn send_fetch(
     answers(conn.send_wait(req, max_wait).await?).await
 }
 
-/// A catch-up Fetch (no wait at the broker) whose answer's first batch is passed to
-/// `on_first` as soon as the answer's head is in (see `peek`), before the rest.
+/// A Fetch (held at the broker for up to `wait`) whose answer's head (high watermark and
+/// first batch) is passed to `on_head` as soon as it is in (see `peek`), before the
+/// rest.
 pub(crate) async fn send_fetch_early(
     conn: &Connection,
     req: &FetchRequest,
-    on_first: OnFirstBatch,
+    wait: Duration,
+    on_head: OnHead,
 ) -> Result<Answers> {
     let version = conn.version::<FetchRequest>()?;
     let (head_tx, mut head_rx) = oneshot::channel::<bytes::Bytes>();
-    let send = conn.send_with_head(req, version, head_tx);
+    let send = conn.send_with_head(req, version, wait, head_tx);
     tokio::pin!(send);
-    let mut on_first = Some(on_first);
+    let mut on_head = Some(on_head);
     // The answer decides when this ends (it may time out with the head never sent).
     let resp = loop {
         tokio::select! {
             // The head is sent before the whole: told first when both are in.
             biased;
-            head = &mut head_rx, if on_first.is_some() => {
-                let tell = on_first.take().expect("guarded");
+            head = &mut head_rx, if on_head.is_some() => {
+                let tell = on_head.take().expect("guarded");
                 // Dropped unsent when the answer is short: nothing to tell early then.
-                if let Some((base, next)) = head.ok().and_then(|h| first_batch(&h, version)) {
-                    tell(base, next);
+                if let Some(h) = head.ok().and_then(|h| peek::head(&h, version)) {
+                    tell(h);
                 }
             }
             resp = &mut send => break resp,
@@ -256,8 +258,8 @@ pub(crate) async fn send_fetch_early(
     answers(resp?).await
 }
 
-/// Told `(base, next)` of the first batch of an answer still arriving.
-pub type OnFirstBatch = Box<dyn FnOnce(i64, i64) + Send>;
+/// Told the head of an answer still arriving.
+pub type OnHead = Box<dyn FnOnce(peek::Head) + Send>;
 
 async fn answers(resp: FetchResponse) -> Result<Answers> {
     if resp.throttle_time_ms > 0 {

@@ -1,9 +1,12 @@
-//! The first batch of a Fetch answer, read from the answer's first bytes.
+//! The head of a Fetch answer: the high watermark and the first batch, read from the
+//! answer's first bytes.
 //!
 //! On a long, lossy path a one-batch answer takes seconds to arrive, but its head,
 //! which names the batch (base offset and last offset delta), comes in the first round
 //! trip. The catch-up uses that to fetch what lies past the batch at once instead of
-//! after the whole answer (`mirror::pieces`, `on_first_batch`).
+//! after the whole answer (`mirror::pieces`, `on_first_batch`). The high watermark
+//! comes before the records: a live partition's planner learns of new data a whole
+//! transfer earlier (docs/live.md).
 //!
 //! Only single-partition answers of Fetch v4 to v11 are read (what the connection pool
 //! sends: v11 at most, see `versions`); anything else gives `None`, and the catch-up
@@ -15,10 +18,19 @@ use super::batch::{parse_header, HEADER_LEN};
 /// of up to about 200 bytes and a few aborted transactions).
 pub const HEAD_BYTES: usize = 512;
 
-/// `[base, next)` of the first batch of a one-partition Fetch answer of `version`, from
-/// the frame's first bytes (response header included), if they hold its header and
-/// the answer holds the whole batch.
-pub fn first_batch(frame: &[u8], version: i16) -> Option<(i64, i64)> {
+/// What the first bytes of a one-partition Fetch answer tell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Head {
+    pub high_watermark: i64,
+    /// `[base, next)` of the first batch, if the first bytes hold its header and the
+    /// answer holds the whole batch.
+    pub first: Option<(i64, i64)>,
+}
+
+/// The head of a one-partition Fetch answer of `version`, from the frame's first
+/// bytes (response header included); `None` if they do not reach the high watermark
+/// or the answer is not one this reads (or reports an error).
+pub fn head(frame: &[u8], version: i16) -> Option<Head> {
     if !(4..=11).contains(&version) {
         return None;
     }
@@ -40,7 +52,17 @@ pub fn first_batch(frame: &[u8], version: i16) -> Option<(i64, i64)> {
     if r.i16()? != 0 {
         return None; // error_code
     }
-    r.skip(8 + 8)?; // high_watermark, last_stable_offset
+    let high_watermark = r.i64()?;
+    let first = first_batch(&mut r, version);
+    Some(Head {
+        high_watermark,
+        first,
+    })
+}
+
+/// The first batch, from just past the high watermark.
+fn first_batch(r: &mut Reader<'_>, version: i16) -> Option<(i64, i64)> {
+    r.skip(8)?; // last_stable_offset
     if version >= 5 {
         r.skip(8)?; // log_start_offset
     }
@@ -81,6 +103,10 @@ impl<'a> Reader<'a> {
 
     fn i32(&mut self) -> Option<i32> {
         Some(i32::from_be_bytes(self.take(4)?.try_into().ok()?))
+    }
+
+    fn i64(&mut self) -> Option<i64> {
+        Some(i64::from_be_bytes(self.take(8)?.try_into().ok()?))
     }
 }
 
@@ -138,6 +164,10 @@ mod tests {
         out.to_vec()
     }
 
+    fn first_batch(frame: &[u8], version: i16) -> Option<(i64, i64)> {
+        head(frame, version).and_then(|h| h.first)
+    }
+
     #[test]
     fn reads_the_first_batch_of_every_supported_version() {
         let mut two = BytesMut::from(&batch(1000, 42)[..]);
@@ -152,6 +182,28 @@ mod tests {
                 // ... and a byte less is not.
                 assert_eq!(first_batch(&f[..head - 1], version), None);
             }
+        }
+    }
+
+    #[test]
+    fn the_high_watermark_comes_before_the_records() {
+        let b = batch(7, 5);
+        for version in 4..=11 {
+            let f = frame(version, "t", Some(b.clone()), 2);
+            let whole = head(&f, version).unwrap();
+            assert_eq!(whole.high_watermark, 5000);
+            assert_eq!(whole.first, Some((7, 12)));
+            // Empty answers tell the high watermark too (a tail probe's answer).
+            let empty = head(&frame(version, "t", None, 0), version).unwrap();
+            assert_eq!((empty.high_watermark, empty.first), (5000, None));
+            // The bytes up to the high watermark are enough for it, before the
+            // aborted transactions and the records.
+            let enough = (0..f.len())
+                .find(|n| head(&f[..*n], version).is_some())
+                .unwrap();
+            assert!(enough + 2 * 16 + b.len() < f.len(), "v{version}");
+            let early = head(&f[..enough], version).unwrap();
+            assert_eq!((early.high_watermark, early.first), (5000, None));
         }
     }
 

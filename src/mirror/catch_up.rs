@@ -1,6 +1,11 @@
 //! The driver of a partition's catch-up in pieces: sends the fetches [`Pieces`] plans
 //! over the source broker's connection pool, many at once, feeds the answers back and
 //! passes the reassembled, in-order batches to the writer.
+//!
+//! Its end moves: every answer, and every answer's head, reports the high watermark,
+//! and what lies below it is planned at once. Once everything known is in, a live
+//! partition sends one probe at its end on a pooled connection, held at the broker
+//! for the tail wait, until [`Tailing`] says the data stopped coming (docs/live.md).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -12,13 +17,15 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tokio::task::JoinSet;
 
+use super::mode::{Next, Tailing};
 use super::partition::{Chunk, Job, KIB, MAX_FETCH};
 use super::pieces::{MidBatch, Outcome, Pieces, Request};
 use crate::kafka::batch::{split_valid, RawBatch};
 use crate::kafka::client::Fetched;
 use crate::kafka::connection::ConnStats;
 use crate::kafka::error::KafkaError;
-use crate::kafka::fetch_mux::OnFirstBatch;
+use crate::kafka::fetch_mux::OnHead;
+use crate::kafka::peek::Head;
 use crate::mirror::error::MirrorError;
 use crate::mirror::Shared;
 use crate::transport::pool::Lease;
@@ -51,19 +58,25 @@ pub(super) struct Start {
     pub bytes_per_offset: Option<f64>,
     /// Largest batch seen: every fetch must be able to hold one.
     pub largest_batch: usize,
+    /// The partition is live (its data keeps coming), not far behind: the operator's
+    /// log hears of it at debug only.
+    pub live: bool,
 }
 
-/// Catches up from `start.offset` in pieces. Returns the offset to continue from
+/// Catches up from `start.offset` in pieces, and on while the data keeps coming
+/// (`tailing`; not in stop-at-end mode). Returns the offset to continue from
 /// sequentially and the highest high watermark the answers reported, or `None` when
 /// the writer is gone or a failure was passed on.
 pub(super) async fn run(
     shared: &Arc<Shared>,
     job: &Job,
     start: Start,
+    tailing: &mut Tailing,
     tx: &mpsc::Sender<Chunk>,
 ) -> Option<(i64, i64)> {
     let t = &shared.config.transport;
     let budget_kib = (shared.config.mirror.in_flight_bytes / KIB) as u32;
+    let tail_wait = Duration::from_millis(shared.config.mirror.tail_wait_ms);
     let mut size = Sizing::new(t.piece_bytes, start.largest_batch);
     let len = |bytes: usize, bpo: f64| ((bytes as f64 / bpo.max(1e-3)).ceil() as i64).max(1);
     // With nothing known of the data yet, the backlog is first cut into a few wide
@@ -109,27 +122,48 @@ pub(super) async fn run(
     let mut used_bytes = 0u64;
     let mut conns = std::collections::HashSet::new();
     let (topic, p) = (&job.source_topic, job.partition);
-    tracing::info!(
-        topic = %topic, partition = p, from = start.offset, to = start.high_watermark,
-        piece_offsets = first_len, piece_bytes = size.piece_bytes(),
-        "partition far behind; catching up in parallel pieces"
-    );
-    // Heads of answers still arriving: (request id, first batch's base and next,
-    // whether the request asked for one batch).
-    let (heads_tx, mut heads_rx) = mpsc::unbounded_channel::<(u64, i64, i64, bool)>();
+    if start.live {
+        tracing::debug!(
+            topic = %topic, partition = p, from = start.offset, to = start.high_watermark,
+            "partition live: fetching its tail in pieces and probes over the pool"
+        );
+    } else {
+        tracing::info!(
+            topic = %topic, partition = p, from = start.offset, to = start.high_watermark,
+            piece_offsets = first_len, piece_bytes = size.piece_bytes(),
+            "partition far behind; catching up in parallel pieces"
+        );
+    }
+    // The pool's demand changes with this partition's mode: its sizer must not judge
+    // a growth on this window (`transport::sizer`).
+    shared.source.note_switch(topic, p).await;
+    // What follows once everything known is in: a probe, or the end of this catch-up.
+    let mut after = if shared.stop_at_end {
+        Next::Leave
+    } else {
+        Next::Probe
+    };
+    let mut probes = 0u64;
+    let mut probe_id: Option<u64> = None;
+    // Heads of answers still arriving: (request id, the head, whether the request
+    // asked for one batch).
+    let (heads_tx, mut heads_rx) = mpsc::unbounded_channel::<(u64, Head, bool)>();
     // A fetch goes on the connection leased for it, if any; pieces the writer waits for
     // (the head, duplicates of slow ones) are urgent and skip the queue. Retries go
-    // through the pool afresh (the leader may have moved). Returns the leased
-    // connection's counters, to watch the answer arrive.
+    // through the pool afresh (the leader may have moved). A probe is held at the
+    // broker for `wait`. Returns the leased connection's counters, to watch the answer
+    // arrive.
     let launch = |tasks: &mut JoinSet<Answer>,
                   r: Request,
                   bytes: usize,
                   permit: Option<Permit>,
                   lease: Option<Lease>,
-                  urgent: bool| {
+                  urgent: bool,
+                  wait: Duration| {
         tracing::debug!(
             topic = %topic, partition = p, id = r.id, start = r.start, end = r.end,
-            duplicate = r.duplicate, urgent, ask_bytes = bytes, "piece sent"
+            duplicate = r.duplicate, urgent, ask_bytes = bytes, wait_ms = wait.as_millis() as u64,
+            "piece sent"
         );
         let progress = lease.as_ref().map(Lease::progress);
         let shared = shared.clone();
@@ -139,17 +173,17 @@ pub(super) async fn run(
         // head says where the answer begins (below the fetch offset on Kafka).
         let heads = heads_tx.clone();
         let (id, one_batch) = (r.id, bytes == 1);
-        let on_first = move || -> Option<OnFirstBatch> {
+        let on_first = move || -> Option<OnHead> {
             let tx = heads.clone();
-            Some(Box::new(move |base, next| {
-                let _ = tx.send((id, base, next, one_batch));
+            Some(Box::new(move |head| {
+                let _ = tx.send((id, head, one_batch));
             }))
         };
         tasks.spawn(async move {
             let sent = Instant::now();
             let src = &shared.source;
             let first = match lease {
-                Some(l) => match l.fetch(&topic, p, r.start, bytes as i32, on_first()).await {
+                Some(l) => match l.fetch(&topic, p, r.start, bytes as i32, wait, on_first()).await {
                     Ok(f) => Some(f),
                     Err(e) => {
                         tracing::debug!(topic = %topic, partition = p, offset = r.start, error = %e, "leased fetch failed; retrying through the pool");
@@ -161,8 +195,11 @@ pub(super) async fn run(
             let res = match first {
                 Some(f) => Ok(f),
                 None => {
-                    src.retry("fetch piece", || {
-                        src.fetch_piece(&topic, p, r.start, bytes as i32, urgent, on_first())
+                    src.retry("fetch piece", || async {
+                        src.lease(&topic, p, urgent)
+                            .await?
+                            .fetch(&topic, p, r.start, bytes as i32, wait, on_first())
+                            .await
                     })
                     .await
                 }
@@ -195,6 +232,23 @@ pub(super) async fn run(
                 budget_free_mib = shared.budget.available_permits() / 1024, "catch-up state"
             );
         }
+        if bpo > 0.0 {
+            // Far from the end, pieces are sized for goodput; near it, for latency:
+            // a record waits for at most one short transfer (docs/live.md).
+            let far = (high_watermark - pieces.emitted()) as f64 * bpo > t.split_bytes as f64;
+            size.configured = if far {
+                t.piece_bytes
+            } else {
+                t.live_piece_bytes.min(t.piece_bytes)
+            };
+            // A piece must hold a batch start or its answer is a batch that belongs to
+            // (and is fetched by) the next piece too.
+            let by_bytes = len(size.piece_bytes(), bpo);
+            pieces.set_piece_len(by_bytes.max((2.0 * batch_span) as i64));
+            let split = mid_batch == MidBatch::Next && size.one_batch_each();
+            pieces.set_split(split.then_some(batch_span.round() as i64));
+            pieces.set_one_batch(size.one_batch_each());
+        }
         let reserve = ((size.piece_bytes() / KIB).max(1) as u32).min(budget_kib);
         // A fair share of the budget: one slow head must not hold all of it while
         // other partitions have nothing in flight.
@@ -207,10 +261,22 @@ pub(super) async fn run(
         while let Some(r) = pieces.next_request(now(), false) {
             duplicates += r.duplicate as u64;
             let bytes = size.ask(true, est(&r, bpo));
-            launch(&mut tasks, r, bytes, None, None, true);
+            launch(&mut tasks, r, bytes, None, None, true, Duration::ZERO);
         }
         if pieces.is_done() {
-            break;
+            if after == Next::Leave {
+                break;
+            }
+            // Everything known is in: one probe at the end, on a pooled connection of
+            // its own, held at the broker for the tail wait.
+            if let Some(r) = pieces.probe(now()) {
+                probes += 1;
+                probe_id = Some(r.id);
+                let bytes = size.ask(true, None);
+                // Not urgent: nothing waits for it, and an urgent request may open a
+                // connection past the sizer's target.
+                launch(&mut tasks, r, bytes, None, None, false, tail_wait);
+            }
         }
         if grant.is_none() && pieces.wants_more(now()) {
             grant = Some(Box::pin(ask_grant(
@@ -265,14 +331,15 @@ pub(super) async fn run(
                             bpo = if bpo > 0.0 { bpo * 0.8 + here * 0.2 } else { here };
                             let per_batch = span as f64 / batches.len() as f64;
                             batch_span = if batch_span > 0.0 { batch_span * 0.8 + per_batch * 0.2 } else { per_batch };
-                            // A piece must hold a batch start or its answer is a batch
-                            // that belongs to (and is fetched by) the next piece too.
-                            let by_bytes = len(size.piece_bytes(), bpo);
-                            pieces.set_piece_len(by_bytes.max((2.0 * batch_span) as i64));
-                            let split = mid_batch == MidBatch::Next && size.one_batch_each();
-                            pieces.set_split(split.then_some(batch_span.round() as i64));
-                            pieces.set_one_batch(size.one_batch_each());
                         }
+                        if probe_id == Some(id) {
+                            probe_id = None;
+                            after = if shared.stop_at_end { Next::Leave } else { tailing.on_probe(f.records.len()) };
+                        } else if !batches.is_empty() {
+                            tailing.on_data();
+                        }
+                        // Before the answer: a probe's claim past the end shrinks first.
+                        pieces.on_high_watermark(high_watermark);
                         let outcome = match bad {
                             Some(e) => {
                                 if corrupt.is_none() {
@@ -285,12 +352,6 @@ pub(super) async fn run(
                         if outcome == Outcome::TooSmall {
                             size.head_too_small();
                         }
-                        // Keep going in pieces only while far behind; the last stretch
-                        // is read sequentially.
-                        let far = (high_watermark - pieces.emitted()) as f64 * bpo;
-                        if far > t.split_bytes as f64 {
-                            pieces.extend(high_watermark);
-                        }
                     }
                     Err(e) => {
                         // Retries are spent: hand back to the sequential reader, which
@@ -301,6 +362,7 @@ pub(super) async fn run(
                         if !emit(&mut pieces, high_watermark, tx, &mut used_bytes).await {
                             return None;
                         }
+                        shared.source.note_switch(topic, p).await;
                         return Some((pieces.emitted(), high_watermark));
                     }
                 }
@@ -314,19 +376,22 @@ pub(super) async fn run(
                     let bytes = size.ask(head, est(&r, bpo));
                     duplicates += r.duplicate as u64;
                     let id = r.id;
-                    if let Some(st) = launch(&mut tasks, r, bytes, Some(Arc::new(permit)), lease, head || r.duplicate) {
+                    if let Some(st) = launch(&mut tasks, r, bytes, Some(Arc::new(permit)), lease, head || r.duplicate, Duration::ZERO) {
                         let seen = st.bytes_in.load(Ordering::Relaxed);
                         watched.insert(id, (st, seen));
                         pieces.on_progress(id, now());
                     }
                 }
             }
-            Some((id, base, next, one_batch)) = heads_rx.recv() => {
-                tracing::debug!(topic = %topic, partition = p, id, base, next, "piece head");
-                if one_batch {
-                    pieces.on_first_batch(id, base, next, now());
-                } else {
-                    pieces.on_head(id, base, now());
+            Some((id, head, one_batch)) = heads_rx.recv() => {
+                tracing::debug!(topic = %topic, partition = p, id, first = ?head.first, high_watermark = head.high_watermark, "piece head");
+                // The end moves a whole transfer before the answer is in.
+                high_watermark = high_watermark.max(head.high_watermark);
+                pieces.on_high_watermark(high_watermark);
+                match head.first {
+                    Some((base, next)) if one_batch => pieces.on_first_batch(id, base, next, now()),
+                    Some((base, _)) => pieces.on_head(id, base, now()),
+                    None => {}
                 }
             }
             _ = tokio::time::sleep(STEAL_CHECK) => {}
@@ -354,11 +419,20 @@ pub(super) async fn run(
             return None;
         }
     }
-    tracing::info!(
-        topic = %topic, partition = p, end = pieces.emitted(), answers, duplicates,
-        fetched_bytes, wasted_bytes = fetched_bytes.saturating_sub(used_bytes),
-        connections = conns.len(), "parallel catch-up finished"
-    );
+    let wasted_bytes = fetched_bytes.saturating_sub(used_bytes);
+    if start.live {
+        tracing::debug!(
+            topic = %topic, partition = p, end = pieces.emitted(), answers, duplicates, probes,
+            fetched_bytes, wasted_bytes, connections = conns.len(),
+            "partition quiet again: back to the shared long poll"
+        );
+    } else {
+        tracing::info!(
+            topic = %topic, partition = p, end = pieces.emitted(), answers, duplicates, probes,
+            fetched_bytes, wasted_bytes, connections = conns.len(), "parallel catch-up finished"
+        );
+    }
+    shared.source.note_switch(topic, p).await;
     Some((pieces.emitted(), high_watermark))
 }
 
@@ -402,6 +476,7 @@ impl Drop for CountGuard<'_> {
 /// twice. (A one-byte ask brings exactly the first batch on both.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Sizing {
+    /// The piece size: `piece_bytes` far from the end, `live_piece_bytes` near it.
     configured: usize,
     largest: usize,
     /// At least this much at the head, doubled when nothing came back there.

@@ -9,6 +9,7 @@ pub mod cursor;
 pub mod error;
 pub mod fence;
 pub mod latency;
+pub mod mode;
 pub mod offset_map;
 pub mod partition;
 pub mod pieces;

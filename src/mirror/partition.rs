@@ -13,6 +13,7 @@ use crate::kafka::error::KafkaError;
 use crate::mirror::catch_up;
 use crate::mirror::cursor::{Cursor, Refusal};
 use crate::mirror::error::MirrorError;
+use crate::mirror::mode::{Mode, Tailing};
 use crate::mirror::sink::{lineage, PartitionSink};
 use crate::mirror::tail::{last_batch, verify_tail};
 use crate::mirror::Shared;
@@ -45,10 +46,8 @@ pub(super) const KIB: usize = 1024;
 /// A partition starting at least this many offsets behind catches up in pieces at
 /// once (its record sizes, hence its backlog in bytes, are not known yet).
 const START_SPLIT_OFFSETS: i64 = 4096;
-/// A tail answer at least this large (or half the fetch size, if that is less) makes
-/// the partition live. At RTT 100 ms an answer holds about a round trip's worth of
-/// new data, so this is ~0.6 MB/s, about three times what one connection carries at
-/// 1 % loss.
+/// A shared long poll's answer at least this large (or half the fetch size, if that
+/// is less) makes the partition live (`mode`).
 const LIVE_BYTES: usize = 64 * KIB;
 /// Upper bound of a grown fetch: larger than any batch a broker accepts by default.
 pub(super) const MAX_FETCH: usize = 64 << 20;
@@ -237,6 +236,7 @@ async fn fetch_loop(
     let (topic, p) = (&job.source_topic, job.partition);
     let mut max_bytes = cfg.fetch_bytes;
     let mut high_watermark = src_end;
+    let mut tailing = Tailing::new(LIVE_BYTES);
     // Far behind from the start: straight to the parallel catch-up.
     if src_end - offset >= START_SPLIT_OFFSETS {
         let start = catch_up::Start {
@@ -244,8 +244,9 @@ async fn fetch_loop(
             high_watermark: src_end,
             bytes_per_offset: None,
             largest_batch: 0,
+            live: false,
         };
-        match catch_up::run(&shared, &job, start, &tx).await {
+        match catch_up::run(&shared, &job, start, &mut tailing, &tx).await {
             Some((next, hw)) => (offset, high_watermark) = (next, hw),
             None => return,
         }
@@ -258,29 +259,20 @@ async fn fetch_loop(
     let mut largest_batch = 0usize;
     // A single permit request larger than the whole budget would never be granted.
     let budget_kib = (cfg.in_flight_bytes / KIB) as u32;
-    // The last fetch at the end brought a lot of data (at least `LIVE_BYTES`, or half
-    // of what it asked for): the partition is live, and its next long poll goes on a
-    // pooled connection of its own (docs/live.md). Partitions with little traffic
-    // keep sharing the broker's long-poll connection: each pooled long poll holds a
-    // connection for up to `tail_wait_ms`.
-    let mut live = false;
     loop {
         let reserve = ((max_bytes / KIB).max(1) as u32).min(budget_kib);
         let Ok(mut permit) = shared.budget.clone().acquire_many_owned(reserve).await else {
             return;
         };
-        // Only a fetch at the end waits for new data: on the broker's shared long-poll
-        // connection, or, for a live partition, on a pooled one. Reads behind the end
-        // go over the pool: one partition's megabytes must not queue on the connection
-        // every quiet tailing partition shares.
-        let tailing = offset >= high_watermark;
+        // Only a fetch at the end waits for new data, on the broker's shared long-poll
+        // connection (a live partition's probes go over the pool, see `catch_up`).
+        // Reads behind the end go over the pool: one partition's megabytes must not
+        // queue on the connection every quiet tailing partition shares.
+        let at_tail = offset >= high_watermark;
         let res = src
             .retry("fetch", || async {
                 let wait = Duration::from_millis(cfg.tail_wait_ms);
-                if tailing && live {
-                    src.fetch_tail(topic, p, offset, max_bytes as i32, wait)
-                        .await
-                } else if tailing {
+                if at_tail {
                     src.fetch(topic, p, offset, max_bytes as i32, wait).await
                 } else {
                     src.fetch_piece(topic, p, offset, max_bytes as i32, true, None)
@@ -288,17 +280,22 @@ async fn fetch_loop(
                 }
             })
             .await;
+        let mut live = false;
         let msg = match res {
             Ok(f) => {
                 high_watermark = f.high_watermark;
                 let (batches, bad) = split_valid(&f.records);
-                let busy = f.records.len() >= LIVE_BYTES.min(max_bytes / 2).max(1);
-                if tailing && live != busy {
-                    live = busy;
-                    tracing::debug!(
-                        topic = %topic, partition = p, offset, live,
-                        "{}", if live { "data keeps coming: long-polling on a pooled connection" } else { "quiet: long-polling on the shared connection" }
-                    );
+                if at_tail {
+                    let next = batches.last().map_or(offset, |b| b.header.next_offset());
+                    let behind = f.high_watermark - next;
+                    live =
+                        tailing.on_shared_answer(f.records.len(), max_bytes, behind) == Mode::Live;
+                    if live {
+                        tracing::debug!(
+                            topic = %topic, partition = p, offset, bytes = f.records.len(),
+                            high_watermark, "data keeps coming: the partition goes live"
+                        );
+                    }
                 }
                 tracing::debug!(
                     topic = %topic, partition = p, offset, asked = max_bytes, bytes = f.records.len(),
@@ -388,16 +385,18 @@ async fn fetch_loop(
         if tx.send(msg).await.is_err() || stop {
             return;
         }
-        // Far behind: fetch the backlog in parallel pieces over the pool.
+        // Far behind, or live: fetch the rest in parallel pieces over the pool.
         let behind = (high_watermark - offset) as f64 * bytes_per_offset;
-        if data && behind > shared.config.transport.split_bytes as f64 {
+        let far = behind > shared.config.transport.split_bytes as f64;
+        if data && (far || live) {
             let start = catch_up::Start {
                 offset,
                 high_watermark,
                 bytes_per_offset: Some(bytes_per_offset),
                 largest_batch,
+                live: !far,
             };
-            match catch_up::run(&shared, &job, start, &tx).await {
+            match catch_up::run(&shared, &job, start, &mut tailing, &tx).await {
                 Some((next, hw)) => (offset, high_watermark) = (next, hw),
                 None => return,
             }

@@ -83,6 +83,8 @@ pub enum Outcome {
     Deferred,
     /// The answer is for a fetch no longer in flight (failed, or a duplicate's twin).
     Unknown,
+    /// A tail probe ([`Pieces::probe`]) found no new data.
+    Empty,
 }
 
 struct Segment<B, T> {
@@ -150,6 +152,8 @@ pub struct Pieces<B, T> {
     one_batch: bool,
     /// Moving average of the time from sending a fetch to its answer's head.
     avg_head_ms: f64,
+    /// The tail probe in flight, if any ([`Pieces::probe`]).
+    probe: Option<u64>,
 }
 
 /// Slow means this many times the average answer time (at least `MIN_STEAL_MS`; the
@@ -188,6 +192,7 @@ impl<B: Span, T: Clone> Pieces<B, T> {
             mid_batch: MidBatch::Unknown,
             one_batch: true,
             avg_head_ms: 0.0,
+            probe: None,
         }
     }
 
@@ -274,6 +279,43 @@ impl<B: Span, T: Clone> Pieces<B, T> {
     pub fn extend(&mut self, target: i64) {
         if self.stop.is_none() {
             self.target = self.target.max(target);
+        }
+    }
+
+    /// A live partition's tail: everything known was handed out and nothing is in
+    /// flight, so one fetch at the head (the caller holds it at the broker for the tail
+    /// wait) learns of new data. It claims a piece's length past the end; its answer's
+    /// high watermark ([`Pieces::on_high_watermark`], from the head or the whole
+    /// answer) trims that claim to what exists, and what lies past it is planned as
+    /// pieces at once, before the probe's own answer is in.
+    pub fn probe(&mut self, now_ms: u64) -> Option<Request> {
+        if !self.is_done() || self.stop.is_some() || !self.covered.is_empty() {
+            return None;
+        }
+        let start = self.emitted;
+        let end = start + self.piece_len;
+        self.frontier = end;
+        let r = self.fly(start, end, now_ms, false, None);
+        self.probe = Some(r.id);
+        Some(r)
+    }
+
+    /// Whether the tail probe is in flight.
+    pub fn probing(&self) -> bool {
+        self.probe.is_some_and(|id| self.flights.contains_key(&id))
+    }
+
+    /// A high watermark some answer (or an answer's head) reported. The target moves up
+    /// to it; a tail probe's claim past it shrinks to it (nothing lies there yet).
+    pub fn on_high_watermark(&mut self, hw: i64) {
+        self.extend(hw);
+        let Some(f) = self.probe.and_then(|id| self.flights.get_mut(&id)) else {
+            return;
+        };
+        let to = hw.max(f.start + 1);
+        if f.end > to {
+            f.end = to;
+            self.frontier = to;
         }
     }
 
@@ -498,6 +540,9 @@ impl<B: Span, T: Clone> Pieces<B, T> {
         self.flights
             .iter()
             .filter(|(_, f)| !f.duplicate && !f.stolen)
+            // A probe past the known end waits at the broker by design; a copy of it
+            // would only be a second probe.
+            .filter(|(id, f)| self.probe != Some(**id) || f.start < self.target)
             .filter_map(|(id, f)| {
                 let age = now_ms.saturating_sub(f.issued_ms) as f64;
                 let quiet = now_ms.saturating_sub(f.progress_ms.unwrap_or(f.issued_ms)) as f64;
@@ -577,11 +622,13 @@ impl<B: Span, T: Clone> Pieces<B, T> {
                 t.headed = true;
             }
         }
-        self.avg_head_ms = if self.avg_head_ms == 0.0 {
-            took
-        } else {
-            self.avg_head_ms * 0.9 + took * 0.1
-        };
+        if self.probe != Some(id) {
+            self.avg_head_ms = if self.avg_head_ms == 0.0 {
+                took
+            } else {
+                self.avg_head_ms * 0.9 + took * 0.1
+            };
+        }
     }
 
     /// The head of the answer to request `id` arrived: its first batch is
@@ -633,7 +680,17 @@ impl<B: Span, T: Clone> Pieces<B, T> {
 
     /// A fetch failed; its range will be asked again.
     pub fn on_failed(&mut self, id: u64) {
-        self.flights.remove(&id);
+        let Some(f) = self.flights.remove(&id) else {
+            return;
+        };
+        if self.probe == Some(id) {
+            // A failed probe learnt nothing: its claim past the end must not stay
+            // planned, or the range would go out again as a piece of nothing.
+            self.probe = None;
+            if self.target <= f.start {
+                self.frontier = self.frontier.min(f.start).max(self.emitted);
+            }
+        }
     }
 
     fn answer(
@@ -647,12 +704,24 @@ impl<B: Span, T: Clone> Pieces<B, T> {
         let Some(f) = self.flights.remove(&id) else {
             return Outcome::Unknown;
         };
+        let probe = self.probe == Some(id);
+        if probe {
+            self.probe = None;
+            if batches.is_empty() && bad.is_none() && self.target <= f.start {
+                // Nothing new: the plan ends where the probe began.
+                self.frontier = self.frontier.min(f.start).max(self.emitted);
+                return Outcome::Empty;
+            }
+        }
+        // A probe's time includes the broker's wait: it says nothing of transfers.
         let took = now_ms.saturating_sub(f.issued_ms) as f64;
-        self.avg_ms = if self.avg_ms == 0.0 {
-            took
-        } else {
-            self.avg_ms * 0.9 + took * 0.1
-        };
+        if !probe {
+            self.avg_ms = if self.avg_ms == 0.0 {
+                took
+            } else {
+                self.avg_ms * 0.9 + took * 0.1
+            };
+        }
         let end = match (bad, batches.last()) {
             (Some(b), _) => b,
             (None, Some(last)) => last.next(),
@@ -1439,6 +1508,165 @@ mod tests {
             prop_assert_eq!(p.stopped(), Some(bad.0));
             let want: Vec<B> = src.iter().filter(|b| b.0 < bad.0).copied().collect();
             prop_assert_eq!(out, want);
+        }
+    }
+
+    #[test]
+    fn a_probe_finds_new_data_and_the_rest_goes_out_at_once() {
+        let src = log(&[(0, 10), (0, 10), (0, 10), (0, 10)]);
+        let mut p: Pieces<B, ()> = Pieces::new(0, 10, 10);
+        let r = p.next_request(0, true).unwrap();
+        p.on_answer(r.id, fetch(&src, 0, 1, false), None, 10);
+        assert_eq!(p.pop_ready().0, vec![B(0, 10)]);
+        assert!(p.is_done());
+        // Nothing new: the probe comes back empty, and the plan ends where it began.
+        let probe = p.probe(20).unwrap();
+        assert_eq!((probe.start, p.probing()), (10, true));
+        assert!(p.probe(20).is_none(), "one probe at a time");
+        p.on_high_watermark(10);
+        assert_eq!(p.on_answer(probe.id, vec![], None, 40), Outcome::Empty);
+        assert!(p.is_done() && !p.probing());
+        // The next probe's head reports data up to 40: past the probe's claim, the
+        // rest is planned before its answer is in.
+        let probe = p.probe(50).unwrap();
+        p.on_high_watermark(40);
+        let rest = p.next_request(60, true).unwrap();
+        assert_eq!((rest.start, rest.end), (20, 30));
+        p.on_answer(rest.id, fetch(&src, 20, 9, false), None, 70);
+        p.on_answer(probe.id, fetch(&src, 10, 1, false), None, 80);
+        assert_eq!(p.pop_ready().0, src[1..].to_vec());
+        assert!(p.is_done());
+    }
+
+    #[test]
+    fn a_probe_claims_nothing_past_the_end() {
+        let src = log(&[(0, 10), (0, 3)]);
+        let mut p: Pieces<B, ()> = Pieces::new(10, 10, 100);
+        let probe = p.probe(0).unwrap();
+        assert_eq!((probe.start, probe.end), (10, 110));
+        // The whole answer says the log ends at 13: nothing to plan past it.
+        p.on_high_watermark(13);
+        assert!(p.next_request(1, true).is_none());
+        assert_eq!(
+            p.on_answer(probe.id, fetch(&src, 10, 9, false), None, 2),
+            Outcome::Covered
+        );
+        assert_eq!(p.pop_ready().0, vec![B(10, 13)]);
+        assert!(p.is_done());
+        assert!(p.next_request(3, true).is_none());
+    }
+
+    #[derive(Debug, Clone)]
+    enum Live {
+        /// The producer appends this many batches.
+        Grow(usize),
+        Issue(bool),
+        /// Answer the in-flight request at this index (modulo), with up to n batches
+        /// of what the log holds now, and its high watermark.
+        Answer(usize, usize),
+        /// The head of the in-flight request at this index arrives, with the high
+        /// watermark now.
+        Head(usize),
+        Probe,
+        Fail(usize),
+        Tick(u64),
+    }
+
+    fn live_ev() -> impl Strategy<Value = Live> {
+        prop_oneof![
+            2 => (1usize..4).prop_map(Live::Grow),
+            3 => any::<bool>().prop_map(Live::Issue),
+            4 => (any::<usize>(), 0usize..4).prop_map(|(i, n)| Live::Answer(i, n)),
+            2 => any::<usize>().prop_map(Live::Head),
+            2 => Just(Live::Probe),
+            1 => any::<usize>().prop_map(Live::Fail),
+            1 => (0u64..3_000).prop_map(Live::Tick),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+        /// A live partition: the log grows while it is fetched, the end moves with
+        /// every answer and head, probes go out whenever everything known is in and
+        /// come back empty or with data, answers arrive in any order, some fail.
+        /// What is handed out is always the log's start, in order, each batch once,
+        /// and once the producer stops, all of it.
+        #[test]
+        fn a_moving_end_gives_the_growing_log_exactly(
+            shape in proptest::collection::vec((0i64..3, 1i64..20), 2..60),
+            first in 1usize..10,
+            piece in 1i64..60,
+            kafka in any::<bool>(),
+            events in proptest::collection::vec(live_ev(), 0..300),
+        ) {
+            let src = log(&shape);
+            let mut visible = first.min(src.len());
+            let hw = |v: usize| src[..v].last().map_or(0, |b| b.1);
+            let mut p: Pieces<B, u32> = Pieces::new(0, hw(visible), piece);
+            p.set_mid_batch(if kafka { MidBatch::Holding } else { MidBatch::Next });
+            let mut flying: Vec<Request> = Vec::new();
+            let mut out: Vec<B> = Vec::new();
+            let mut now = 0u64;
+            let mut known = hw(visible);
+            let step = |e: &Live, p: &mut Pieces<B, u32>, flying: &mut Vec<Request>, visible: &mut usize, known: &mut i64, now: &mut u64, out: &mut Vec<B>| {
+                match *e {
+                    Live::Grow(n) => *visible = (*visible + n).min(src.len()),
+                    Live::Issue(permit) => {
+                        // Nothing is asked for past the end the answers reported: such
+                        // a fetch would come back empty.
+                        if let Some(r) = p.next_request(*now, permit) {
+                            prop_assert!(r.start < *known, "{:?} past the end {}", r, known);
+                            flying.push(r);
+                        }
+                    }
+                    Live::Probe => flying.extend(p.probe(*now)),
+                    Live::Answer(i, n) if !flying.is_empty() => {
+                        let r = flying.swap_remove(i % flying.len());
+                        *known = hw(*visible);
+                        p.on_high_watermark(*known);
+                        let o = p.on_answer(r.id, fetch(&src[..*visible], r.start, n, kafka), Some(7), *now);
+                        if o == Outcome::Empty {
+                            prop_assert!(r.start >= hw(*visible), "empty probe at {} below the end", r.start);
+                        }
+                    }
+                    Live::Head(i) if !flying.is_empty() => {
+                        let r = flying[i % flying.len()];
+                        *known = hw(*visible);
+                        p.on_high_watermark(*known);
+                        if let Some(b) = fetch(&src[..*visible], r.start, 1, kafka).first() {
+                            p.on_head(r.id, b.0, *now);
+                        }
+                    }
+                    Live::Fail(i) if !flying.is_empty() => {
+                        let r = flying.swap_remove(i % flying.len());
+                        p.on_failed(r.id);
+                    }
+                    Live::Tick(ms) => *now += ms,
+                    _ => {}
+                }
+                let (b, _) = p.pop_ready();
+                out.extend(b);
+                prop_assert!(out.len() <= *visible);
+                prop_assert_eq!(&out[..], &src[..out.len()]);
+                Ok(())
+            };
+            for e in &events {
+                step(e, &mut p, &mut flying, &mut visible, &mut known, &mut now, &mut out)?;
+            }
+            // The producer stops; the mirror goes on until probes find nothing new.
+            visible = src.len();
+            let mut guard = 0;
+            while out.len() < src.len() {
+                guard += 1;
+                prop_assert!(guard < 10_000, "no progress: emitted {}", p.emitted());
+                if p.is_done() {
+                    step(&Live::Probe, &mut p, &mut flying, &mut visible, &mut known, &mut now, &mut out)?;
+                }
+                step(&Live::Issue(true), &mut p, &mut flying, &mut visible, &mut known, &mut now, &mut out)?;
+                step(&Live::Answer(0, 2), &mut p, &mut flying, &mut visible, &mut known, &mut now, &mut out)?;
+                now += 1_000;
+            }
+            prop_assert_eq!(out, src);
         }
     }
 }

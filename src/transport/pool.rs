@@ -17,7 +17,7 @@ use super::sizer::{Change, PoolConfig, Sizer, Window};
 use crate::kafka::client::Fetched;
 use crate::kafka::connection::{ConnStats, Connection, SocketOptions};
 use crate::kafka::error::Result;
-use crate::kafka::fetch_mux::{fetch_request, send_fetch, send_fetch_early, Answers, OnFirstBatch};
+use crate::kafka::fetch_mux::{fetch_request, send_fetch, send_fetch_early, Answers, OnHead};
 
 /// Requests in flight per connection. One: a piece queued behind another waits for
 /// that whole transfer, which on a lossy path doubles the time until it can be handed
@@ -43,6 +43,8 @@ struct Inner {
     next_id: u64,
     /// Bytes of connections that are gone, so the pool total never goes back.
     retired: u64,
+    /// Most connections in use at once since the last window.
+    peak: usize,
 }
 
 pub struct Pool {
@@ -54,6 +56,9 @@ pub struct Pool {
     freed: Notify,
     /// Set when a request found no idle connection during the current window.
     waited: AtomicBool,
+    /// Set when a partition of this broker switched between tailing and pieces during
+    /// the current window (see [`Window::switched`]).
+    switched: AtomicBool,
     /// Largest size the pool may reach (urgent requests may open up to it).
     max: usize,
 }
@@ -90,9 +95,11 @@ impl Pool {
                 target: sizer.size(),
                 next_id: 0,
                 retired: 0,
+                peak: 0,
             }),
             freed: Notify::new(),
             waited: AtomicBool::new(false),
+            switched: AtomicBool::new(false),
             max: cfg.max.max(1),
         });
         tokio::spawn(size_loop(Arc::downgrade(&pool), sizer, report_every));
@@ -101,6 +108,12 @@ impl Pool {
 
     pub fn addr(&self) -> &str {
         &self.addr
+    }
+
+    /// A partition of this broker switched between tailing and pieces: the demand on
+    /// the pool changes, which the sizer must not take for the pool's doing.
+    pub fn note_switch(&self) {
+        self.switched.store(true, Ordering::Relaxed);
     }
 
     /// A place for one request on a connection, held until the lease is dropped. A
@@ -141,7 +154,9 @@ impl Pool {
                     .find(|s| s.in_flight < DEPTH && !s.draining)
                 {
                     s.in_flight += 1;
-                    return Ok((s.id, s.conn.clone()));
+                    let taken = (s.id, s.conn.clone());
+                    inner.note_use();
+                    return Ok(taken);
                 }
                 // No idle connection: a connection more would have started this at once.
                 self.waited.store(true, Ordering::Relaxed);
@@ -171,6 +186,7 @@ impl Pool {
             match res {
                 Ok(conn) => {
                     let id = g.add(conn.clone(), 1);
+                    g.note_use();
                     return Ok((id, conn));
                 }
                 // With nothing open the caller learns why (and retries), and wakes
@@ -202,11 +218,15 @@ impl Pool {
         self.freed.notify_one();
     }
 
-    /// Total response bytes and per-connection reports since the last call.
-    fn sample(&self, window: Duration) -> (u64, usize, Vec<ConnReport>) {
+    /// Total response bytes, connections draining, peak use and per-connection
+    /// reports since the last call.
+    fn sample(&self, window: Duration) -> (u64, usize, usize, Vec<ConnReport>) {
         let mut g = self.lock();
         retire_dead(&mut g);
         let draining = g.slots.iter().filter(|s| s.draining).count();
+        // The next window starts with what is in use now.
+        let in_use = g.slots.iter().filter(|s| s.in_flight > 0).count();
+        let peak = std::mem::replace(&mut g.peak, in_use).max(in_use);
         let secs = window.as_secs_f64().max(1e-3);
         let mut total = g.retired;
         let mut reports = Vec::with_capacity(g.slots.len());
@@ -223,7 +243,7 @@ impl Pool {
             });
             s.seen = bytes;
         }
-        (total, draining, reports)
+        (total, draining, peak, reports)
     }
 
     fn set_target(&self, n: usize) {
@@ -257,6 +277,12 @@ impl Pool {
 }
 
 impl Inner {
+    /// A request took a place: the window's peak use may have grown.
+    fn note_use(&mut self) {
+        let in_use = self.slots.iter().filter(|s| s.in_flight > 0).count();
+        self.peak = self.peak.max(in_use);
+    }
+
     /// A new connection with `in_flight` requests on it; returns its id.
     fn add(&mut self, conn: Connection, in_flight: usize) -> u64 {
         self.next_id += 1;
@@ -330,23 +356,25 @@ impl Lease {
         self.conn.stats_handle()
     }
 
-    /// Sends one catch-up fetch on the leased connection and gives the place back.
-    /// `on_first` learns the answer's first batch as soon as its head is in.
+    /// Sends one fetch on the leased connection and gives the place back. The broker
+    /// holds it for up to `max_wait` when nothing is there yet (a live partition's tail
+    /// probe, docs/live.md; zero for catch-up pieces). `on_head` learns the answer's high watermark and first batch as soon as its head is in.
     pub async fn fetch(
         self,
         topic: &str,
         partition: i32,
         offset: i64,
         max_bytes: i32,
-        on_first: Option<OnFirstBatch>,
+        max_wait: Duration,
+        on_head: Option<OnHead>,
     ) -> Result<Fetched> {
         let req = fetch_request(
             std::iter::once((topic, partition, offset, max_bytes)),
-            Duration::ZERO,
+            max_wait,
         );
-        let answers = match on_first {
-            Some(f) => send_fetch_early(&self.conn, &req, f).await?,
-            None => send_fetch(&self.conn, &req, Duration::ZERO).await?,
+        let answers = match on_head {
+            Some(f) => send_fetch_early(&self.conn, &req, max_wait, f).await?,
+            None => send_fetch(&self.conn, &req, max_wait).await?,
         };
         self.take(answers, topic, partition)
     }
@@ -357,25 +385,6 @@ impl Lease {
         f.conn = self.id;
         f.queued = self.queued;
         Ok(f)
-    }
-
-    /// A long poll on the leased connection: the broker answers when data is there,
-    /// or after `max_wait` with none. A busy tailing partition polls on a pooled
-    /// connection of its own instead of the broker's shared one (docs/live.md).
-    pub async fn fetch_waiting(
-        self,
-        topic: &str,
-        partition: i32,
-        offset: i64,
-        max_bytes: i32,
-        max_wait: Duration,
-    ) -> Result<Fetched> {
-        let req = fetch_request(
-            std::iter::once((topic, partition, offset, max_bytes)),
-            max_wait,
-        );
-        let answers = send_fetch(&self.conn, &req, max_wait).await?;
-        self.take(answers, topic, partition)
     }
 }
 
@@ -409,10 +418,11 @@ async fn size_loop(pool: Weak<Pool>, mut sizer: Sizer, report_every: Duration) {
         let Some(pool) = pool.upgrade() else { return };
         let elapsed = last.elapsed();
         last = Instant::now();
-        let (total, draining, reports) = pool.sample(elapsed);
+        let (total, draining, peak, reports) = pool.sample(elapsed);
         let bytes = total.saturating_sub(last_total);
         last_total = total;
         let busy = pool.waited.swap(false, Ordering::Relaxed);
+        let switched = pool.switched.swap(false, Ordering::Relaxed);
         let (median_rtt, max_rtt) = rtt_summary(&reports);
         // A window must span many round trips to mean anything on a lossy path.
         window = Duration::from_secs_f64((median_rtt * 5.0 / 1000.0).clamp(1.0, 5.0));
@@ -421,11 +431,13 @@ async fn size_loop(pool: Weak<Pool>, mut sizer: Sizer, report_every: Duration) {
             rate: goodput as u64,
             busy,
             draining,
+            peak,
+            switched,
         };
         if let Some(change) = sizer.observe(sample) {
             tracing::info!(
                 cluster = %pool.cluster, broker = pool.broker, addr = %pool.addr,
-                from = reports.len(), to = sizer.size(), change = ?change,
+                from = reports.len(), to = sizer.size(), change = ?change, peak_in_use = peak,
                 goodput_mb_s = format!("{:.2}", goodput / 1e6),
                 "fetch pool resized"
             );

@@ -12,6 +12,13 @@
 //! flatters the smaller pool: while doubling, a growth that did not lose is kept. And
 //! a pool told to shrink drains (busy connections close when answered, seconds on a
 //! lossy path), so a smaller size is judged only once the pool has come down to it.
+//!
+//! A live stream adds two more. Its pieces go out in bursts, so the pool rarely waits
+//! for a connection and would look idle between them: it shrinks only below what was
+//! in use in the recent past, never under the bursts' own peak (connections closed
+//! then must be opened and slow-started again at the next burst). And when
+//! partitions switch between tailing and pieces, a window's goodput swings with the
+//! demand, not the pool: a growth is not judged on such a window (docs/live.md).
 
 /// Bounds and starting point of a pool.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,6 +50,11 @@ pub struct Window {
     pub busy: bool,
     /// Connections still closing after a shrink (they finish their requests first).
     pub draining: usize,
+    /// Most connections in use at once during the window.
+    pub peak: usize,
+    /// Whether some partition switched between tailing and pieces in the window: the
+    /// demand changed, so the window's goodput does not measure the pool.
+    pub switched: bool,
 }
 
 /// Why the size changed, for the operator's log.
@@ -62,8 +74,13 @@ pub enum Change {
 enum Phase {
     /// Stable; probe again when `left` windows have passed and the pool is busy.
     Hold { left: u32 },
-    /// Just grew from `prev`; `before` is the goodput measured at `prev`.
-    Grown { prev: usize, before: u64 },
+    /// Just grew from `prev`; `before` is the goodput measured at `prev`; `put_off`
+    /// windows were not comparable (demand switched) and did not count.
+    Grown {
+        prev: usize,
+        before: u64,
+        put_off: u32,
+    },
 }
 
 /// Windows to wait after a failed probe before trying again.
@@ -96,6 +113,9 @@ pub struct Sizer {
     /// The size the last revert came from and the goodput measured there, until the
     /// next probe: if the smaller pool carries clearly less, the revert was wrong.
     reverted: Option<(usize, u64)>,
+    /// Peak use of the last `IDLE_WINDOWS` windows, newest last: an idle pool does not
+    /// shrink below the largest.
+    peaks: std::collections::VecDeque<usize>,
 }
 
 /// After a revert, goodput below this share of the larger pool's restores it.
@@ -118,6 +138,7 @@ impl Sizer {
             doubling: true,
             idle: 0,
             reverted: None,
+            peaks: std::collections::VecDeque::with_capacity(IDLE_WINDOWS as usize),
         }
     }
 
@@ -127,12 +148,37 @@ impl Sizer {
 
     /// Takes the sample of one window; returns the change made, if any.
     pub fn observe(&mut self, w: Window) -> Option<Change> {
+        if self.peaks.len() == IDLE_WINDOWS as usize {
+            self.peaks.pop_front();
+        }
+        self.peaks.push_back(w.peak);
         if self.settle > 0 {
             self.settle -= 1;
             return None;
         }
         match self.phase {
-            Phase::Grown { prev, before } => {
+            Phase::Grown {
+                prev,
+                before,
+                put_off,
+            } => {
+                if w.switched && w.busy {
+                    // Demand moved under the sample: wait for a window that measures
+                    // the pool, and keep the growth if none comes.
+                    self.phase = if put_off + 1 >= HOLD_WINDOWS {
+                        // Kept unjudged: probe on in small steps only, so a run of
+                        // switches cannot double the pool up to its maximum.
+                        self.doubling = false;
+                        Phase::Hold { left: HOLD_WINDOWS }
+                    } else {
+                        Phase::Grown {
+                            prev,
+                            before,
+                            put_off: put_off + 1,
+                        }
+                    };
+                    return None;
+                }
                 let factor = if self.doubling { 2.0 } else { 1.25 };
                 // Demand a gain worth a quarter of what the growth could give at best,
                 // so noise does not ratchet the pool up.
@@ -168,7 +214,11 @@ impl Sizer {
                     // Demand comes in waves (partitions switching between catch-up and
                     // tailing); shrink only after a run of idle windows.
                     self.idle += 1;
-                    let to = (self.size - (self.size / 4).max(1)).max(self.cfg.min);
+                    // Never below what the bursts of a live stream used lately.
+                    let used = self.peaks.iter().copied().max().unwrap_or(0);
+                    let to = (self.size - (self.size / 4).max(1))
+                        .max(self.cfg.min)
+                        .max(used);
                     if self.idle >= IDLE_WINDOWS && to < self.size {
                         self.size = to;
                         // Demand that comes back after a lull ramps up fast again.
@@ -216,6 +266,7 @@ impl Sizer {
         self.phase = Phase::Grown {
             prev: self.size,
             before,
+            put_off: 0,
         };
         self.size = to;
         self.settle = 1;
@@ -243,6 +294,8 @@ mod tests {
             rate: (n as u64 * per).min(cap),
             busy: true,
             draining: 0,
+            peak: 0,
+            switched: false,
         }
     }
 
@@ -297,6 +350,8 @@ mod tests {
             rate: 23_000,
             busy: true,
             draining: 0,
+            peak: 0,
+            switched: false,
         };
         assert_eq!(s.observe(young), Some(Change::Grew));
         s.observe(link(32, 1_000, 24_000)); // settling
@@ -325,6 +380,8 @@ mod tests {
             rate: 9_000,
             busy: false,
             draining: 0,
+            peak: 0,
+            switched: false,
         };
         assert_eq!(s.observe(quiet), None);
         assert_eq!(s.size(), 32);
@@ -351,6 +408,8 @@ mod tests {
             rate: 10_000,
             busy: true,
             draining: 4,
+            peak: 0,
+            switched: false,
         };
         for _ in 0..3 * HOLD_WINDOWS {
             assert_eq!(s.observe(draining), None);
@@ -384,6 +443,8 @@ mod tests {
                 rate: 0,
                 busy: false,
                 draining: 0,
+                peak: 0,
+                switched: false,
             });
         }
         assert_eq!(s.size(), 1);
@@ -402,6 +463,8 @@ mod tests {
                 rate: 0,
                 busy: false,
                 draining: 0,
+                peak: 0,
+                switched: false,
             });
         }
         let low = s.size();
@@ -433,17 +496,115 @@ mod tests {
         assert_eq!(s.size(), 1);
     }
 
+    /// A live stream's window: bursts of pieces that used `peak` connections, nobody
+    /// waiting.
+    fn bursts(peak: usize) -> Window {
+        Window {
+            rate: 5_000,
+            busy: false,
+            draining: 0,
+            peak,
+            switched: false,
+        }
+    }
+
+    #[test]
+    fn a_live_pool_never_shrinks_below_its_bursts() {
+        let mut s = Sizer::new(cfg());
+        run(&mut s, 6, 1_000, 1_000_000);
+        let big = s.size();
+        assert!(big >= 64);
+        // Bursts use 40 connections now and then; between them nothing is in use.
+        for i in 0..IDLE_WINDOWS * 6 {
+            s.observe(bursts(if i % 10 == 0 { 40 } else { 0 }));
+            assert!(s.size() >= 40, "shrank to {} under bursts of 40", s.size());
+        }
+        assert!(s.size() < big, "never shrank from {big}");
+        // Once the bursts stop for a whole run of windows, it shrinks further.
+        for _ in 0..IDLE_WINDOWS * 3 {
+            s.observe(bursts(0));
+        }
+        assert_eq!(s.size(), 1);
+    }
+
+    #[test]
+    fn a_growth_is_not_judged_while_partitions_switch_modes() {
+        let mut s = past_the_ramp();
+        for _ in 0..HOLD_WINDOWS {
+            s.observe(link(32, 1_000, 19_000));
+        }
+        assert_eq!(s.observe(link(32, 1_000, 19_000)), Some(Change::Grew));
+        s.observe(link(40, 1_000, 19_000)); // settling
+                                            // Partitions went back to tailing: goodput halves, but not because of the pool.
+        let switched = Window {
+            switched: true,
+            ..link(40, 250, 19_000)
+        };
+        for _ in 0..HOLD_WINDOWS - 1 {
+            assert_eq!(s.observe(switched), None);
+        }
+        assert_eq!(s.size(), 40);
+        // A window that measures the pool judges it.
+        assert_eq!(s.observe(link(40, 250, 19_000)), Some(Change::Reverted));
+        assert_eq!(s.size(), 32);
+        // With no such window at all, the growth is kept.
+        let mut s = past_the_ramp();
+        for _ in 0..HOLD_WINDOWS {
+            s.observe(link(32, 1_000, 19_000));
+        }
+        s.observe(link(32, 1_000, 19_000));
+        s.observe(link(40, 1_000, 19_000));
+        for _ in 0..HOLD_WINDOWS {
+            assert_eq!(s.observe(switched), None);
+        }
+        assert_eq!(s.size(), 40);
+        // ... and growth goes on in quarter steps, never doubling on unjudged windows.
+        for _ in 0..HOLD_WINDOWS * 3 {
+            assert_ne!(s.observe(switched), Some(Change::Reverted));
+        }
+        assert_eq!(s.size(), 50);
+    }
+
     proptest! {
         #[test]
         fn size_stays_within_bounds(
             min in 1usize..20, extra in 0usize..300, initial in 0usize..400,
-            samples in proptest::collection::vec((0u64..1_000_000, any::<bool>(), 0usize..3), 0..200),
+            samples in proptest::collection::vec((0u64..1_000_000, any::<bool>(), 0usize..3, 0usize..400, any::<bool>()), 0..200),
         ) {
             let max = min + extra;
             let mut s = Sizer::new(PoolConfig { min, max, initial });
-            for (rate, busy, draining) in samples {
-                s.observe(Window { rate, busy, draining });
+            for (rate, busy, draining, peak, switched) in samples {
+                s.observe(Window { rate, busy, draining, peak, switched });
                 prop_assert!(s.size() >= min && s.size() <= max);
+            }
+        }
+
+        /// The live regime: whatever the windows, an idle shrink never goes below the
+        /// peak use of the windows just seen, and a window in which partitions switched
+        /// modes never reverts a growth.
+        #[test]
+        fn live_windows_neither_starve_bursts_nor_revert_on_switches(
+            samples in proptest::collection::vec(
+                (0u64..1_000_000, any::<bool>(), 0usize..2, 0usize..300, any::<bool>()), 0..300),
+        ) {
+            let mut s = Sizer::new(cfg());
+            let mut recent: std::collections::VecDeque<usize> = Default::default();
+            for (rate, busy, draining, peak, switched) in samples {
+                if recent.len() == IDLE_WINDOWS as usize {
+                    recent.pop_front();
+                }
+                recent.push_back(peak);
+                let before = s.size();
+                let w = Window { rate, busy, draining, peak, switched };
+                match s.observe(w) {
+                    Some(Change::Idle) => {
+                        let used = recent.iter().copied().max().unwrap_or(0);
+                        prop_assert!(s.size() >= used.min(before), "{before} -> {} under a peak of {used}", s.size());
+                        prop_assert!(s.size() < before);
+                    }
+                    Some(Change::Reverted) => prop_assert!(!switched, "reverted on a switched window"),
+                    _ => {}
+                }
             }
         }
     }

@@ -220,7 +220,11 @@ pub fn one_batch_answers(bootstrap: &str, topic: &str, offsets: &[i64]) -> Vec<(
         let mut told = 0;
         for &offset in offsets {
             let (tx, rx) = std::sync::mpsc::channel();
-            let tell = Box::new(move |base, next| tx.send((base, next)).unwrap());
+            let tell = Box::new(move |h: wanmirror::kafka::peek::Head| {
+                if let Some(first) = h.first {
+                    tx.send(first).unwrap();
+                }
+            });
             let f = c
                 .fetch_piece(topic, 0, offset, 1, false, Some(tell))
                 .await
