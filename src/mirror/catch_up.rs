@@ -46,6 +46,11 @@ const SCATTER_SPACING: i64 = 1024;
 const SCATTER_WINDOW: i64 = 16;
 /// How often the driver looks for slow pieces to fetch a second time.
 const STEAL_CHECK: Duration = Duration::from_millis(250);
+/// Least time before a stuck piece is copied: far behind, pieces are large and
+/// copies cost link time; live, a piece is a few round trips of data and every record
+/// behind it waits (decision 43).
+const FAR_STEAL_MS: u64 = 2_000;
+const LIVE_STEAL_MS: u64 = 600;
 /// How often the driver logs where it stands (at debug).
 const STATE_EVERY: Duration = Duration::from_secs(1);
 
@@ -241,6 +246,7 @@ pub(super) async fn run(
             } else {
                 t.live_piece_bytes.min(t.piece_bytes)
             };
+            pieces.set_min_steal_ms(if far { FAR_STEAL_MS } else { LIVE_STEAL_MS });
             // A piece must hold a batch start or its answer is a batch that belongs to
             // (and is fetched by) the next piece too.
             let by_bytes = len(size.piece_bytes(), bpo);

@@ -154,6 +154,8 @@ pub struct Pieces<B, T> {
     avg_head_ms: f64,
     /// The tail probe in flight, if any ([`Pieces::probe`]).
     probe: Option<u64>,
+    /// The least time before a stuck piece gets a second copy ([`Pieces::set_min_steal_ms`]).
+    min_steal_ms: f64,
 }
 
 /// Slow means this many times the average answer time (at least `MIN_STEAL_MS`; the
@@ -193,6 +195,7 @@ impl<B: Span, T: Clone> Pieces<B, T> {
             one_batch: true,
             avg_head_ms: 0.0,
             probe: None,
+            min_steal_ms: MIN_STEAL_MS,
         }
     }
 
@@ -249,6 +252,14 @@ impl<B: Span, T: Clone> Pieces<B, T> {
         self.split = span.filter(|s| *s > 0);
     }
 
+    /// The least time (default `MIN_STEAL_MS`) a piece must be slow and silent before
+    /// it gets a second copy. A live partition's pieces are small and every record
+    /// behind a stuck one waits: there a copy after a few round trips costs little and
+    /// saves a retransmission back-off of a second or more.
+    pub fn set_min_steal_ms(&mut self, ms: u64) {
+        self.min_steal_ms = ms as f64;
+    }
+
     /// Limits how far ahead of the head new pieces are planned (in offsets).
     pub fn set_window(&mut self, offsets: i64) {
         self.window = offsets.max(1);
@@ -256,7 +267,21 @@ impl<B: Span, T: Clone> Pieces<B, T> {
 
     fn may_plan(&self) -> bool {
         self.frontier < self.target
-            && (self.frontier == self.emitted || self.frontier - self.emitted < self.window)
+            && (self.frontier == self.emitted
+                || (self.frontier - self.emitted < self.window && !self.short_pending()))
+    }
+
+    /// Whether planning now would cut a short piece (less than `piece_len` known past
+    /// the frontier) while another short fetch is out. A live end moves up with every
+    /// answer by a few KB: cutting a piece each time makes a fetch per batch, each a
+    /// round trip on a lossy connection. One short piece at a time, and full ones as
+    /// soon as a piece's worth is known, keeps latency to one short transfer.
+    fn short_pending(&self) -> bool {
+        self.target - self.frontier < self.piece_len
+            && self
+                .flights
+                .iter()
+                .any(|(id, f)| Some(*id) != self.probe && f.end - f.start < self.piece_len)
     }
 
     /// Whether a new piece may be planned at the frontier now. On Kafka a short
@@ -532,10 +557,10 @@ impl<B: Span, T: Clone> Pieces<B, T> {
         let endgame = self.winding_down() && self.gap(false, now_ms).is_none();
         // A piece twice as slow as usual is most likely stuck on a connection in
         // retransmission back-off (seconds, doubling) on a lossy path.
-        let slow = (self.avg_ms * SLOW_FACTOR).max(MIN_STEAL_MS);
+        let slow = (self.avg_ms * SLOW_FACTOR).max(self.min_steal_ms);
         // In the end game connections fall idle one by one, so a second copy costs
         // little link time: anything slower than usual gets one.
-        let late = (self.avg_ms * LATE_FACTOR).max(MIN_STEAL_MS);
+        let late = (self.avg_ms * LATE_FACTOR).max(self.min_steal_ms);
         let waiting_behind = !self.covered.is_empty();
         self.flights
             .iter()
@@ -550,7 +575,7 @@ impl<B: Span, T: Clone> Pieces<B, T> {
                 // below its fetch offset holds the head up too.
                 let start = self.uncovered_from(f.from, f.end)?;
                 let blocks = start == self.emitted && waiting_behind && age >= slow;
-                let stuck = quiet >= MIN_STEAL_MS;
+                let stuck = quiet >= self.min_steal_ms;
                 ((blocks || (endgame && age >= late)) && stuck).then_some((*id, start, f.end))
             })
             .min_by_key(|(_, s, _)| *s)
