@@ -31,9 +31,10 @@ pub enum Next {
 }
 
 /// Empty probes in a row before a live partition goes back to the shared long poll.
-/// A probe waits `tail_wait_ms` at the broker (20 ms on tansu, 500 ms on Kafka), so
-/// this is a pause of about three round trips: a steady stream has data every round
-/// trip, and a burst that ended leaves the pooled connection soon.
+/// A probe waits up to `tail_wait_ms` at the broker (500 ms by default; the bench
+/// uses 20 ms on tansu, which sleeps out long polls), so this is a pause of three
+/// round trips plus three tail waits: a steady stream has data every round trip, and
+/// a burst that ended leaves the pooled connection soon.
 pub const QUIET_PROBES: u32 = 3;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
