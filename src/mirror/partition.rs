@@ -252,12 +252,9 @@ async fn fetch_loop(
             largest_batch: 0,
             live: false,
         };
-        match catch_up::run(&shared, &job, start, &mut tailing, &tx).await {
+        match catch_up_then(&shared, &job, start, &mut tailing, &tx).await {
             Some((next, hw)) => (offset, high_watermark) = (next, hw),
             None => return,
-        }
-        if at_end(&shared, offset, high_watermark, &tx).await {
-            return;
         }
     }
     // What recent data looked like, for cutting a backlog into pieces.
@@ -349,12 +346,9 @@ async fn fetch_loop(
                             largest_batch,
                             live: true,
                         };
-                        match catch_up::run(&shared, &job, start, &mut tailing, &tx).await {
+                        match catch_up_then(&shared, &job, start, &mut tailing, &tx).await {
                             Some((next, hw)) => (offset, high_watermark) = (next, hw),
                             None => return,
-                        }
-                        if at_end(&shared, offset, high_watermark, &tx).await {
-                            return;
                         }
                         continue;
                     }
@@ -430,15 +424,29 @@ async fn fetch_loop(
                 largest_batch,
                 live: !far,
             };
-            match catch_up::run(&shared, &job, start, &mut tailing, &tx).await {
+            match catch_up_then(&shared, &job, start, &mut tailing, &tx).await {
                 Some((next, hw)) => (offset, high_watermark) = (next, hw),
                 None => return,
             }
-            if at_end(&shared, offset, high_watermark, &tx).await {
-                return;
-            }
         }
     }
+}
+
+/// A catch-up in pieces from `start` (`catch_up::run`): where it ended, or `None` when
+/// this partition's fetching is over (the writer is gone, an error was passed on, or
+/// the end was reached in stop-at-end mode).
+async fn catch_up_then(
+    shared: &Arc<Shared>,
+    job: &Job,
+    start: catch_up::Start,
+    tailing: &mut Tailing,
+    tx: &mpsc::Sender<Chunk>,
+) -> Option<(i64, i64)> {
+    let (offset, high_watermark) = catch_up::run(shared, job, start, tailing, tx).await?;
+    if at_end(shared, offset, high_watermark, tx).await {
+        return None;
+    }
+    Some((offset, high_watermark))
 }
 
 /// In stop-at-end mode, whether a catch-up ended at the source's end as its last
