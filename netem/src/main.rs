@@ -95,15 +95,31 @@ fn sh(args: &[&str]) -> Result<()> {
     Ok(())
 }
 
+/// The emulator's pid from its pid file, if it is one we may signal: a plain positive
+/// number (0 and negative pids signal process groups, -1 every process; 1 is init)
+/// whose command line is `wanlink run --name NAME ...` (after a crash the pid may
+/// belong to someone else by now).
+fn ours(text: &str, name: &str, cmdline: impl Fn(i32) -> Vec<u8>) -> Option<i32> {
+    let pid: i32 = text.trim().parse().ok().filter(|p| *p > 1)?;
+    let cmd = cmdline(pid);
+    let args: Vec<&[u8]> = cmd.split(|b| *b == 0).collect();
+    let is_ours = args.windows(3).any(|w| {
+        w[0] == b"run".as_slice() && w[1] == b"--name".as_slice() && w[2] == name.as_bytes()
+    });
+    is_ours.then_some(pid)
+}
+
 fn ns_names(name: &str) -> (String, String) {
     (format!("{name}-src"), format!("{name}-dst"))
 }
 
 fn down(name: &str) -> Result<()> {
     let pid_file = state_dir().join(format!("{name}.pid"));
-    if let Ok(pid) = std::fs::read_to_string(&pid_file) {
-        if let Ok(pid) = pid.trim().parse::<i32>() {
-            // SAFETY: kill(2) with a pid we started; ESRCH (already gone) is fine.
+    if let Ok(text) = std::fs::read_to_string(&pid_file) {
+        let cmdline = |pid: i32| std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        if let Some(pid) = ours(&text, name, cmdline) {
+            // SAFETY: kill(2) on one positive pid whose command line is our emulator's;
+            // ESRCH (gone meanwhile) is fine.
             unsafe { libc::kill(pid, libc::SIGTERM) };
             let t = Instant::now();
             while t.elapsed() < Duration::from_secs(5)
@@ -273,5 +289,31 @@ fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::from(2)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ours;
+
+    fn cmd(args: &[&str]) -> Vec<u8> {
+        args.iter().flat_map(|a| a.bytes().chain([0])).collect()
+    }
+
+    #[test]
+    fn only_our_emulator_is_signalled() {
+        let emulator = |_| cmd(&["/x/wanlink", "run", "--name", "wan", "--rtt-ms", "100"]);
+        assert_eq!(ours("4242\n", "wan", emulator), Some(4242));
+        // Pids that signal groups or everyone, init, and garbage.
+        for bad in ["-1", "0", "1", "-4242", "", "x", "99999999999"] {
+            assert_eq!(ours(bad, "wan", emulator), None, "{bad:?}");
+        }
+        // A reused pid: another program, or an emulator of another link.
+        assert_eq!(
+            ours("4242", "wan", |_| cmd(&["/usr/bin/sleep", "100"])),
+            None
+        );
+        assert_eq!(ours("4242", "wan", |_| Vec::new()), None);
+        assert_eq!(ours("4242", "wan2", emulator), None);
     }
 }

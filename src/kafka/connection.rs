@@ -18,7 +18,7 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, Request, StrBytes};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use super::error::{KafkaError, Result};
 use super::peek::HEAD_BYTES;
@@ -52,6 +52,10 @@ pub struct Connection {
     tx: mpsc::Sender<Outgoing>,
     versions: Arc<Versions>,
     dead: Arc<AtomicBool>,
+    /// The requests waiting for an answer, shared with the I/O tasks.
+    pending: Pending,
+    /// Set to true to stop both I/O tasks, which closes the socket.
+    close: Arc<watch::Sender<bool>>,
     request_timeout: Duration,
     stats: Arc<ConnStats>,
 }
@@ -121,37 +125,44 @@ impl Connection {
                 ))
             })?;
         }
+        let mut conn = Connection::start(stream, addr, opts.request_timeout);
+        conn.versions = Arc::new(conn.negotiate().await?);
+        Ok(conn)
+    }
+
+    /// Starts the I/O tasks on a connected socket, before any version handshake.
+    fn start(stream: TcpStream, addr: &str, request_timeout: Duration) -> Connection {
         let (rd, wr) = stream.into_split();
         let pending: Pending = Arc::new(Mutex::new(HashMap::new()));
         let dead = Arc::new(AtomicBool::new(false));
         let (tx, rx) = mpsc::channel::<Outgoing>(1024);
+        let (close, closed) = watch::channel(false);
         let addr_arc: Arc<str> = Arc::from(addr);
         let stats = Arc::new(ConnStats::default());
-        tokio::spawn(write_loop(
-            addr_arc.clone(),
-            wr,
-            rx,
-            pending.clone(),
-            dead.clone(),
+        tokio::spawn(until_closed(
+            closed.clone(),
+            write_loop(addr_arc.clone(), wr, rx, pending.clone(), dead.clone()),
         ));
-        tokio::spawn(read_loop(
-            addr_arc.clone(),
-            rd,
-            pending,
-            dead.clone(),
-            stats.clone(),
+        tokio::spawn(until_closed(
+            closed,
+            read_loop(
+                addr_arc.clone(),
+                rd,
+                pending.clone(),
+                dead.clone(),
+                stats.clone(),
+            ),
         ));
-
-        let mut conn = Connection {
+        Connection {
             addr: addr_arc,
             tx,
             versions: Arc::new(Versions::default()),
             dead,
-            request_timeout: opts.request_timeout,
+            pending,
+            close: Arc::new(close),
+            request_timeout,
             stats,
-        };
-        conn.versions = Arc::new(conn.negotiate().await?);
-        Ok(conn)
+        }
     }
 
     pub fn addr(&self) -> &str {
@@ -277,11 +288,23 @@ impl Connection {
         let timeout = self.request_timeout + wait;
         let mut frame = match tokio::time::timeout(timeout, rx).await {
             Err(_) => {
+                // Answers come in request order, so everything sent after this request
+                // waits behind it: the connection is stalled (a half-open socket, a
+                // wedged broker). Close it so nobody reuses it, and fail the requests
+                // behind this one now rather than each after its own timeout.
+                let ms = timeout.as_millis() as u64;
+                fail_all(
+                    &self.addr,
+                    &self.pending,
+                    &self.dead,
+                    &format!("a {api} request got no answer in {ms} ms"),
+                );
+                self.close.send_replace(true);
                 return Err(KafkaError::Timeout {
                     addr: self.addr.to_string(),
                     api,
-                    ms: timeout.as_millis() as u64,
-                })
+                    ms,
+                });
             }
             Ok(Err(_)) => return Err(lost()),
             Ok(Ok(r)) => r?,
@@ -563,6 +586,18 @@ fn srtt_us(stream: &TcpStream) -> Option<u32> {
     }
 }
 
+/// Runs an I/O task until it ends or the connection is closed; dropping it releases
+/// its half of the socket.
+async fn until_closed(
+    mut closed: watch::Receiver<bool>,
+    task: impl std::future::Future<Output = ()>,
+) {
+    tokio::select! {
+        _ = task => {}
+        _ = closed.wait_for(|c| *c) => {}
+    }
+}
+
 fn fail_all(addr: &str, pending: &Pending, dead: &AtomicBool, reason: &str) {
     fail_all_with(pending, dead, || KafkaError::ConnectionLost {
         addr: addr.to_string(),
@@ -654,6 +689,65 @@ mod tests {
             .unwrap();
         assert!(matches!(got, Err(KafkaError::ConnectionLost { .. })));
         server.abort();
+    }
+
+    /// A broker that takes requests and never answers (a half-open path, a wedged
+    /// broker): the request times out, the requests queued behind it fail at once, the
+    /// connection no longer counts as alive, and its socket is closed.
+    #[tokio::test]
+    async fn a_timed_out_request_closes_the_connection() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut sink = vec![0u8; 4096];
+            // Read (and never answer) until the client closes its end.
+            loop {
+                match s.read(&mut sink).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        });
+        let stream = TcpStream::connect(addr).await.unwrap();
+        let conn = Connection::start(stream, "test", Duration::from_millis(300));
+        let req = ApiVersionsRequest::default();
+        let behind = {
+            let c = conn.clone();
+            tokio::spawn(async move {
+                // Sent just after the first one, with a long wait of its own.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                let t = std::time::Instant::now();
+                let r = c
+                    .exchange(
+                        &ApiVersionsRequest::default(),
+                        0,
+                        Duration::from_secs(60),
+                        None,
+                    )
+                    .await;
+                (r.is_err(), t.elapsed())
+            })
+        };
+        let first = conn.send_versioned(&req, 0).await;
+        assert!(
+            matches!(first, Err(KafkaError::Timeout { .. })),
+            "{first:?}"
+        );
+        assert!(
+            !conn.is_alive(),
+            "a stalled connection still counts as alive"
+        );
+        let (failed, waited) = behind.await.unwrap();
+        assert!(failed, "the request behind the stalled one was answered");
+        // Its own timeout is a minute away: failing now came from the stalled one.
+        assert!(waited < Duration::from_secs(30), "it waited {waited:?}");
+        // The server sees the socket closed while we still hold the Connection.
+        tokio::time::timeout(Duration::from_secs(5), server)
+            .await
+            .expect("the stalled connection's socket was left open")
+            .unwrap();
+        drop(conn);
     }
 
     /// A large response trickling in (the low-water mark is raised for it) followed by

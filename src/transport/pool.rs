@@ -180,9 +180,9 @@ impl Pool {
                 freed.await;
                 continue;
             }
+            let opening = Opening { pool: self };
             let res = Connection::connect(&self.addr, &self.opts).await;
-            let mut g = self.lock();
-            g.connecting -= 1;
+            let mut g = opening.done();
             match res {
                 Ok(conn) => {
                     let id = g.add(conn.clone(), 1);
@@ -309,9 +309,9 @@ impl Inner {
 
 /// Opens one connection of those the pool is short of and offers it to a waiter.
 async fn open_spare(pool: Arc<Pool>) {
+    let opening = Opening { pool: &pool };
     let res = Connection::connect(&pool.addr, &pool.opts).await;
-    let mut g = pool.lock();
-    g.connecting -= 1;
+    let mut g = opening.done();
     match res {
         Ok(conn) => {
             g.add(conn, 0);
@@ -325,6 +325,32 @@ async fn open_spare(pool: Arc<Pool>) {
             // learns why it fails.
             pool.freed.notify_waiters();
         }
+    }
+}
+
+/// One connection being opened, counted in `connecting`. A caller cancelled while it
+/// connects (an aborted piece task) drops this, which takes the count back and wakes
+/// the waiters; without it the pool would believe a connection is still on its way and
+/// never open the one it is short of.
+struct Opening<'a> {
+    pool: &'a Pool,
+}
+
+impl<'a> Opening<'a> {
+    /// The connect finished: the count goes back under the lock the caller goes on with.
+    fn done(self) -> std::sync::MutexGuard<'a, Inner> {
+        let pool = self.pool;
+        std::mem::forget(self);
+        let mut g = pool.lock();
+        g.connecting -= 1;
+        g
+    }
+}
+
+impl Drop for Opening<'_> {
+    fn drop(&mut self) {
+        self.pool.lock().connecting -= 1;
+        self.pool.freed.notify_waiters();
     }
 }
 
@@ -464,5 +490,61 @@ async fn size_loop(pool: Weak<Pool>, mut sizer: Sizer, report_every: Duration) {
                 );
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+    use tokio::net::TcpListener;
+
+    /// A lease cancelled while its connection is being opened (the broker accepted
+    /// but never finished the version handshake) gives the count back: the pool must
+    /// not wait forever for a connection nobody is opening.
+    #[tokio::test]
+    async fn a_cancelled_connect_is_not_counted_as_opening() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let server = tokio::spawn(async move {
+            let mut held = Vec::new();
+            loop {
+                let (mut s, _) = listener.accept().await.unwrap();
+                let mut buf = [0u8; 512];
+                let _ = s.read(&mut buf).await;
+                held.push(s);
+            }
+        });
+        let cfg = PoolConfig {
+            min: 1,
+            max: 4,
+            initial: 1,
+        };
+        let pool = Pool::spawn(
+            "test",
+            1,
+            &addr,
+            SocketOptions::default(),
+            cfg,
+            Duration::from_secs(60),
+        );
+        let p = pool.clone();
+        let lease = tokio::spawn(async move { p.lease(true).await.map(|_| ()) });
+        let start = Instant::now();
+        while pool.lock().connecting == 0 {
+            assert!(
+                start.elapsed() < Duration::from_secs(5),
+                "the connect never started"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        lease.abort();
+        assert!(lease.await.unwrap_err().is_cancelled());
+        assert_eq!(
+            pool.lock().connecting,
+            0,
+            "the aborted connect is still counted"
+        );
+        server.abort();
     }
 }
