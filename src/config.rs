@@ -179,6 +179,10 @@ pub struct TransportConfig {
     /// TCP congestion control (e.g. "bbr") for destination connections, where this
     /// process is the sender. Unset keeps the system default.
     pub destination_congestion: Option<String>,
+    /// Connections per destination broker that writes are spread over, one partition
+    /// on each (partition modulo this). A broker serves one connection's requests one
+    /// at a time, so a single connection makes every partition wait for the others.
+    pub produce_connections: usize,
 }
 
 impl Default for TransportConfig {
@@ -197,6 +201,9 @@ impl Default for TransportConfig {
             live_piece_bytes: 64 * 1024,
             recv_buffer_bytes: None,
             destination_congestion: None,
+            // Local connections cost little; 8 lets 8 partitions write at once
+            // (docs/live.md, decision 44).
+            produce_connections: 8,
         }
     }
 }
@@ -378,6 +385,12 @@ impl Config {
                 ));
             }
         }
+        if !(1..=256).contains(&t.produce_connections) {
+            return Err(bad(
+                "transport.produce_connections",
+                format!("must be between 1 and 256 (got {})", t.produce_connections),
+            ));
+        }
         if m.replication_factor == 0 || m.replication_factor < -1 {
             return Err(bad(
                 "mirror.replication_factor",
@@ -481,6 +494,9 @@ topics = ["orders", "payments\\..*"]
         assert!(err(&with("live_piece_bytes = 10")).contains("transport.live_piece_bytes"));
         assert!(err(&with("live_piece_bytes = 99999999999")).contains("transport.live_piece_bytes"));
         assert!(err(&with("destination_congestion = \"b b\"")).contains("congestion"));
+        assert_eq!(c.transport.produce_connections, 8);
+        assert!(err(&with("produce_connections = 0")).contains("transport.produce_connections"));
+        assert!(err(&with("produce_connections = 257")).contains("transport.produce_connections"));
         assert!(err(&with("pool = 3")).contains("unknown field"));
         let c = Config::parse("t", &with("pool_max = 8\npool_initial = 4")).unwrap();
         assert_eq!((c.transport.pool_max, c.transport.pool_initial), (8, 4));

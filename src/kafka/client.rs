@@ -2,6 +2,7 @@
 //! operations the mirror needs (fetch and produce of raw batches, topic admin, producer ids).
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -55,6 +56,9 @@ pub struct Cluster {
     pool: PoolConfig,
     /// How often pools log their goodput and RTT.
     report_every: Duration,
+    /// Connections per broker that produce requests are spread over (see
+    /// [`Cluster::set_produce_lanes`]).
+    produce_lanes: AtomicUsize,
     state: Mutex<State>,
 }
 
@@ -62,7 +66,9 @@ pub struct Cluster {
 struct State {
     brokers: HashMap<i32, String>,
     topics: BTreeMap<String, TopicMeta>,
-    conns: HashMap<i32, Connection>,
+    /// Connections by (broker, lane); lane 0 carries everything but produce requests
+    /// of partitions given other lanes.
+    conns: HashMap<(i32, usize), Connection>,
     muxes: HashMap<i32, FetchMux>,
     pools: HashMap<i32, Arc<Pool>>,
     bootstrap_conn: Option<Connection>,
@@ -97,6 +103,7 @@ impl Cluster {
             opts,
             pool,
             report_every,
+            produce_lanes: AtomicUsize::new(1),
             state: Mutex::new(State::default()),
         })
     }
@@ -138,11 +145,25 @@ impl Cluster {
         self.state.lock().await.brokers.entry(id).or_insert(addr);
     }
 
+    /// Spreads produce requests over `n` connections per broker, partition `p` on
+    /// connection `p % n`. A broker serves one connection's requests one at a time
+    /// (Kafka by design, tansu in its connection loop), so with one connection every
+    /// partition's write waits behind the others' (docs/live.md, decision 44). Each
+    /// partition still has one connection, so its requests stay in order.
+    pub fn set_produce_lanes(&self, n: usize) {
+        self.produce_lanes.store(n.max(1), Ordering::Relaxed);
+    }
+
     /// The connection to broker `id`, reconnecting if the old one died.
     pub async fn broker_conn(&self, id: i32) -> Result<Connection> {
+        self.lane_conn(id, 0).await
+    }
+
+    /// Connection `lane` to broker `id` (see [`Cluster::set_produce_lanes`]).
+    async fn lane_conn(&self, id: i32, lane: usize) -> Result<Connection> {
         let addr = {
             let st = self.state.lock().await;
-            if let Some(c) = st.conns.get(&id).filter(|c| c.is_alive()) {
+            if let Some(c) = st.conns.get(&(id, lane)).filter(|c| c.is_alive()) {
                 return Ok(c.clone());
             }
             st.brokers.get(&id).cloned()
@@ -164,7 +185,9 @@ impl Cluster {
         };
         // The bootstrap connection often leads to this very broker; taking it over
         // saves a connect and a version handshake (two round trips on a long path).
-        let bootstrap = {
+        let bootstrap = if lane > 0 {
+            None
+        } else {
             let mut st = self.state.lock().await;
             match st.bootstrap_conn.take() {
                 Some(c) if c.is_alive() && c.addr() == addr => Some(c),
@@ -178,8 +201,12 @@ impl Cluster {
             Some(c) => c,
             None => Connection::connect(&addr, &self.opts).await?,
         };
-        tracing::debug!(cluster = %self.name, broker = id, %addr, "connected");
-        self.state.lock().await.conns.insert(id, conn.clone());
+        tracing::debug!(cluster = %self.name, broker = id, lane, %addr, "connected");
+        self.state
+            .lock()
+            .await
+            .conns
+            .insert((id, lane), conn.clone());
         Ok(conn)
     }
 
@@ -409,7 +436,9 @@ impl Cluster {
         records: Bytes,
         timeout: Duration,
     ) -> Result<i64> {
-        let conn = self.leader_conn(topic, partition).await?;
+        let leader = self.leader_of(topic, partition).await?;
+        let lane = partition.unsigned_abs() as usize % self.produce_lanes.load(Ordering::Relaxed);
+        let conn = self.lane_conn(leader, lane).await?;
         let req = ProduceRequest::default()
             .with_acks(-1)
             .with_timeout_ms(timeout.as_millis() as i32)

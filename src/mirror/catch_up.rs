@@ -241,6 +241,7 @@ pub(super) async fn run(
             // Far from the end, pieces are sized for goodput; near it, for latency:
             // a record waits for at most one short transfer (docs/live.md).
             let far = (high_watermark - pieces.emitted()) as f64 * bpo > t.split_bytes as f64;
+            size.live = !far;
             size.configured = if far {
                 t.piece_bytes
             } else {
@@ -266,7 +267,7 @@ pub(super) async fn run(
         // The head goes at once, without a permit; the rest as grants come in.
         while let Some(r) = pieces.next_request(now(), false) {
             duplicates += r.duplicate as u64;
-            let bytes = size.ask(true, est(&r, bpo));
+            let bytes = size.ask(true, est(&r, bpo), r.end >= high_watermark);
             launch(&mut tasks, r, bytes, None, None, true, Duration::ZERO);
         }
         if pieces.is_done() {
@@ -278,7 +279,7 @@ pub(super) async fn run(
             if let Some(r) = pieces.probe(now()) {
                 probes += 1;
                 probe_id = Some(r.id);
-                let bytes = size.ask(true, None);
+                let bytes = size.ask(true, None, true);
                 // Not urgent: nothing waits for it, and an urgent request may open a
                 // connection past the sizer's target.
                 launch(&mut tasks, r, bytes, None, None, false, tail_wait);
@@ -379,7 +380,7 @@ pub(super) async fn run(
                 // Nothing to do by now (answers came in meanwhile): both go back.
                 if let Some(r) = pieces.next_request(now(), true) {
                     let head = r.start == pieces.emitted();
-                    let bytes = size.ask(head, est(&r, bpo));
+                    let bytes = size.ask(head, est(&r, bpo), r.end >= high_watermark);
                     duplicates += r.duplicate as u64;
                     let id = r.id;
                     if let Some(st) = launch(&mut tasks, r, bytes, Some(Arc::new(permit)), lease, head || r.duplicate, Duration::ZERO) {
@@ -489,6 +490,8 @@ struct Sizing {
     head_floor: usize,
     /// No batch seen yet: ask for one batch per piece.
     scatter: bool,
+    /// Near the end (live): pieces are small and the end moves (see [`Sizing::ask`]).
+    live: bool,
 }
 
 impl Sizing {
@@ -498,6 +501,7 @@ impl Sizing {
             largest: largest.min(MAX_FETCH),
             head_floor: 1,
             scatter: false,
+            live: false,
         }
     }
 
@@ -507,33 +511,54 @@ impl Sizing {
     }
 
     /// Whether every fetch asks for one batch (batches are large next to a piece).
+    /// Not near the end: there a piece asks for its range whatever the batch size
+    /// (see [`Sizing::ask`]).
     fn one_batch_each(&self) -> bool {
-        self.scatter || self.piece_bytes() < 2 * self.largest
+        self.scatter || (!self.live && self.piece_bytes() < 2 * self.largest)
     }
 
-    /// Bytes to ask for a range estimated at `range_bytes` (if known).
-    fn ask(&self, head: bool, range_bytes: Option<usize>) -> usize {
+    /// Bytes to ask for a range estimated at `range_bytes` (if known); `at_end` when
+    /// the range reaches the end known so far (or is the tail probe).
+    fn ask(&self, head: bool, range_bytes: Option<usize>, at_end: bool) -> usize {
+        let want = range_bytes.map_or(self.piece_bytes(), |r| r.min(self.piece_bytes()));
+        let floor = if head { self.head_floor } else { 1 };
+        if self.live && !self.scatter {
+            // Near the end a piece asks for its whole range, and one reaching the end
+            // for a whole live piece: nothing lies past the end to be fetched twice,
+            // and what is appended meanwhile comes along. The one-batch rule below,
+            // judged against the largest batch ever seen (a start-up burst's), made
+            // every live fetch bring one small batch: hundreds of requests a second,
+            // each a linear scan of the partition on tansu (docs/live.md).
+            let ask = if at_end {
+                self.configured.max(want)
+            } else {
+                want
+            };
+            return ask.max(floor);
+        }
         // Pieces of a batch or two are fetched one batch per request: a second batch
         // asked for by byte count may well be the next piece's.
-        let want = range_bytes.map_or(self.piece_bytes(), |r| r.min(self.piece_bytes()));
         let ask = if self.scatter || want < 2 * self.largest {
             1
         } else {
             want.saturating_sub(self.largest).max(1)
         };
-        if head {
-            ask.max(self.head_floor)
-        } else {
-            ask
-        }
+        ask.max(floor)
     }
 
+    /// The largest batch of an answer. `largest` follows the batches of now: it
+    /// jumps up to a larger one and decays by a sixteenth per answer toward smaller
+    /// ones. Kept as the largest ever, one start-up burst of 600 KB batches made a
+    /// live stream of 8 KB batches go one batch per fetch for good (docs/live.md).
+    /// Too small an estimate costs little: every broker answers with at least the
+    /// first batch whole, and a batch cut at the end of an answer is fetched again.
     fn saw_batch(&mut self, bytes: usize) {
-        self.largest = self.largest.max(bytes).min(MAX_FETCH);
+        let decayed = self.largest - self.largest / 16;
+        self.largest = decayed.max(bytes).min(MAX_FETCH);
     }
 
     fn head_too_small(&mut self) {
-        self.head_floor = (self.ask(true, None) * 2).min(MAX_FETCH);
+        self.head_floor = (self.ask(true, None, false) * 2).min(MAX_FETCH);
     }
 }
 
@@ -566,29 +591,71 @@ mod tests {
     fn asks_one_batch_less_than_the_piece() {
         let s = Sizing::new(256 * 1024, 16 * 1024);
         assert_eq!(s.piece_bytes(), 256 * 1024);
-        assert_eq!(s.ask(false, None), 240 * 1024);
+        assert_eq!(s.ask(false, None, false), 240 * 1024);
         // A short remainder asks for about its own size, not a whole piece.
-        assert_eq!(s.ask(false, Some(64 * 1024)), 48 * 1024);
-        assert_eq!(s.ask(false, Some(20 * 1024)), 1);
+        assert_eq!(s.ask(false, Some(64 * 1024), false), 48 * 1024);
+        assert_eq!(s.ask(false, Some(20 * 1024), false), 1);
         // Batches as large as a piece: one batch per piece, asked for with the
         // smallest limit (every broker returns at least one whole batch).
         let mut s = Sizing::new(256 * 1024, 0);
         s.saw_batch(1 << 20);
         assert_eq!(s.piece_bytes(), 1 << 20);
-        assert_eq!(s.ask(false, None), 1);
+        assert_eq!(s.ask(false, None, false), 1);
+    }
+
+    #[test]
+    fn live_pieces_ask_for_their_range_whatever_batches_were_seen() {
+        // A start-up burst brought a 256 KiB batch; the live stream's batches are a
+        // few KB. Far from the end that keeps one batch per fetch; near it, it must not.
+        let mut s = Sizing::new(64 * 1024, 0);
+        s.saw_batch(256 * 1024);
+        assert!(s.one_batch_each());
+        assert_eq!(s.ask(false, Some(20 * 1024), false), 1);
+        s.live = true;
+        assert!(!s.one_batch_each());
+        // A range inside what is known: its own size.
+        assert_eq!(s.ask(false, Some(20 * 1024), false), 20 * 1024);
+        assert_eq!(s.ask(true, Some(48 * 1024), false), 48 * 1024);
+        // Reaching the end (or the probe): a whole live piece, more than the range.
+        assert_eq!(s.ask(true, Some(8 * 1024), true), 64 * 1024);
+        assert_eq!(s.ask(true, None, true), 256 * 1024);
+        // The head's floor still applies after an empty answer there.
+        let mut t = s;
+        t.head_too_small();
+        assert!(t.ask(true, Some(1024), false) >= 2 * 1024);
+        assert_eq!(t.ask(false, Some(1024), false), 1024);
+        // And once the stream's own batches have been seen for a while, the burst's
+        // batch no longer sizes anything, far from the end either.
+        for _ in 0..60 {
+            s.saw_batch(8 * 1024);
+        }
+        assert!(s.largest < 16 * 1024, "{}", s.largest);
+        s.live = false;
+        assert!(!s.one_batch_each());
+        assert_eq!(s.piece_bytes(), 64 * 1024);
+        // A large batch counts at once.
+        s.saw_batch(300 * 1024);
+        assert_eq!(s.piece_bytes(), 300 * 1024);
+        assert!(s.one_batch_each());
+        // Until a batch is seen, one batch per fetch, live or not.
+        let mut s = Sizing::new(64 * 1024, 0);
+        s.scatter = true;
+        s.live = true;
+        assert!(s.one_batch_each());
+        assert_eq!(s.ask(false, Some(20 * 1024), false), 1);
     }
 
     #[test]
     fn the_head_asks_for_more_after_an_empty_answer() {
         let mut s = Sizing::new(1024, 1024);
-        assert_eq!(s.ask(true, None), 1);
+        assert_eq!(s.ask(true, None, false), 1);
         s.head_too_small();
         s.head_too_small();
-        assert_eq!(s.ask(true, None), 4);
-        assert_eq!(s.ask(false, None), 1);
+        assert_eq!(s.ask(true, None, false), 4);
+        assert_eq!(s.ask(false, None, false), 1);
         for _ in 0..40 {
             s.head_too_small();
         }
-        assert_eq!(s.ask(true, None), MAX_FETCH);
+        assert_eq!(s.ask(true, None, false), MAX_FETCH);
     }
 }

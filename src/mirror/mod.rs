@@ -132,6 +132,7 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<Outcome, StartError
             ..sock
         },
     );
+    dest.set_produce_lanes(t.produce_connections);
     // Both clusters must answer before anything else happens. The source's listing is
     // kept for the first plan: every round trip to it is one at start-up.
     let listing = source
