@@ -730,6 +730,9 @@ def latency_chart(plt, results, path):
             cdf = runs[len(runs) // 2]["cdf"]
             ax.plot([max(v, 1) for _, v in cdf], [q for q, _ in cdf], label=r["contender"])
         ax.set_xscale("log")
+        # A panel spanning less than two decades would label its minor ticks too, in
+        # overlapping scientific notation: decades only.
+        ax.xaxis.set_minor_formatter(plt.NullFormatter())
         ax.set_title(f"RTT {rtt:g} ms, loss {loss:g} %, load {load:g} %", fontsize=9)
         ax.set_xlabel("latency, ms")
         ax.grid(True, which="both", alpha=0.3)

@@ -1,10 +1,11 @@
 //! One TCP connection to one broker: framing, correlation ids, many requests in flight.
 //!
 //! A writer task owns the write half and a reader task the read half; callers hand a
-//! request to the writer and wait on a oneshot for the matching response. Requests are
-//! answered in the order the broker chooses, matched by correlation id, so several
-//! callers (several partitions) share one connection without waiting for each other.
-//! Pooling several connections per broker is built on top of this type.
+//! request to the writer and wait on a oneshot for the matching response, matched by
+//! correlation id. Several callers share one connection without a lock, but a broker
+//! answers a connection's requests in the order they came (Kafka and tansu both), so a
+//! request held at the broker delays the ones behind it. Pooling several connections
+//! per broker is built on top of this type.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -274,6 +275,9 @@ impl Connection {
                 reason: e.to_string(),
             })?;
         let (reply, rx) = oneshot::channel();
+        // Bytes received so far: a connection on which nothing at all arrived while
+        // this request waited out its timeout is stalled, not just busy.
+        let seen = self.stats.bytes_in.load(Ordering::Relaxed);
         let out = Outgoing {
             api_key: R::KEY,
             version,
@@ -288,18 +292,22 @@ impl Connection {
         let timeout = self.request_timeout + wait;
         let mut frame = match tokio::time::timeout(timeout, rx).await {
             Err(_) => {
-                // Answers come in request order, so everything sent after this request
-                // waits behind it: the connection is stalled (a half-open socket, a
-                // wedged broker). Close it so nobody reuses it, and fail the requests
-                // behind this one now rather than each after its own timeout.
+                // Nothing arrived for the whole timeout: the connection is stalled (a
+                // half-open socket, a wedged broker), and since answers come in request
+                // order everything sent after this request waits behind it. Close it so
+                // nobody reuses it, and fail those requests now rather than each after
+                // its own timeout. If answers did arrive, this request sat behind a
+                // slow one (a produce the broker may hold longer): only it fails.
                 let ms = timeout.as_millis() as u64;
-                fail_all(
-                    &self.addr,
-                    &self.pending,
-                    &self.dead,
-                    &format!("a {api} request got no answer in {ms} ms"),
-                );
-                self.close.send_replace(true);
+                if self.stats.bytes_in.load(Ordering::Relaxed) == seen {
+                    fail_all(
+                        &self.addr,
+                        &self.pending,
+                        &self.dead,
+                        &format!("a {api} request got no answer in {ms} ms"),
+                    );
+                    self.close.send_replace(true);
+                }
                 return Err(KafkaError::Timeout {
                     addr: self.addr.to_string(),
                     api,
@@ -748,6 +756,58 @@ mod tests {
             .expect("the stalled connection's socket was left open")
             .unwrap();
         drop(conn);
+    }
+
+    /// A request that times out behind one that was answered (answers arrive, the
+    /// broker is slow rather than gone) fails alone: the connection stays in use.
+    #[tokio::test]
+    async fn a_timeout_on_a_connection_that_answers_keeps_it() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            // The first request is answered after 150 ms, the second never.
+            for n in 0.. {
+                let len = s.read_i32().await.unwrap() as usize;
+                let mut body = vec![0u8; len];
+                s.read_exact(&mut body).await.unwrap();
+                if n == 0 {
+                    tokio::time::sleep(Duration::from_millis(150)).await;
+                    let mut frame = 4i32.to_be_bytes().to_vec();
+                    frame.extend_from_slice(&body[4..8]);
+                    s.write_all(&frame).await.unwrap();
+                }
+            }
+        });
+        let stream = TcpStream::connect(addr).await.unwrap();
+        let conn = Connection::start(stream, "test", Duration::from_millis(400));
+        let req = ApiVersionsRequest::default();
+        let first = {
+            let c = conn.clone();
+            tokio::spawn(async move {
+                c.exchange(
+                    &ApiVersionsRequest::default(),
+                    0,
+                    Duration::from_secs(5),
+                    None,
+                )
+                .await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let second = conn.send_versioned(&req, 0).await;
+        assert!(
+            matches!(second, Err(KafkaError::Timeout { .. })),
+            "{second:?}"
+        );
+        // The first one's answer came in meanwhile (its body does not decode as an
+        // ApiVersions response, which is beside the point here).
+        assert!(!matches!(
+            first.await.unwrap(),
+            Err(KafkaError::ConnectionLost { .. })
+        ));
+        assert!(conn.is_alive(), "a connection that answers was closed");
+        server.abort();
     }
 
     /// A large response trickling in (the low-water mark is raised for it) followed by

@@ -558,7 +558,14 @@ impl Sizing {
     }
 
     fn head_too_small(&mut self) {
-        self.head_floor = (self.ask(true, None, false) * 2).min(MAX_FETCH);
+        // Twice what the head asked: near the end that was a whole live piece (not
+        // `piece_bytes`, which a burst's batch may have made large).
+        let asked = if self.live && !self.scatter {
+            self.configured.max(self.head_floor)
+        } else {
+            self.ask(true, None, false)
+        };
+        self.head_floor = (asked * 2).min(MAX_FETCH);
     }
 }
 
@@ -622,8 +629,10 @@ mod tests {
         // The head's floor still applies after an empty answer there.
         let mut t = s;
         t.head_too_small();
-        assert!(t.ask(true, Some(1024), false) >= 2 * 1024);
+        assert_eq!(t.ask(true, Some(1024), false), 128 * 1024);
         assert_eq!(t.ask(false, Some(1024), false), 1024);
+        t.head_too_small();
+        assert_eq!(t.ask(true, Some(1024), true), 256 * 1024);
         // And once the stream's own batches have been seen for a while, the burst's
         // batch no longer sizes anything, far from the end either.
         for _ in 0..60 {
