@@ -32,6 +32,8 @@ pub enum BatchError {
     },
     #[error("batch at offset {offset} has {count} records but lastOffsetDelta {delta}")]
     BadCount { offset: i64, count: i32, delta: i32 },
+    #[error("batch at offset {offset} with lastOffsetDelta {delta} lies outside the offsets a log can hold")]
+    BadOffset { offset: i64, delta: i32 },
 }
 
 impl BatchError {
@@ -41,7 +43,8 @@ impl BatchError {
             BatchError::UnsupportedMagic { offset, .. }
             | BatchError::BadLength { offset, .. }
             | BatchError::Crc { offset, .. }
-            | BatchError::BadCount { offset, .. } => *offset,
+            | BatchError::BadCount { offset, .. }
+            | BatchError::BadOffset { offset, .. } => *offset,
         }
     }
 }
@@ -83,7 +86,8 @@ impl BatchHeader {
     }
     /// Offsets inside the batch are dense: one record per offset. Compaction breaks this.
     pub fn is_dense(&self) -> bool {
-        self.record_count == self.last_offset_delta + 1
+        // In i64: a wire delta of i32::MAX must not overflow.
+        self.record_count as i64 == self.last_offset_delta as i64 + 1
     }
     /// Total size on the wire.
     pub fn size(&self) -> usize {
@@ -185,13 +189,26 @@ fn split_into(records: &Bytes, out: &mut Vec<RawBatch>) -> Result<(), BatchError
                 computed,
             });
         }
+        // Wire values: compared in i64, so no count or offset read from a broker can
+        // overflow here or in `last_offset`/`next_offset` later.
         if header.record_count < 0
             || header.last_offset_delta < 0
-            || header.record_count > header.last_offset_delta + 1
+            || header.record_count as i64 > header.last_offset_delta as i64 + 1
         {
             return Err(BatchError::BadCount {
                 offset: header.base_offset,
                 count: header.record_count,
+                delta: header.last_offset_delta,
+            });
+        }
+        if header.base_offset < 0
+            || header
+                .base_offset
+                .checked_add(header.last_offset_delta as i64 + 1)
+                .is_none()
+        {
+            return Err(BatchError::BadOffset {
+                offset: header.base_offset,
                 delta: header.last_offset_delta,
             });
         }
@@ -288,6 +305,48 @@ mod tests {
         assert_eq!(h.compression(), 4);
         assert_eq!(h.size(), b.len());
         assert!(h.is_dense());
+    }
+
+    /// Offsets and counts from the wire at their limits: a compacted batch may keep
+    /// a huge lastOffsetDelta with one record left (accepted, sparse), and a batch
+    /// whose last offset would not fit an i64, or which starts below 0, is refused.
+    /// Neither may overflow (a panic in a debug build, a wrong offset in release).
+    #[test]
+    fn offsets_at_their_limits_never_overflow() {
+        let with = |base: i64, delta: i32, count: i32| {
+            let mut b = BytesMut::from(&sample(base, 1, b"r", 0)[..]);
+            b[23..27].copy_from_slice(&delta.to_be_bytes());
+            b[57..61].copy_from_slice(&count.to_be_bytes());
+            let crc = crc32c::crc32c(&b[CRC_START..]);
+            b[17..21].copy_from_slice(&crc.to_be_bytes());
+            split_batches(&b.freeze())
+        };
+        let sparse = with(100, i32::MAX, 1).unwrap();
+        assert!(!sparse[0].header.is_dense());
+        assert_eq!(sparse[0].header.next_offset(), 100 + i32::MAX as i64 + 1);
+        assert!(!with(100, i32::MAX, i32::MAX).unwrap()[0].header.is_dense());
+        assert_eq!(
+            with(100, 3, 5).unwrap_err(),
+            BatchError::BadCount {
+                offset: 100,
+                count: 5,
+                delta: 3
+            }
+        );
+        assert!(with(100, i32::MAX - 1, i32::MAX).unwrap()[0]
+            .header
+            .is_dense());
+        for base in [i64::MAX - 5, i64::MAX, -1, i64::MIN] {
+            assert_eq!(
+                with(base, 10, 1).unwrap_err(),
+                BatchError::BadOffset {
+                    offset: base,
+                    delta: 10
+                },
+                "{base}"
+            );
+        }
+        assert!(with(i64::MAX - 11, 10, 11).is_ok());
     }
 
     #[test]

@@ -58,7 +58,9 @@ pub fn lineage(last: Option<&BatchHeader>, producer_id: i64, own_epoch: i16) -> 
     match last {
         Some(h) if h.producer_id == producer_id && (0..=own_epoch).contains(&h.producer_epoch) => (
             h.producer_epoch,
-            h.base_sequence.wrapping_add(h.last_offset_delta + 1) & i32::MAX,
+            h.base_sequence
+                .wrapping_add(h.last_offset_delta.wrapping_add(1))
+                & i32::MAX,
         ),
         _ => (own_epoch, 0),
     }
@@ -332,6 +334,11 @@ mod tests {
         assert_eq!(lineage(Some(&last(7, 5, 0, 3)), 7, 5), (5, 3));
         // Sequences wrap at i32::MAX, as Kafka's do.
         assert_eq!(lineage(Some(&last(7, 5, i32::MAX, 2)), 7, 5), (5, 1));
+        // A wire delta at its limit wraps too (2^31 records later the sequence is
+        // back where it was), without overflowing.
+        let mut h = last(7, 5, 3, 1);
+        h.last_offset_delta = i32::MAX;
+        assert_eq!(lineage(Some(&h), 7, 5), (5, 3));
     }
 
     #[test]
