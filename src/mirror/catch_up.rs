@@ -517,12 +517,17 @@ impl Sizing {
         self.scatter || (!self.live && self.piece_bytes() < 2 * self.largest)
     }
 
+    /// Near the end with batch sizes known: pieces ask for their range (see `ask`).
+    fn sizes_live(&self) -> bool {
+        self.live && !self.scatter
+    }
+
     /// Bytes to ask for a range estimated at `range_bytes` (if known); `at_end` when
     /// the range reaches the end known so far (or is the tail probe).
     fn ask(&self, head: bool, range_bytes: Option<usize>, at_end: bool) -> usize {
         let want = range_bytes.map_or(self.piece_bytes(), |r| r.min(self.piece_bytes()));
         let floor = if head { self.head_floor } else { 1 };
-        if self.live && !self.scatter {
+        if self.sizes_live() {
             // Near the end a piece asks for its whole range, and one reaching the end
             // for a whole live piece: nothing lies past the end to be fetched twice,
             // and what is appended meanwhile comes along. The one-batch rule below,
@@ -560,7 +565,7 @@ impl Sizing {
     fn head_too_small(&mut self) {
         // Twice what the head asked: near the end that was a whole live piece (not
         // `piece_bytes`, which a burst's batch may have made large).
-        let asked = if self.live && !self.scatter {
+        let asked = if self.sizes_live() {
             self.configured.max(self.head_floor)
         } else {
             self.ask(true, None, false)
