@@ -401,6 +401,10 @@ def one_run(profile, contender, args, cfgdir):
         timefile.unlink(missing_ok=True)
         dst = ends(DST_NS, DST_ADDR, "dc-a.bench")
         copied = dst["end_offsets"]
+        if capped and args.smoke:
+            # The smoke copies a small dataset: not finishing within the cap is a hang
+            # (at --stop-at-end, say), and the integrity checks below skip capped runs.
+            raise RuntimeError(f"{contender} did not finish the smoke's {args.cap_secs} s run: a hang")
         if contender.startswith("wanmirror") and not capped and dst["wire_bytes"] != wire:
             # A byte-for-byte copy stores exactly the source's batch bytes.
             raise RuntimeError(f"{contender}: destination holds {dst['wire_bytes']} batch bytes, source {wire}")

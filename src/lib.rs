@@ -9,3 +9,6 @@ pub mod kafka;
 pub mod mirror;
 pub mod transport;
 pub mod verify;
+
+#[cfg(test)]
+mod test_alloc;

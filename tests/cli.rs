@@ -99,3 +99,29 @@ fn never_mirrors_a_topic_back_to_its_origin() {
     assert!(log.contains("never mirrored back to its origin"), "{log}");
     assert!(!topic_exists(&a, "dc-b.orders"));
 }
+
+/// A file-descriptor limit below what the configured connections may need is one
+/// clear error at start-up, before anything is written, not "too many open files"
+/// on some connection later.
+#[test]
+fn a_low_open_file_limit_is_one_clear_error() {
+    let pair = Pair::start();
+    let (a, b) = (pair.a.bootstrap(), pair.b.bootstrap());
+    create_topic(&a, "orders", 1);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.toml");
+    std::fs::write(&path, good(&a, &b)).unwrap();
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg("ulimit -n 100 && exec \"$0\" \"$@\"")
+        .arg(env!("CARGO_BIN_EXE_wanmirror"))
+        .args(["run", "--config"])
+        .arg(&path)
+        .env("RUST_LOG", "off")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).trim().to_string();
+    assert_one_line_error(out.status.code(), &err, "ulimit -n");
+    assert!(err.contains("transport.pool_max"), "{err}");
+    assert!(!topic_exists(&b, "dc-a.orders"));
+}

@@ -94,10 +94,17 @@ fn survives_cut_links_to_both_clusters() {
     eventually(Duration::from_secs(60), "live records mirrored", || {
         dest_end() > 40_000
     });
-    // A long cut of the destination while the stream is copied: past the retry
-    // window, so the partitions restart from the destination end.
+    // A long cut of the destination while the stream is copied: held until the
+    // partitions restart from the destination end (past the retry window), so the
+    // verdict does not depend on how soon a busy machine notices.
+    let restarts = |log: &str| log.matches("restarting").count();
+    let before = restarts(&m.log_text());
     pb.cut();
-    std::thread::sleep(Duration::from_secs(4));
+    eventually(
+        Duration::from_secs(90),
+        "partitions restarted during the long cut",
+        || restarts(&m.log_text()) > before,
+    );
     pb.restore();
     // Short cuts of both links: ridden out by retries.
     for proxy in [&pa, &pb, &pa, &pb] {
@@ -116,11 +123,6 @@ fn survives_cut_links_to_both_clusters() {
         m.wait(Duration::from_secs(30)).success(),
         "{}",
         m.log_text()
-    );
-    let log = m.log_text();
-    assert!(
-        log.contains("restarting"),
-        "the long cut should restart partitions: {log}"
     );
     // Compare through the proxies (both restored).
     for part in 0..2 {

@@ -171,7 +171,12 @@ fn batches_are_forwarded_as_bytes_and_topic_configs_are_copied() {
                 split_batches(&a.records).unwrap(),
                 split_batches(&b.records).unwrap(),
             );
-            for (x, y) in a.iter().zip(&b) {
+            // Answers from two brokers may end at different batches: compare what both
+            // brought, and go on from there. A destination missing batches brings
+            // none where the source has some.
+            let n = a.len().min(b.len());
+            assert!(n > 0, "the destination has no batch at offset {next}");
+            for (x, y) in a[..n].iter().zip(&b[..n]) {
                 assert_eq!(x.header.base_offset, y.header.base_offset);
                 assert_eq!(x.header.last_offset_delta, y.header.last_offset_delta);
                 assert_eq!(x.header.compression(), 4);
@@ -181,8 +186,9 @@ fn batches_are_forwarded_as_bytes_and_topic_configs_are_copied() {
                 assert_eq!(&x.bytes[HEADER_LEN..], &y.bytes[HEADER_LEN..]);
                 compared += 1;
             }
-            next = a.last().unwrap().header.next_offset();
+            next = a[n - 1].header.next_offset();
         }
+        assert_eq!(next, 2000, "the comparison ended past the source's end");
         assert!(compared > 1);
         let copied = dst.topic_configs("dc-a.raw").await.unwrap();
         assert_eq!(

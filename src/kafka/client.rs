@@ -15,6 +15,7 @@ use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
 use tokio::sync::Mutex;
 
+use super::backoff::Backoff;
 use super::connection::{Connection, SocketOptions};
 use super::error::{KafkaError, Result};
 use super::fetch_mux::{fetch_request, send_fetch, FetchMux, OnHead};
@@ -211,6 +212,11 @@ impl Cluster {
     }
 
     /// Fetches metadata for `topics` (all topics when `None`) and updates the cache.
+    /// Brokers known from the last metadata answer.
+    pub async fn broker_count(&self) -> usize {
+        self.state.lock().await.brokers.len()
+    }
+
     pub async fn refresh(&self, topics: Option<&[String]>) -> Result<Vec<TopicMeta>> {
         let conn = self.any_conn().await?;
         let req = MetadataRequest::default()
@@ -315,7 +321,7 @@ impl Cluster {
         Fut: std::future::Future<Output = Result<T>>,
     {
         let start = tokio::time::Instant::now();
-        let mut backoff = Duration::from_millis(50);
+        let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
         loop {
             match op().await {
                 Ok(v) => return Ok(v),
@@ -324,8 +330,7 @@ impl Cluster {
                     if e.needs_metadata_refresh() {
                         let _ = self.refresh(None).await;
                     }
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                    tokio::time::sleep(backoff.next_delay()).await;
                 }
                 Err(e) => return Err(e),
             }

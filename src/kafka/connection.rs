@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::{
     ApiKey, ApiVersionsRequest, ApiVersionsResponse, RequestHeader, ResponseHeader,
 };
@@ -22,7 +22,9 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::error::{KafkaError, Result};
+use super::expect::{Expect, OVERSHOOT};
 use super::peek::HEAD_BYTES;
+use super::shape;
 use super::versions::Versions;
 
 /// Largest response frame we accept; larger means a corrupt stream.
@@ -42,6 +44,8 @@ struct Outgoing {
 struct Waiter {
     reply: oneshot::Sender<Result<Bytes>>,
     head: Option<oneshot::Sender<Bytes>>,
+    /// The largest frame the request's caller expects (see `expect`).
+    expect: usize,
 }
 
 type Pending = Arc<Mutex<HashMap<i32, Waiter>>>;
@@ -58,6 +62,9 @@ pub struct Connection {
     /// Set to true to stop both I/O tasks, which closes the socket.
     close: Arc<watch::Sender<bool>>,
     request_timeout: Duration,
+    /// With requests out and not a byte in for this long, the connection is stalled
+    /// (a half-open socket, a black-holed path): it is closed and its requests fail.
+    stall_timeout: Duration,
     stats: Arc<ConnStats>,
 }
 
@@ -126,13 +133,21 @@ impl Connection {
                 ))
             })?;
         }
-        let mut conn = Connection::start(stream, addr, opts.request_timeout);
+        // A stall must be noticed within the retry window, or a retried operation
+        // hangs on a dead connection past it instead of being retried elsewhere.
+        let stall = opts.request_timeout.min(opts.retry_deadline);
+        let mut conn = Connection::start(stream, addr, opts.request_timeout, stall);
         conn.versions = Arc::new(conn.negotiate().await?);
         Ok(conn)
     }
 
     /// Starts the I/O tasks on a connected socket, before any version handshake.
-    fn start(stream: TcpStream, addr: &str, request_timeout: Duration) -> Connection {
+    fn start(
+        stream: TcpStream,
+        addr: &str,
+        request_timeout: Duration,
+        stall_timeout: Duration,
+    ) -> Connection {
         let (rd, wr) = stream.into_split();
         let pending: Pending = Arc::new(Mutex::new(HashMap::new()));
         let dead = Arc::new(AtomicBool::new(false));
@@ -162,6 +177,7 @@ impl Connection {
             pending,
             close: Arc::new(close),
             request_timeout,
+            stall_timeout,
             stats,
         }
     }
@@ -216,19 +232,27 @@ impl Connection {
     }
 
     /// Sends a request at the highest version both sides support.
-    pub async fn send<R: Request>(&self, req: &R) -> Result<R::Response> {
+    pub async fn send<R: Request + Expect>(&self, req: &R) -> Result<R::Response> {
         let version = self.versions.pick::<R>(&self.addr)?;
         self.send_versioned_wait(req, version, Duration::ZERO).await
     }
 
     /// Like [`Connection::send`], for requests the broker may hold for `wait` (long polls).
-    pub async fn send_wait<R: Request>(&self, req: &R, wait: Duration) -> Result<R::Response> {
+    pub async fn send_wait<R: Request + Expect>(
+        &self,
+        req: &R,
+        wait: Duration,
+    ) -> Result<R::Response> {
         let version = self.versions.pick::<R>(&self.addr)?;
         self.send_versioned_wait(req, version, wait).await
     }
 
     /// Sends a request at an explicit version.
-    pub async fn send_versioned<R: Request>(&self, req: &R, version: i16) -> Result<R::Response> {
+    pub async fn send_versioned<R: Request + Expect>(
+        &self,
+        req: &R,
+        version: i16,
+    ) -> Result<R::Response> {
         self.send_versioned_wait(req, version, Duration::ZERO).await
     }
 
@@ -241,7 +265,7 @@ impl Connection {
     /// `wait`, and `head` receives the response frame's first bytes (at least
     /// [`HEAD_BYTES`], header included) as soon as they are in, if the response is
     /// longer than that.
-    pub async fn send_with_head<R: Request>(
+    pub async fn send_with_head<R: Request + Expect>(
         &self,
         req: &R,
         version: i16,
@@ -251,7 +275,7 @@ impl Connection {
         self.exchange(req, version, wait, Some(head)).await
     }
 
-    async fn send_versioned_wait<R: Request>(
+    async fn send_versioned_wait<R: Request + Expect>(
         &self,
         req: &R,
         version: i16,
@@ -260,7 +284,7 @@ impl Connection {
         self.exchange(req, version, wait, None).await
     }
 
-    async fn exchange<R: Request>(
+    async fn exchange<R: Request + Expect>(
         &self,
         req: &R,
         version: i16,
@@ -282,48 +306,75 @@ impl Connection {
             api_key: R::KEY,
             version,
             body: body.freeze(),
-            waiter: Waiter { reply, head },
+            waiter: Waiter {
+                reply,
+                head,
+                expect: req.expected_answer(),
+            },
         };
         let lost = || KafkaError::ConnectionLost {
             addr: self.addr.to_string(),
             reason: "connection closed".into(),
         };
         self.tx.send(out).await.map_err(|_| lost())?;
-        let timeout = self.request_timeout + wait;
-        let mut frame = match tokio::time::timeout(timeout, rx).await {
-            Err(_) => {
-                // Nothing arrived for the whole timeout: the connection is stalled (a
-                // half-open socket, a wedged broker), and since answers come in request
-                // order everything sent after this request waits behind it. Close it so
-                // nobody reuses it, and fail those requests now rather than each after
-                // its own timeout. If answers did arrive, this request sat behind a
-                // slow one (a produce the broker may hold longer): only it fails.
-                let ms = timeout.as_millis() as u64;
-                if self.stats.bytes_in.load(Ordering::Relaxed) == seen {
-                    fail_all(
-                        &self.addr,
-                        &self.pending,
-                        &self.dead,
-                        &format!("a {api} request got no answer in {ms} ms"),
-                    );
-                    self.close.send_replace(true);
-                }
-                return Err(KafkaError::Timeout {
-                    addr: self.addr.to_string(),
-                    api,
-                    ms,
-                });
+        let limit = self.request_timeout + wait;
+        let stall = self.stall_timeout + wait;
+        let started = tokio::time::Instant::now();
+        let (mut last_bytes, mut last_change) = (seen, started);
+        let mut rx = rx;
+        let mut frame = loop {
+            let until = (last_change + stall).min(started + limit);
+            match tokio::time::timeout_at(until, &mut rx).await {
+                Ok(Ok(r)) => break r?,
+                Ok(Err(_)) => return Err(lost()),
+                Err(_) => {}
             }
-            Ok(Err(_)) => return Err(lost()),
-            Ok(Ok(r)) => r?,
+            let now = tokio::time::Instant::now();
+            let bytes = self.stats.bytes_in.load(Ordering::Relaxed);
+            if bytes != last_bytes {
+                (last_bytes, last_change) = (bytes, now);
+            }
+            // Nothing arrived for the stall window (or the whole timeout): the
+            // connection is stalled (a half-open socket, a black-holed path, a wedged
+            // broker), and since answers come in request order everything sent after
+            // this request waits behind it. Close it so nobody reuses it, and fail
+            // those requests now rather than each after its own timeout. If answers
+            // did arrive, this request sat behind a slow one (a produce the broker may
+            // hold longer): at the end of its timeout it fails alone.
+            let idle = now >= last_change + stall;
+            if !idle && now < started + limit {
+                continue;
+            }
+            let stalled = idle || bytes == seen;
+            let ms = (now - started).as_millis() as u64;
+            if stalled {
+                fail_all(
+                    &self.addr,
+                    &self.pending,
+                    &self.dead,
+                    &format!("nothing arrived for {ms} ms while a {api} request waited: the connection stalled"),
+                );
+                self.close.send_replace(true);
+            }
+            return Err(KafkaError::Timeout {
+                addr: self.addr.to_string(),
+                api,
+                ms,
+            });
         };
         let decode_err = |e: anyhow::Error| KafkaError::Decode {
             addr: self.addr.to_string(),
             api,
             reason: e.to_string(),
         };
-        ResponseHeader::decode(&mut frame, R::Response::header_version(version))
-            .map_err(decode_err)?;
+        // The crate sizes vectors from counts in the frame: check first that they fit.
+        let header_version = R::Response::header_version(version);
+        shape::check(R::KEY, version, header_version, &frame).map_err(|e| KafkaError::Decode {
+            addr: self.addr.to_string(),
+            api,
+            reason: e.to_string(),
+        })?;
+        ResponseHeader::decode(&mut frame, header_version).map_err(decode_err)?;
         R::Response::decode(&mut frame, version).map_err(decode_err)
     }
 }
@@ -455,7 +506,41 @@ async fn read_loop(
                 return;
             }
         };
-        let mut buf = BytesMut::with_capacity(len);
+        // Which request this answers decides how much to allocate: what its caller
+        // expects (and budgeted for), not what the length says; beyond that the
+        // buffer grows only as bytes arrive.
+        let mut id = [0u8; 4];
+        if let Err(e) = rd.read_exact(&mut id).await {
+            fail_all(&addr, &pending, &dead, &e.to_string());
+            return;
+        }
+        stats.bytes_in.fetch_add(4, Ordering::Relaxed);
+        let correlation = i32::from_be_bytes(id);
+        let expect = pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&correlation)
+            .map(|w| w.expect);
+        let Some(expect) = expect else {
+            fail_all(
+                &addr,
+                &pending,
+                &dead,
+                &format!("response with unknown correlation id {correlation}"),
+            );
+            return;
+        };
+        if len > expect.saturating_add(OVERSHOOT) {
+            fail_all(
+                &addr,
+                &pending,
+                &dead,
+                &format!("a {len}-byte answer to a request that expects at most {expect} bytes (and one batch of {OVERSHOOT} more)"),
+            );
+            return;
+        }
+        let mut buf = BytesMut::with_capacity(len.min(expect));
+        buf.put_slice(&id);
         // A large response arrives over many reads. Waking for every segment or two
         // (what a slow, lossy flow delivers at a time) costs a wake-up, a read and a
         // window update each: the kernel is asked to gather a share of the receive
@@ -509,7 +594,6 @@ async fn read_loop(
             stats.srtt_us.store(rtt, Ordering::Relaxed);
         }
         let mut frame: Bytes = buf.freeze();
-        let correlation = frame.clone().get_i32();
         let waiter = pending
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -519,15 +603,9 @@ async fn read_loop(
                 // The header is decoded by the caller, who knows its version.
                 let _ = w.reply.send(Ok(std::mem::take(&mut frame)));
             }
-            None => {
-                fail_all(
-                    &addr,
-                    &pending,
-                    &dead,
-                    &format!("response with unknown correlation id {correlation}"),
-                );
-                return;
-            }
+            // Checked when the frame began: gone since, its request was failed with
+            // everything else on this connection, which is closing.
+            None => return,
         }
     }
 }
@@ -687,7 +765,11 @@ mod tests {
             api_key: 1,
             version: 11,
             body: Bytes::from_static(b"x"),
-            waiter: Waiter { reply, head: None },
+            waiter: Waiter {
+                reply,
+                head: None,
+                expect: 1024,
+            },
         })
         .await
         .unwrap();
@@ -718,7 +800,12 @@ mod tests {
             }
         });
         let stream = TcpStream::connect(addr).await.unwrap();
-        let conn = Connection::start(stream, "test", Duration::from_millis(300));
+        let conn = Connection::start(
+            stream,
+            "test",
+            Duration::from_millis(300),
+            Duration::from_millis(300),
+        );
         let req = ApiVersionsRequest::default();
         let behind = {
             let c = conn.clone();
@@ -780,7 +867,12 @@ mod tests {
             }
         });
         let stream = TcpStream::connect(addr).await.unwrap();
-        let conn = Connection::start(stream, "test", Duration::from_millis(400));
+        let conn = Connection::start(
+            stream,
+            "test",
+            Duration::from_millis(400),
+            Duration::from_millis(400),
+        );
         let req = ApiVersionsRequest::default();
         let first = {
             let c = conn.clone();
@@ -845,7 +937,11 @@ mod tests {
         let (tx1, rx1) = oneshot::channel();
         let (tx2, rx2) = oneshot::channel();
         let (head_tx, head_rx) = oneshot::channel();
-        let waiter = |reply, head| Waiter { reply, head };
+        let waiter = |reply, head| Waiter {
+            reply,
+            head,
+            expect: 1024,
+        };
         pending
             .lock()
             .unwrap()
@@ -884,5 +980,94 @@ mod tests {
         );
         reader.abort();
         server.abort();
+    }
+
+    /// Sends one request to a server that answers with a frame header announcing
+    /// `len` bytes, sends `send` bytes of it and closes. Returns the error, the largest
+    /// allocation made meanwhile, and whether the connection still counts as alive.
+    async fn answered_with(len: usize, send: usize) -> (String, usize, bool) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let n = s.read_i32().await.unwrap() as usize;
+            let mut req = vec![0u8; n];
+            s.read_exact(&mut req).await.unwrap();
+            let mut frame = (len as i32).to_be_bytes().to_vec();
+            frame.extend_from_slice(&req[4..8]);
+            frame.resize(8 + send, 7);
+            let _ = s.write_all(&frame).await;
+        });
+        let stream = TcpStream::connect(addr).await.unwrap();
+        let five = Duration::from_secs(5);
+        let conn = Connection::start(stream, "test", five, five);
+        // Every task runs on this thread (current-thread runtime): the reader's
+        // allocations are counted too.
+        crate::test_alloc::reset_largest();
+        let e = conn
+            .send_versioned(&ApiVersionsRequest::default(), 0)
+            .await
+            .unwrap_err()
+            .to_string();
+        let largest = crate::test_alloc::largest_since_reset();
+        server.await.unwrap();
+        (e, largest, conn.is_alive())
+    }
+
+    /// A frame far longer than its request can bring (a control request expects
+    /// `CONTROL` bytes, plus at most one oversized batch) is refused from its length,
+    /// before anything is allocated for it, and the connection is closed.
+    #[tokio::test]
+    async fn an_answer_far_larger_than_expected_is_refused() {
+        let (e, largest, alive) = answered_with(100 << 20, 64).await;
+        assert!(e.contains("expects at most"), "{e}");
+        assert!(largest < 1 << 20, "allocated {largest} bytes");
+        assert!(!alive);
+    }
+
+    /// A frame longer than expected but within the overshoot is allocated as its bytes
+    /// arrive: a length alone, or a broker that stops sending, costs no memory.
+    #[tokio::test]
+    async fn a_long_answer_is_allocated_as_its_bytes_arrive() {
+        let (e, largest, _) = answered_with(48 << 20, 100_000).await;
+        assert!(e.contains("closed mid-response"), "{e}");
+        assert!(largest < 2 << 20, "allocated {largest} bytes for 100 kB");
+    }
+
+    /// A request on a connection that never answers fails once nothing arrived for the
+    /// stall window, long before its own timeout, and the connection is closed: a
+    /// half-open socket is noticed within the retry window.
+    #[tokio::test]
+    async fn a_stalled_connection_fails_within_the_stall_window() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut sink = vec![0u8; 4096];
+            while let Ok(n) = s.read(&mut sink).await {
+                if n == 0 {
+                    return;
+                }
+            }
+        });
+        let stream = TcpStream::connect(addr).await.unwrap();
+        let conn = Connection::start(
+            stream,
+            "test",
+            Duration::from_secs(600),
+            Duration::from_millis(300),
+        );
+        let res = tokio::time::timeout(
+            Duration::from_secs(60),
+            conn.send_versioned(&ApiVersionsRequest::default(), 0),
+        )
+        .await
+        .expect("the stall went unnoticed until the request's own timeout");
+        assert!(matches!(res, Err(KafkaError::Timeout { .. })), "{res:?}");
+        assert!(!conn.is_alive());
+        tokio::time::timeout(Duration::from_secs(5), server)
+            .await
+            .expect("the stalled socket was left open")
+            .unwrap();
     }
 }

@@ -39,12 +39,12 @@ struct Want {
 #[derive(Clone)]
 pub struct FetchMux {
     addr: String,
-    tx: mpsc::UnboundedSender<Want>,
+    tx: mpsc::Sender<Want>,
 }
 
 impl FetchMux {
     pub fn spawn(addr: &str, opts: SocketOptions) -> FetchMux {
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::channel(QUEUE);
         tokio::spawn(run(addr.to_string(), opts, rx));
         FetchMux {
             addr: addr.to_string(),
@@ -78,28 +78,32 @@ impl FetchMux {
                 max_wait,
                 reply,
             })
+            .await
             .map_err(|_| lost())?;
         rx.await.map_err(|_| lost())?
     }
 }
 
-async fn run(addr: String, opts: SocketOptions, mut rx: mpsc::UnboundedReceiver<Want>) {
+async fn run(addr: String, opts: SocketOptions, mut rx: mpsc::Receiver<Want>) {
     let mut conn: Option<Connection> = None;
-    while let Some(first) = rx.recv().await {
-        let mut round = vec![first];
-        while let Ok(w) = rx.try_recv() {
-            round.push(w);
-        }
-        // The same partition twice in one request is not allowed; later wishes wait.
-        let mut seen = HashMap::new();
-        let mut later = Vec::new();
-        let mut now = Vec::new();
-        for w in round {
-            if seen.insert((w.topic.clone(), w.partition), ()).is_some() {
-                later.push(w);
-            } else {
-                now.push(w);
+    let mut rounds = Rounds::default();
+    loop {
+        let mut arrivals = Vec::new();
+        if rounds.is_idle() {
+            match rx.recv().await {
+                Some(w) => arrivals.push(w),
+                None => return,
             }
+        }
+        while arrivals.len() < MAX_ROUND {
+            match rx.try_recv() {
+                Ok(w) => arrivals.push(w),
+                Err(_) => break,
+            }
+        }
+        let now = rounds.next(arrivals);
+        if now.is_empty() {
+            continue;
         }
         let c = match conn.as_ref().filter(|c| c.is_alive()) {
             Some(c) => c.clone(),
@@ -110,7 +114,7 @@ async fn run(addr: String, opts: SocketOptions, mut rx: mpsc::UnboundedReceiver<
                 }
                 Err(e) => {
                     let reason = e.to_string();
-                    for w in now.into_iter().chain(later) {
+                    for w in now.into_iter().chain(rounds.carried.drain(..)) {
                         let _ = w.reply.send(Err(KafkaError::ConnectionLost {
                             addr: addr.clone(),
                             reason: reason.clone(),
@@ -121,10 +125,45 @@ async fn run(addr: String, opts: SocketOptions, mut rx: mpsc::UnboundedReceiver<
             },
         };
         round_trip(&c, now).await;
-        // Re-queue duplicates at the front of the next round.
-        for w in later {
-            round_trip(&c, vec![w]).await;
+    }
+}
+
+/// Most wishes one round takes from the queue; the rest wait for the next.
+const MAX_ROUND: usize = 4096;
+/// Wishes queued for a broker's fetch loop before callers wait to add more.
+const QUEUE: usize = 1024;
+
+/// Which wishes go out together. A partition may appear once per Fetch, so a second
+/// wish for it waits for the next round, together with whatever arrives meanwhile:
+/// sending it alone would hold every other partition behind its long poll.
+#[derive(Default)]
+struct Rounds {
+    carried: std::collections::VecDeque<Want>,
+}
+
+impl Rounds {
+    fn is_idle(&self) -> bool {
+        self.carried.is_empty()
+    }
+
+    /// The wishes of the next round: carried ones first, then arrivals, one per
+    /// partition; the others are carried again. Wishes nobody waits for are dropped.
+    fn next(&mut self, arrivals: Vec<Want>) -> Vec<Want> {
+        let mut seen = std::collections::HashSet::new();
+        let mut now = Vec::new();
+        let mut later = std::collections::VecDeque::new();
+        for w in self.carried.drain(..).chain(arrivals) {
+            if w.reply.is_closed() {
+                continue;
+            }
+            if seen.insert((w.topic.clone(), w.partition)) {
+                now.push(w);
+            } else {
+                later.push_back(w);
+            }
         }
+        self.carried = later;
+        now
     }
 }
 
@@ -301,5 +340,59 @@ impl Answers {
                 queued: Duration::ZERO,
             }),
         }
+    }
+}
+
+#[cfg(test)]
+mod rounds_tests {
+    use super::*;
+
+    fn want(
+        topic: &str,
+        partition: i32,
+        offset: i64,
+    ) -> (Want, oneshot::Receiver<Result<Fetched>>) {
+        let (reply, rx) = oneshot::channel();
+        let w = Want {
+            topic: topic.into(),
+            partition,
+            offset,
+            max_bytes: 1,
+            max_wait: Duration::from_secs(5),
+            reply,
+        };
+        (w, rx)
+    }
+
+    fn names(ws: &[Want]) -> Vec<(String, i32, i64)> {
+        ws.iter()
+            .map(|w| (w.topic.clone(), w.partition, w.offset))
+            .collect()
+    }
+
+    #[test]
+    fn a_second_wish_for_a_partition_joins_the_next_round_with_new_arrivals() {
+        let mut r = Rounds::default();
+        let (a, _ra) = want("t", 0, 10);
+        let (a2, _ra2) = want("t", 0, 20);
+        let (b, _rb) = want("t", 1, 5);
+        let now = r.next(vec![a, a2, b]);
+        assert_eq!(names(&now), vec![("t".into(), 0, 10), ("t".into(), 1, 5)]);
+        assert!(!r.is_idle());
+        // The carried wish goes out with what arrived meanwhile, in one request,
+        // rather than alone before them.
+        let (c, _rc) = want("u", 0, 1);
+        let now = r.next(vec![c]);
+        assert_eq!(names(&now), vec![("t".into(), 0, 20), ("u".into(), 0, 1)]);
+        assert!(r.is_idle());
+    }
+
+    #[test]
+    fn wishes_nobody_waits_for_are_dropped() {
+        let mut r = Rounds::default();
+        let (a, ra) = want("t", 0, 10);
+        let (b, _rb) = want("t", 1, 10);
+        drop(ra);
+        assert_eq!(names(&r.next(vec![a, b])), vec![("t".into(), 1, 10)]);
     }
 }

@@ -6,10 +6,17 @@ use bytes::{Bytes, BytesMut};
 use indexmap::IndexMap;
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::records::{
-    Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+    Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
 };
 
 use super::batch::RawBatch;
+use super::unpack;
+
+/// Most offsets one batch may span when it has to be rebuilt with fillers (each is a
+/// record in memory). A batch spans the records it was produced with, which Kafka's
+/// 1 MiB default message size keeps near 150,000 at 7 bytes a record; the cap leaves
+/// room above that, and a wire value of up to 2^31 no longer decides our memory.
+pub const MAX_DENSIFY_SPAN: i64 = 1 << 18;
 
 /// Header that marks a record the mirror wrote in place of a missing source offset.
 pub const FILLER_HEADER: &str = "wanmirror-filler";
@@ -42,26 +49,7 @@ pub fn decode(batches: &[RawBatch]) -> Result<Vec<Content>, String> {
         if b.header.is_control() {
             continue;
         }
-        let mut buf = b.bytes.clone();
-        let set = RecordBatchDecoder::decode(&mut buf).map_err(|e| {
-            format!(
-                "cannot decode batch at offset {}: {e}",
-                b.header.base_offset
-            )
-        })?;
-        out.extend(set.records.into_iter().map(|r| {
-            Content {
-                offset: r.offset,
-                timestamp: r.timestamp,
-                key: r.key,
-                value: r.value,
-                headers: r
-                    .headers
-                    .into_iter()
-                    .map(|(k, v)| (k.into_bytes(), v))
-                    .collect(),
-            }
-        }));
+        out.extend(unpack::records(b).map_err(|e| format!("cannot decode {e}"))?);
     }
     Ok(out)
 }
@@ -93,35 +81,53 @@ pub fn filler(offset: i64, timestamp: i64, reason: &str) -> Content {
 /// Encodes records with dense offsets into one v2 batch with the given compression code.
 /// Producer fields are left empty; the sink stamps them like any other batch.
 pub fn encode(records: &[Content], compression: i16) -> Result<Bytes, String> {
-    let recs: Vec<Record> = records
+    let recs = records
         .iter()
-        .map(|c| Record {
-            transactional: false,
-            control: false,
-            delete_horizon: false,
-            partition_leader_epoch: -1,
-            producer_id: -1,
-            producer_epoch: -1,
-            timestamp_type: TimestampType::Creation,
-            offset: c.offset,
-            // The encoder groups records whose offset-sequence distance is constant.
-            sequence: c.offset as i32,
-            timestamp: c.timestamp,
-            key: c.key.clone(),
-            value: c.value.clone(),
-            headers: c
-                .headers
-                .iter()
-                .map(|(k, v)| {
-                    (
-                        StrBytes::from_utf8(k.clone())
-                            .unwrap_or_else(|_| StrBytes::from_static_str("?")),
-                        v.clone(),
-                    )
-                })
-                .collect::<IndexMap<_, _>>(),
+        .map(|c| {
+            Ok(Record {
+                transactional: false,
+                control: false,
+                delete_horizon: false,
+                partition_leader_epoch: -1,
+                producer_id: -1,
+                producer_epoch: -1,
+                timestamp_type: TimestampType::Creation,
+                offset: c.offset,
+                // The encoder groups records whose offset-sequence distance is constant.
+                sequence: c.offset as i32,
+                timestamp: c.timestamp,
+                key: c.key.clone(),
+                value: c.value.clone(),
+                // The crate's encoder takes UTF-8 header keys only. Writing a replacement
+                // would change the record; refusing names the record instead.
+                headers: c
+                    .headers
+                    .iter()
+                    .map(|(k, v)| {
+                        let key = StrBytes::from_utf8(k.clone()).map_err(|_| {
+                            format!(
+                            "cannot rebuild the record at offset {}: header key {:?} is not UTF-8",
+                            c.offset,
+                            String::from_utf8_lossy(k)
+                        )
+                        })?;
+                        Ok((key, v.clone()))
+                    })
+                    .collect::<Result<IndexMap<_, _>, String>>()
+                    .and_then(|h| {
+                        // The crate keeps one value per key; Kafka allows repeats.
+                        if h.len() == c.headers.len() {
+                            Ok(h)
+                        } else {
+                            Err(format!(
+                                "cannot rebuild the record at offset {}: it repeats a header key",
+                                c.offset
+                            ))
+                        }
+                    })?,
+            })
         })
-        .collect();
+        .collect::<Result<Vec<Record>, String>>()?;
     let mut buf = BytesMut::new();
     RecordBatchEncoder::encode(
         &mut buf,
@@ -139,10 +145,17 @@ pub fn encode(records: &[Content], compression: i16) -> Result<Bytes, String> {
 /// are dropped, and every offset the source batch skips is filled with a filler record.
 /// Returns the new batch and the filled offsets.
 pub fn densify(batch: &RawBatch, from: i64) -> Result<(Bytes, Vec<i64>), String> {
-    let records = decode(std::slice::from_ref(batch))?;
     let first = from.max(batch.header.base_offset);
     let last = batch.header.last_offset();
-    let mut out = Vec::with_capacity((last - first + 1).max(0) as usize);
+    let span = (last - first + 1).max(0);
+    if span > MAX_DENSIFY_SPAN {
+        return Err(format!(
+            "batch at offset {} spans {span} offsets from {first}; rebuilding more than {MAX_DENSIFY_SPAN} with fillers is refused",
+            batch.header.base_offset
+        ));
+    }
+    let records = decode(std::slice::from_ref(batch))?;
+    let mut out = Vec::with_capacity(span as usize);
     let mut filled = Vec::new();
     let mut it = records.into_iter().filter(|r| r.offset >= first).peekable();
     let mut ts = batch.header.base_timestamp;
@@ -186,6 +199,34 @@ mod tests {
             assert_eq!(batches[0].header.compression(), codec);
             assert_eq!(decode(&batches).unwrap(), recs);
         }
+    }
+
+    #[test]
+    fn a_record_the_encoder_would_change_is_refused_by_name() {
+        let mut r = rec(42, "v");
+        r.headers.push((Bytes::from_static(b"h"), None));
+        let e = encode(&[r], 0).unwrap_err();
+        assert!(
+            e.contains("offset 42") && e.contains("repeats a header key"),
+            "{e}"
+        );
+        let mut r = rec(43, "v");
+        r.headers = vec![(Bytes::from_static(&[0xff]), None)];
+        let e = encode(&[r], 0).unwrap_err();
+        assert!(e.contains("offset 43") && e.contains("not UTF-8"), "{e}");
+    }
+
+    #[test]
+    fn a_batch_spanning_too_many_offsets_is_not_densified() {
+        let recs = vec![rec(0, "a"), rec(1, "b")];
+        let mut batch = split_batches(&encode(&recs, 0).unwrap()).unwrap()[0].clone();
+        // Compaction keeps the original lastOffsetDelta: a batch of two records that
+        // claims to span 2^31 offsets would need two billion fillers.
+        batch.header.last_offset_delta = i32::MAX;
+        let (r, largest) = crate::test_alloc::largest_allocation(|| densify(&batch, 0));
+        let e = r.unwrap_err();
+        assert!(e.contains("rebuilding more than"), "{e}");
+        assert!(largest < 1 << 20, "allocated {largest}");
     }
 
     #[test]

@@ -15,11 +15,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
-use tokio::task::JoinSet;
 
 use super::mode::{Next, Tailing};
 use super::partition::{Chunk, Job, KIB, MAX_FETCH};
 use super::pieces::{MidBatch, Outcome, Pieces, Request};
+use super::tasks::PieceTasks;
 use crate::kafka::batch::{split_valid, RawBatch};
 use crate::kafka::client::Fetched;
 use crate::kafka::connection::ConnStats;
@@ -113,7 +113,7 @@ pub(super) async fn run(
         pieces.set_window(SCATTER_WINDOW * first_len);
     }
     let mut high_watermark = start.high_watermark;
-    let mut tasks: JoinSet<Answer> = JoinSet::new();
+    let mut tasks: PieceTasks<Answer> = PieceTasks::new();
     let clock = Instant::now();
     let now = || clock.elapsed().as_millis() as u64;
     // What was wrong with the first corrupt batch met, for the error once it is reached.
@@ -152,13 +152,15 @@ pub(super) async fn run(
     let mut probe_id: Option<u64> = None;
     // Heads of answers still arriving: (request id, the head, whether the request
     // asked for one batch).
+    // Unbounded in type only: at most one head per request in flight, and requests
+    // are bounded by the budget.
     let (heads_tx, mut heads_rx) = mpsc::unbounded_channel::<(u64, Head, bool)>();
     // A fetch goes on the connection leased for it, if any; pieces the writer waits for
     // (the head, duplicates of slow ones) are urgent and skip the queue. Retries go
     // through the pool afresh (the leader may have moved). A probe is held at the
     // broker for `wait`. Returns the leased connection's counters, to watch the answer
     // arrive.
-    let launch = |tasks: &mut JoinSet<Answer>,
+    let launch = |tasks: &mut PieceTasks<Answer>,
                   r: Request,
                   bytes: usize,
                   permit: Option<Permit>,
@@ -184,7 +186,7 @@ pub(super) async fn run(
                 let _ = tx.send((id, head, one_batch));
             }))
         };
-        tasks.spawn(async move {
+        tasks.spawn(id, async move {
             let sent = Instant::now();
             let src = &shared.source;
             let first = match lease {
@@ -294,8 +296,24 @@ pub(super) async fn run(
             )));
         }
         tokio::select! {
-            joined = tasks.join_next(), if !tasks.is_empty() => {
-                let Some(Ok((r, permit, took, res))) = joined else { continue };
+            joined = tasks.next(), if !tasks.is_empty() => {
+                let (r, permit, took, res) = match joined {
+                    Some(Ok(answer)) => answer,
+                    Some(Err(lost)) => {
+                        // A bug, not a network fault: say so loudly, and hand the
+                        // range to the sequential reader rather than re-plan it into
+                        // the same panic.
+                        tracing::error!(topic = %topic, partition = p, id = lost.request, offset = pieces.emitted(), why = %lost.why, "catch-up piece task panicked; continuing sequentially");
+                        watched.remove(&lost.request);
+                        pieces.on_failed(lost.request);
+                        if !emit(&mut pieces, high_watermark, tx, &mut used_bytes).await {
+                            return None;
+                        }
+                        shared.source.note_switch(topic, p).await;
+                        return Some((pieces.emitted(), high_watermark));
+                    }
+                    None => continue,
+                };
                 let id = r.id;
                 watched.remove(&id);
                 match res {
@@ -347,6 +365,7 @@ pub(super) async fn run(
                         }
                         // Before the answer: a probe's claim past the end shrinks first.
                         pieces.on_high_watermark(high_watermark);
+                        let waiting_before = pieces.waiting();
                         let outcome = match bad {
                             Some(e) => {
                                 if corrupt.is_none() {
@@ -358,6 +377,11 @@ pub(super) async fn run(
                         };
                         if outcome == Outcome::TooSmall {
                             size.head_too_small();
+                        }
+                        if waiting_before == 0 && pieces.waiting() > 0 {
+                            // An answer overtook an earlier piece's: it waits in memory
+                            // (the chaos tests look for this line at each kill).
+                            tracing::debug!(topic = %topic, partition = p, id, emitted = pieces.emitted(), "pieces out of order");
                         }
                     }
                     Err(e) => {

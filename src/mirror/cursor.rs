@@ -221,7 +221,11 @@ mod tests {
 
     proptest! {
         /// Whatever overlapping, repeated or gapped fetches arrive, the planned steps
-        /// cover offsets start.. exactly once, in order, with no hole.
+        /// cover offsets start.. exactly once, in order, with no hole, and each keeps
+        /// every record at its source offset: a batch is copied as bytes only when it
+        /// is dense and starts where the destination ends (a batch with holes copied
+        /// as it is would shift every later offset), fillers stand only where the
+        /// source has no batch, and a rebuilt batch holds the offset it starts at.
         #[test]
         fn steps_tile_the_offsets_exactly_once(
             spans in proptest::collection::vec((1i32..5, 0i64..3, 1i32..4), 1..30),
@@ -258,6 +262,17 @@ mod tests {
                     };
                     prop_assert_eq!(begin, covered);
                     prop_assert!(s.end() > begin);
+                    match &s {
+                        Step::Append(b) => prop_assert!(b.header.is_dense(), "a batch with holes appended as bytes at {}", begin),
+                        Step::Fill { from, to, .. } => prop_assert!(
+                            log.iter().all(|b| b.header.next_offset() <= *from || b.header.base_offset >= *to),
+                            "fillers over source offsets {}..{}", from, to
+                        ),
+                        Step::Densify { batch, from } => prop_assert!(
+                            batch.header.base_offset <= *from && *from <= batch.header.last_offset(),
+                            "rebuilt from {} outside its batch", from
+                        ),
+                    }
                     covered = s.end();
                 }
             }

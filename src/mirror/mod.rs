@@ -9,12 +9,14 @@ pub mod cursor;
 pub mod error;
 pub mod fence;
 pub mod latency;
+pub mod limits;
 pub mod mode;
 pub mod offset_map;
 pub mod partition;
 pub mod pieces;
 pub mod sink;
 pub mod tail;
+mod tasks;
 pub mod topics;
 
 use std::collections::BTreeMap;
@@ -97,6 +99,9 @@ pub enum StartError {
     Config(#[from] crate::config::ConfigError),
     #[error(transparent)]
     Mirror(#[from] MirrorError),
+    /// The process may not open as many files as the configured connections need.
+    #[error("{0}")]
+    Limits(String),
 }
 
 pub struct RunOptions {
@@ -142,6 +147,18 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<Outcome, StartError
     dest.refresh(None)
         .await
         .map_err(|e| MirrorError::kafka(dest.name(), e))?;
+    let need = limits::fds_needed(
+        source.broker_count().await,
+        dest.broker_count().await,
+        t.pool_max,
+        t.produce_connections,
+    );
+    if let Err((soft, hard)) = limits::ensure_fds(need) {
+        return Err(StartError::Limits(format!(
+            "the open-file limit (ulimit -n) is {soft} (hard {hard}), but the configured connections may need {need} file descriptors: raise it, or lower transport.pool_max ({}) or transport.produce_connections ({})",
+            t.pool_max, t.produce_connections
+        )));
+    }
     let map = Arc::new(OffsetMap::new(
         dest.clone(),
         &config.mirror.offset_map_topic,
@@ -193,6 +210,8 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<Outcome, StartError
         );
     }
     let shared = Arc::new(shared);
+    // Unbounded in type only: it carries one job per partition, ever (discovery sends
+    // new partitions once).
     let (job_tx, mut job_rx) = mpsc::unbounded_channel::<Job>();
     for j in jobs {
         let _ = job_tx.send(j);

@@ -8,6 +8,7 @@ use kafka_protocol::ResponseError;
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 
 use crate::config::StartPolicy;
+use crate::kafka::backoff::Backoff;
 use crate::kafka::batch::{split_valid, RawBatch};
 use crate::kafka::error::KafkaError;
 use crate::mirror::catch_up;
@@ -241,6 +242,8 @@ async fn fetch_loop(
     let cfg = &shared.config.mirror;
     let (topic, p) = (&job.source_topic, job.partition);
     let mut max_bytes = cfg.fetch_bytes;
+    // For answers that bring data but no whole batch even at the largest fetch.
+    let mut starved = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
     let mut high_watermark = src_end;
     let mut tailing = Tailing::new(LIVE_BYTES);
     // Far behind from the start: straight to the parallel catch-up.
@@ -355,7 +358,18 @@ async fn fetch_loop(
                     if offset < f.high_watermark {
                         // Data exists but no whole batch came back: the next batch is
                         // larger than the fetch size (some brokers then return a cut
-                        // batch, others nothing). Ask for more.
+                        // batch, others nothing). Ask for more; at the largest size,
+                        // asking again at once would only spin: wait, longer each time.
+                        if max_bytes >= MAX_FETCH {
+                            let wait = starved.next_delay();
+                            tracing::warn!(
+                                topic = %topic, partition = p, offset, high_watermark = f.high_watermark,
+                                max_bytes, wait_ms = wait.as_millis() as u64,
+                                "the source answers with data but no whole batch even at the largest fetch; retrying"
+                            );
+                            drop(permit);
+                            tokio::time::sleep(wait).await;
+                        }
                         max_bytes = (max_bytes * 2).max(cfg.fetch_bytes).min(MAX_FETCH);
                         continue;
                     }
@@ -368,6 +382,7 @@ async fn fetch_loop(
                 let span = (last.header.next_offset() - batches[0].header.base_offset).max(1);
                 offset = last.header.next_offset();
                 max_bytes = cfg.fetch_bytes;
+                starved.reset();
                 let size = f.records.len();
                 largest_batch =
                     largest_batch.max(batches.iter().map(|b| b.bytes.len()).max().unwrap_or(0));

@@ -1336,8 +1336,9 @@ mod tests {
         /// Random piece sizes, batch layouts with compaction gaps, answer order,
         /// failures, short and empty answers, duplicates, both brokers' behaviour
         /// for fetches inside a batch, with and without split fetches, answer heads
-        /// arriving early, with and without waiting for heads: the output is the
-        /// source log from the start, each batch once, in order.
+        /// arriving early, with and without waiting for heads, the end learnt late
+        /// (the source grew during the catch-up): the output is the source log from
+        /// the start, each batch once, in order.
         #[test]
         fn reassembles_the_source_exactly(
             shape in proptest::collection::vec((0i64..3, 1i64..20), 1..40),
@@ -1347,13 +1348,19 @@ mod tests {
             split in proptest::option::of(1i64..20),
             holding in any::<bool>(),
             events in proptest::collection::vec(ev(), 0..300),
+            known_pick in 0usize..40,
+            grow_at in 0usize..300,
         ) {
             let src = log(&shape);
             let end = src.last().unwrap().1;
             // Start at a batch boundary, as the mirror does.
-            let start = src[start_pick % src.len()].0;
+            let first = start_pick % src.len();
+            let start = src[first].0;
             let want: Vec<B> = src.iter().filter(|b| b.0 >= start).copied().collect();
-            let mut p: Pieces<B, u32> = Pieces::new(start, end, piece);
+            // The catch-up starts knowing only part of the log; the rest is learnt
+            // (`extend`) at some event, with pieces in flight, or after them all.
+            let known = src[first.max(known_pick % src.len())].1;
+            let mut p: Pieces<B, u32> = Pieces::new(start, known, piece);
             p.set_split(split);
             // Waiting for heads (Kafka) must never lose data or stall for good.
             p.set_mid_batch(if holding { MidBatch::Holding } else { MidBatch::Next });
@@ -1400,9 +1407,13 @@ mod tests {
                 out.extend(b);
                 Ok(())
             };
-            for e in &events {
+            for (i, e) in events.iter().enumerate() {
+                if i == grow_at {
+                    p.extend(end);
+                }
                 run(e, &mut p, &mut flying, &mut now, &mut out)?;
             }
+            p.extend(end);
             // Then let everything finish: answers with at least one batch, in order of
             // issue, alternating broker behaviour.
             let mut guard = 0;

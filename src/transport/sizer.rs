@@ -116,6 +116,10 @@ pub struct Sizer {
     /// Peak use of the last `IDLE_WINDOWS` windows, newest last: an idle pool does not
     /// shrink below the largest.
     peaks: std::collections::VecDeque<usize>,
+    /// The best goodput measured at this size while holding: what a growth must beat.
+    /// One window's rate would let noise ratchet the pool up (a probe judged against a
+    /// low sample looks like a gain); the best of several is the size's real reach.
+    best: u64,
 }
 
 /// After a revert, goodput below this share of the larger pool's restores it.
@@ -139,6 +143,7 @@ impl Sizer {
             idle: 0,
             reverted: None,
             peaks: std::collections::VecDeque::with_capacity(IDLE_WINDOWS as usize),
+            best: 0,
         }
     }
 
@@ -202,7 +207,7 @@ impl Sizer {
                     None
                 } else {
                     self.reverted = Some((self.size, w.rate));
-                    self.size = prev;
+                    self.resize(prev);
                     self.doubling = false;
                     self.phase = Phase::Hold { left: HOLD_WINDOWS };
                     self.settle = 1;
@@ -220,7 +225,7 @@ impl Sizer {
                         .max(self.cfg.min)
                         .max(used);
                     if self.idle >= IDLE_WINDOWS && to < self.size {
-                        self.size = to;
+                        self.resize(to);
                         // Demand that comes back after a lull ramps up fast again.
                         self.doubling = true;
                         return Some(Change::Idle);
@@ -233,23 +238,34 @@ impl Sizer {
                     // to judge, and probing now would compare two mixed samples.
                     return None;
                 }
-                if let Some((larger, there)) = self.reverted {
-                    if (w.rate as f64) < there as f64 * RESTORE_BELOW {
-                        self.reverted = None;
-                        self.size = larger;
-                        self.settle = 1;
-                        self.phase = Phase::Hold { left: HOLD_WINDOWS };
-                        return Some(Change::Restored);
-                    }
+                if !w.switched {
+                    self.best = self.best.max(w.rate);
                 }
                 if left > 0 {
                     self.phase = Phase::Hold { left: left - 1 };
                     return None;
                 }
+                // Judged on the best of the hold, not one window: a single low sample
+                // after every revert would otherwise ratchet the pool up.
+                if let Some((larger, there)) = self.reverted {
+                    if (self.best as f64) < there as f64 * RESTORE_BELOW {
+                        self.reverted = None;
+                        self.resize(larger);
+                        self.settle = 1;
+                        self.phase = Phase::Hold { left: HOLD_WINDOWS };
+                        return Some(Change::Restored);
+                    }
+                }
                 self.reverted = None;
-                self.grow(w.rate)
+                self.grow(self.best.max(w.rate))
             }
         }
+    }
+
+    /// A new size: what was measured at the old one no longer applies.
+    fn resize(&mut self, to: usize) {
+        self.size = to;
+        self.best = 0;
     }
 
     fn grow(&mut self, before: u64) -> Option<Change> {
@@ -268,7 +284,7 @@ impl Sizer {
             before,
             put_off: 0,
         };
-        self.size = to;
+        self.resize(to);
         self.settle = 1;
         Some(Change::Grew)
     }
@@ -414,7 +430,11 @@ mod tests {
         for _ in 0..3 * HOLD_WINDOWS {
             assert_eq!(s.observe(draining), None);
         }
-        // ... and once down at 32, carrying less than 85 % of what 40 did: back.
+        // ... and once down at 32, carrying less than 85 % of what 40 did over a
+        // whole hold (the best window of it, not one low sample): back.
+        for _ in 0..HOLD_WINDOWS {
+            assert_eq!(s.observe(link(32, 400, 19_000)), None);
+        }
         assert_eq!(s.observe(link(32, 400, 19_000)), Some(Change::Restored));
         assert_eq!(s.size(), 40);
     }
@@ -606,6 +626,56 @@ mod tests {
                     _ => {}
                 }
             }
+        }
+    }
+
+    /// Convergence on noisy links: each window's goodput is the link's answer times a
+    /// factor drawn from 0.85..1.15 (loss, other traffic, a busy broker), 60 seeded
+    /// runs of 200 windows per link. The pool must fill every link (never below 80 %
+    /// of the connections needed), and noise must not ratchet it far up once there.
+    #[test]
+    fn converges_on_noisy_links() {
+        for (per, need) in [(500u64, 8usize), (1_000, 30), (800, 100)] {
+            let cap = per * need as u64;
+            let (mut finals, mut grew_late) = (Vec::new(), 0);
+            for seed in 0..60u64 {
+                let mut rng = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+                let mut s = Sizer::new(cfg());
+                let mut sizes = Vec::new();
+                for _ in 0..200 {
+                    rng ^= rng << 13;
+                    rng ^= rng >> 7;
+                    rng ^= rng << 17;
+                    let mut w = link(s.size(), per, cap);
+                    w.rate = w.rate * (85 + rng % 31) / 100;
+                    s.observe(w);
+                    sizes.push(s.size());
+                }
+                // The size held, probes aside: the least of the last windows.
+                let held = |at: usize| *sizes[at - 20..at].iter().min().unwrap();
+                let (mid, end) = (held(100), held(200));
+                assert!(
+                    end * 10 >= need * 8,
+                    "seed {seed}: {end} connections for a link that needs {need}"
+                );
+                grew_late += (end > mid + mid / 4) as usize;
+                finals.push(end);
+            }
+            finals.sort();
+            let median = finals[finals.len() / 2];
+            eprintln!("need {need}: final sizes {finals:?}, {grew_late} of 60 grew more than a step in the second half");
+            // Before the hold's best became the baseline, a link needing 8 ended at a
+            // median of 150 connections and 54 of 60 runs kept growing. The ramp still
+            // overshoots (a doubling that did not hurt is kept) and probes still keep a
+            // step now and then: what is asserted is what holds today.
+            assert!(
+                median <= 4 * need.max(cfg().initial),
+                "need {need}: median {median}"
+            );
+            assert!(
+                grew_late <= 15,
+                "need {need}: {grew_late} of 60 runs kept growing on a full link"
+            );
         }
     }
 }
