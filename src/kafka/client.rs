@@ -212,6 +212,13 @@ impl Cluster {
     }
 
     /// Fetches metadata for `topics` (all topics when `None`) and updates the cache.
+    /// How long a broker may hold one of our produces (its `timeout_ms`): no longer
+    /// than a stall takes to notice, so that a connection silent past it is dead, not
+    /// waiting for replicas (decision 49).
+    pub fn produce_timeout(&self) -> Duration {
+        self.opts.request_timeout.min(self.opts.retry_deadline)
+    }
+
     /// Brokers known from the last metadata answer.
     pub async fn broker_count(&self) -> usize {
         self.state.lock().await.brokers.len()

@@ -65,6 +65,10 @@ pub struct Connection {
     /// With requests out and not a byte in for this long, the connection is stalled
     /// (a half-open socket, a black-holed path): it is closed and its requests fail.
     stall_timeout: Duration,
+    /// The longest wait any request on this connection asked the broker to hold it
+    /// (ms): a request queued behind a long poll sees nothing for that long, and that
+    /// is not a stall.
+    longest_wait_ms: Arc<AtomicU64>,
     stats: Arc<ConnStats>,
 }
 
@@ -178,6 +182,7 @@ impl Connection {
             close: Arc::new(close),
             request_timeout,
             stall_timeout,
+            longest_wait_ms: Arc::new(AtomicU64::new(0)),
             stats,
         }
     }
@@ -318,7 +323,12 @@ impl Connection {
         };
         self.tx.send(out).await.map_err(|_| lost())?;
         let limit = self.request_timeout + wait;
-        let stall = self.stall_timeout + wait;
+        let wait_ms = wait.as_millis() as u64;
+        let held = self
+            .longest_wait_ms
+            .fetch_max(wait_ms, Ordering::Relaxed)
+            .max(wait_ms);
+        let stall = self.stall_timeout + Duration::from_millis(held);
         let started = tokio::time::Instant::now();
         let (mut last_bytes, mut last_change) = (seen, started);
         let mut rx = rx;
@@ -348,12 +358,12 @@ impl Connection {
             let stalled = idle || bytes == seen;
             let ms = (now - started).as_millis() as u64;
             if stalled {
-                fail_all(
-                    &self.addr,
-                    &self.pending,
-                    &self.dead,
-                    &format!("nothing arrived for {ms} ms while a {api} request waited: the connection stalled"),
+                let idle_ms = (now - last_change).as_millis() as u64;
+                let reason = format!(
+                    "nothing arrived for {idle_ms} ms while a {api} request waited: the connection stalled"
                 );
+                tracing::warn!(addr = %self.addr, "{reason}; closing it");
+                fail_all(&self.addr, &self.pending, &self.dead, &reason);
                 self.close.send_replace(true);
             }
             return Err(KafkaError::Timeout {
@@ -556,8 +566,10 @@ async fn read_loop(
         // soon as they are here.
         let mut head_due = len > HEAD_BYTES;
         while buf.len() < len {
+            // The head is the frame's first HEAD_BYTES, of which some are in already
+            // (the correlation id at least): the rest is what the kernel must hold.
             let want = if head_due {
-                HEAD_BYTES
+                (HEAD_BYTES - buf.len()).max(1)
             } else {
                 gather.min(len - buf.len()).max(1)
             };
@@ -985,7 +997,7 @@ mod tests {
     /// Sends one request to a server that answers with a frame header announcing
     /// `len` bytes, sends `send` bytes of it and closes. Returns the error, the largest
     /// allocation made meanwhile, and whether the connection still counts as alive.
-    async fn answered_with(len: usize, send: usize) -> (String, usize, bool) {
+    async fn answered_with(len: usize, send: usize, id_shift: i32) -> (String, usize, bool) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let server = tokio::spawn(async move {
@@ -994,7 +1006,8 @@ mod tests {
             let mut req = vec![0u8; n];
             s.read_exact(&mut req).await.unwrap();
             let mut frame = (len as i32).to_be_bytes().to_vec();
-            frame.extend_from_slice(&req[4..8]);
+            let id = i32::from_be_bytes([req[4], req[5], req[6], req[7]]) + id_shift;
+            frame.extend_from_slice(&id.to_be_bytes());
             frame.resize(8 + send, 7);
             let _ = s.write_all(&frame).await;
         });
@@ -1019,9 +1032,52 @@ mod tests {
     /// before anything is allocated for it, and the connection is closed.
     #[tokio::test]
     async fn an_answer_far_larger_than_expected_is_refused() {
-        let (e, largest, alive) = answered_with(100 << 20, 64).await;
+        let (e, largest, alive) = answered_with(100 << 20, 64, 0).await;
         assert!(e.contains("expects at most"), "{e}");
         assert!(largest < 1 << 20, "allocated {largest} bytes");
+        assert!(!alive);
+    }
+
+    /// A frame just over the head's size whose id arrives first and the rest later:
+    /// the reader must not wait for more bytes than the frame has left (it asked the
+    /// kernel for a whole head's worth after the id, and waited out the stall window).
+    #[tokio::test]
+    async fn a_frame_just_over_the_head_arrives_in_two_parts() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let n = s.read_i32().await.unwrap() as usize;
+            let mut req = vec![0u8; n];
+            s.read_exact(&mut req).await.unwrap();
+            let len = HEAD_BYTES + 2;
+            let mut first = (len as i32).to_be_bytes().to_vec();
+            first.extend_from_slice(&req[4..8]);
+            s.write_all(&first).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            s.write_all(&vec![0u8; len - 4]).await.unwrap();
+            tokio::time::sleep(Duration::from_secs(30)).await;
+        });
+        let stream = TcpStream::connect(addr).await.unwrap();
+        let conn = Connection::start(
+            stream,
+            "test",
+            Duration::from_secs(30),
+            Duration::from_secs(2),
+        );
+        let res = conn.send_versioned(&ApiVersionsRequest::default(), 0).await;
+        // The body does not decode as ApiVersions; what matters is that it arrived.
+        assert!(matches!(res, Err(KafkaError::Decode { .. })), "{res:?}");
+        assert!(conn.is_alive());
+        server.abort();
+    }
+
+    /// An answer to a request nobody sent breaks the protocol: the connection is
+    /// closed and its requests fail (retriable: they go out again on a new one).
+    #[tokio::test]
+    async fn an_answer_with_a_wrong_correlation_id_closes_the_connection() {
+        let (e, _, alive) = answered_with(64, 60, 1).await;
+        assert!(e.contains("unknown correlation id"), "{e}");
         assert!(!alive);
     }
 
@@ -1029,7 +1085,7 @@ mod tests {
     /// arrive: a length alone, or a broker that stops sending, costs no memory.
     #[tokio::test]
     async fn a_long_answer_is_allocated_as_its_bytes_arrive() {
-        let (e, largest, _) = answered_with(48 << 20, 100_000).await;
+        let (e, largest, _) = answered_with(48 << 20, 100_000, 0).await;
         assert!(e.contains("closed mid-response"), "{e}");
         assert!(largest < 2 << 20, "allocated {largest} bytes for 100 kB");
     }

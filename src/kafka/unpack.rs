@@ -16,9 +16,11 @@ use super::batch::{RawBatch, HEADER_LEN};
 use super::records::Content;
 
 /// Most bytes one batch may decompress to. Kafka bounds a batch's compressed size
-/// (max.message.bytes, 1 MiB by default); 256 times that covers real data, and a
-/// batch that claims more is refused rather than allowed to take the memory.
-pub const MAX_UNCOMPRESSED: usize = 256 << 20;
+/// (max.message.bytes, 1 MiB by default); 64 times that covers real data, and a
+/// batch that claims more is refused rather than allowed to take the memory. The
+/// decoded records take up to 16 times their encoded bytes (a record struct per 7
+/// bytes), so one batch's decode stays near 1 GiB at the very worst.
+pub const MAX_UNCOMPRESSED: usize = 64 << 20;
 
 /// The fewest bytes one record takes: length, attributes, timestamp delta, offset
 /// delta, key length, value length and header count, one byte each.

@@ -6,9 +6,10 @@
 /// handles, log and signal plumbing, with room to spare.
 pub const BASE_FDS: u64 = 64;
 
-/// The most sockets the mirror holds at once: per source broker its fetch pool (up to
-/// `pool_max`), the shared long poll and a control connection; per destination broker
-/// its produce connections and a control connection.
+/// The most sockets the mirror holds at once: per source broker that leads mirrored
+/// partitions its fetch pool (up to `pool_max`), the shared long poll and a control
+/// connection; per destination broker its produce connections and a control
+/// connection.
 pub fn fds_needed(src_brokers: usize, dst_brokers: usize, pool_max: usize, produce: usize) -> u64 {
     (src_brokers * (pool_max + 2) + dst_brokers * (produce + 2)) as u64 + BASE_FDS
 }

@@ -147,8 +147,15 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<Outcome, StartError
     dest.refresh(None)
         .await
         .map_err(|e| MirrorError::kafka(dest.name(), e))?;
+    // Pools open to the brokers that lead mirrored partitions (a failover may add
+    // some later); writes go to every destination broker.
+    let leaders: std::collections::HashSet<i32> = listing
+        .iter()
+        .filter(|t| filter.matches(&t.name))
+        .flat_map(|t| t.partitions.iter().map(|p| p.leader))
+        .collect();
     let need = limits::fds_needed(
-        source.broker_count().await,
+        leaders.len().max(1),
         dest.broker_count().await,
         t.pool_max,
         t.produce_connections,

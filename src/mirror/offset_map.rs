@@ -97,7 +97,7 @@ impl OffsetMap {
         })?;
         let c = &self.cluster;
         c.retry("offset map write", || {
-            c.produce(&self.topic, 0, batch.clone(), Duration::from_secs(30))
+            c.produce(&self.topic, 0, batch.clone(), c.produce_timeout())
         })
         .await
         .map_err(|e| MirrorError::kafka(c.name(), e))?;

@@ -231,6 +231,18 @@ async fn pad_to(
         .await
 }
 
+/// After an answer with data but no whole batch: the next fetch size (doubled, up to
+/// the largest), and at the largest size already, how long to wait first (longer
+/// each time in a row: asking again at once would only spin).
+fn no_whole_batch(
+    max_bytes: usize,
+    fetch_bytes: usize,
+    starved: &mut Backoff,
+) -> (usize, Option<Duration>) {
+    let wait = (max_bytes >= MAX_FETCH).then(|| starved.next_delay());
+    ((max_bytes * 2).max(fetch_bytes).min(MAX_FETCH), wait)
+}
+
 async fn fetch_loop(
     shared: Arc<Shared>,
     job: Job,
@@ -360,8 +372,9 @@ async fn fetch_loop(
                         // larger than the fetch size (some brokers then return a cut
                         // batch, others nothing). Ask for more; at the largest size,
                         // asking again at once would only spin: wait, longer each time.
-                        if max_bytes >= MAX_FETCH {
-                            let wait = starved.next_delay();
+                        let (grown, wait) =
+                            no_whole_batch(max_bytes, cfg.fetch_bytes, &mut starved);
+                        if let Some(wait) = wait {
                             tracing::warn!(
                                 topic = %topic, partition = p, offset, high_watermark = f.high_watermark,
                                 max_bytes, wait_ms = wait.as_millis() as u64,
@@ -370,7 +383,7 @@ async fn fetch_loop(
                             drop(permit);
                             tokio::time::sleep(wait).await;
                         }
-                        max_bytes = (max_bytes * 2).max(cfg.fetch_bytes).min(MAX_FETCH);
+                        max_bytes = grown;
                         continue;
                     }
                     if shared.stop_at_end {
@@ -478,4 +491,33 @@ async fn at_end(
         return true;
     }
     false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Answers with data but no whole batch: the fetch grows to the largest size
+    /// without waiting, and from there each retry waits longer than the one before
+    /// (it refetched at once, forever, before).
+    #[test]
+    fn a_source_with_no_whole_batch_is_asked_again_ever_more_slowly() {
+        let mut starved = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
+        let mut size = 1 << 20;
+        let mut waits = Vec::new();
+        for _ in 0..16 {
+            let (next, wait) = no_whole_batch(size, 1 << 20, &mut starved);
+            assert!(next >= size && next <= MAX_FETCH);
+            if size < MAX_FETCH {
+                assert_eq!(wait, None, "waited while the fetch could still grow");
+            }
+            waits.extend(wait);
+            size = next;
+        }
+        assert_eq!(size, MAX_FETCH);
+        assert!(waits.len() >= 5, "{waits:?}");
+        assert!(waits.windows(2).all(|w| w[1] >= w[0]), "{waits:?}");
+        assert!(waits.last() > waits.first(), "{waits:?}");
+        assert_eq!(waits.last(), Some(&Duration::from_secs(2)));
+    }
 }

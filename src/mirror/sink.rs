@@ -2,7 +2,6 @@
 //! checking that every append lands at exactly the offset the plan says.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 
@@ -269,7 +268,7 @@ impl PartitionSink {
                     &self.topic,
                     self.partition,
                     records.clone(),
-                    Duration::from_secs(30),
+                    c.produce_timeout(),
                 )
             })
             .await;

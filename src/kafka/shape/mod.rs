@@ -259,11 +259,15 @@ impl Walk<'_> {
                 )));
             }
             let end = self.pos + size;
-            // An unknown tag is skipped by its size, as the crate does.
-            if let Some(t) = known
-                .iter()
-                .find(|t| t.tag == tag && self.version >= t.from)
-            {
+            // An unknown tag is skipped by its size, as the crate does; a known one
+            // in a version before it is refused, as the crate does too.
+            if let Some(t) = known.iter().find(|t| t.tag == tag) {
+                if self.version < t.from {
+                    return Err(self.err(format!(
+                        "tagged field {tag} is not valid in version {}",
+                        self.version
+                    )));
+                }
                 let mut inner = Walk {
                     buf: &self.buf[..end],
                     pos: self.pos,
