@@ -1350,13 +1350,21 @@ mod tests {
             events in proptest::collection::vec(ev(), 0..300),
             known_pick in 0usize..40,
             grow_at in 0usize..300,
+            inside in 0i64..20,
         ) {
             let src = log(&shape);
             let end = src.last().unwrap().1;
-            // Start at a batch boundary, as the mirror does.
+            // Start at a batch boundary, or, on Kafka (which answers a fetch inside a
+            // batch with the batch holding it), anywhere inside a batch: the batch
+            // holding the start is then the first one out.
             let first = start_pick % src.len();
-            let start = src[first].0;
-            let want: Vec<B> = src.iter().filter(|b| b.0 >= start).copied().collect();
+            let mid = holding && inside % 2 == 1;
+            let start = if mid {
+                src[first].0 + inside % (src[first].1 - src[first].0)
+            } else {
+                src[first].0
+            };
+            let want: Vec<B> = src.iter().filter(|b| b.1 > start).copied().collect();
             // The catch-up starts knowing only part of the log; the rest is learnt
             // (`extend`) at some event, with pieces in flight, or after them all.
             let known = src[first.max(known_pick % src.len())].1;
@@ -1379,6 +1387,7 @@ mod tests {
                     }
                     Ev::Answer(i, n, kafka) if !flying.is_empty() => {
                         let r = flying.swap_remove(i % flying.len());
+                        let kafka = kafka || mid;
                         let o = p.on_answer(r.id, fetch(&src, r.start, n, kafka), Some(7), *now);
                         if o == Outcome::TooSmall {
                             prop_assert_eq!(n, 0, "too small at {} with {} batches", r.start, n);
@@ -1393,7 +1402,7 @@ mod tests {
                     // batches, none): the hint must never make data go missing.
                     Ev::Head(i, kafka) if !flying.is_empty() => {
                         let r = &flying[i % flying.len()];
-                        if let Some(b) = fetch(&src, r.start, 1, kafka).first() {
+                        if let Some(b) = fetch(&src, r.start, 1, kafka || mid).first() {
                             p.on_first_batch(r.id, b.0, b.1, *now);
                         }
                     }
