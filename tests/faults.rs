@@ -126,8 +126,6 @@ fn survives_cut_links_to_both_clusters() {
     );
     // Compare through the proxies (both restored).
     for part in 0..2 {
-        let s = consume_all(&ba, "wan", part);
-        let d = consume_all(&bb, "dc-a.wan", part);
-        assert_eq!(s, d, "partition {part}");
+        assert_same_at(&ba, "wan", &bb, "dc-a.wan", part);
     }
 }

@@ -867,9 +867,7 @@ mod tests {
             let (mut s, _) = listener.accept().await.unwrap();
             // The first request is answered after 150 ms, the second never.
             for n in 0.. {
-                let len = s.read_i32().await.unwrap() as usize;
-                let mut body = vec![0u8; len];
-                s.read_exact(&mut body).await.unwrap();
+                let body = read_request(&mut s).await;
                 if n == 0 {
                     tokio::time::sleep(Duration::from_millis(150)).await;
                     let mut frame = 4i32.to_be_bytes().to_vec();
@@ -994,6 +992,15 @@ mod tests {
         server.abort();
     }
 
+    /// One request frame as a test server reads it: header and body, without the
+    /// length (the correlation id is at bytes 4..8).
+    async fn read_request(s: &mut TcpStream) -> Vec<u8> {
+        let n = s.read_i32().await.unwrap() as usize;
+        let mut req = vec![0u8; n];
+        s.read_exact(&mut req).await.unwrap();
+        req
+    }
+
     /// Sends one request to a server that answers with a frame header announcing
     /// `len` bytes, sends `send` bytes of it and closes. Returns the error, the largest
     /// allocation made meanwhile, and whether the connection still counts as alive.
@@ -1002,9 +1009,7 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let server = tokio::spawn(async move {
             let (mut s, _) = listener.accept().await.unwrap();
-            let n = s.read_i32().await.unwrap() as usize;
-            let mut req = vec![0u8; n];
-            s.read_exact(&mut req).await.unwrap();
+            let req = read_request(&mut s).await;
             let mut frame = (len as i32).to_be_bytes().to_vec();
             let id = i32::from_be_bytes([req[4], req[5], req[6], req[7]]) + id_shift;
             frame.extend_from_slice(&id.to_be_bytes());
@@ -1047,9 +1052,7 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let server = tokio::spawn(async move {
             let (mut s, _) = listener.accept().await.unwrap();
-            let n = s.read_i32().await.unwrap() as usize;
-            let mut req = vec![0u8; n];
-            s.read_exact(&mut req).await.unwrap();
+            let req = read_request(&mut s).await;
             let len = HEAD_BYTES + 2;
             let mut first = (len as i32).to_be_bytes().to_vec();
             first.extend_from_slice(&req[4..8]);

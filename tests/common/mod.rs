@@ -399,8 +399,25 @@ pub fn assert_same<A: Broker, B: Broker>(
     dst_topic: &str,
     partition: i32,
 ) -> usize {
-    let s = consume_all(&pair.a.bootstrap(), src_topic, partition);
-    let d = consume_all(&pair.b.bootstrap(), dst_topic, partition);
+    assert_same_at(
+        &pair.a.bootstrap(),
+        src_topic,
+        &pair.b.bootstrap(),
+        dst_topic,
+        partition,
+    )
+}
+
+/// [`assert_same`] for clusters reached at any bootstrap (a proxy in front of them).
+pub fn assert_same_at(
+    src: &str,
+    src_topic: &str,
+    dst: &str,
+    dst_topic: &str,
+    partition: i32,
+) -> usize {
+    let s = consume_all(src, src_topic, partition);
+    let d = consume_all(dst, dst_topic, partition);
     assert_eq!(
         s.len(),
         d.len(),
