@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what wanmirror's demo, tests and benchmarks need on a fresh Debian machine
 # with a Rust toolchain: build packages, the pinned tansu broker, and the pinned Apache
-# Kafka release with MirrorMaker 2 (Java 17 and Maven, from Debian, if missing).
+# Kafka release with MirrorMaker 2 (Java 17 and Maven, from Debian, if missing), and
+# cargo-fuzz with a nightly toolchain for the fuzz targets.
 # Idempotent: every step is skipped when already done.
 set -euo pipefail
 
@@ -33,6 +34,18 @@ if [ -x "$tansu_bin" ] && "$tansu_bin" --version 2>/dev/null | grep -q "$TANSU_V
 else
   echo "setup: building tansu $TANSU_VERSION (takes several minutes on 2 cores)..."
   cargo install tansu --version "$TANSU_VERSION" --features dynostore --locked --quiet
+fi
+
+# The fuzz targets (scripts/fuzz.sh) run under libFuzzer through cargo-fuzz, which
+# needs a nightly toolchain for its sanitizer flags.
+CARGO_FUZZ_VERSION=0.13.2
+if ! rustup run nightly rustc --version >/dev/null 2>&1; then
+  echo "setup: installing a nightly Rust toolchain for the fuzz targets"
+  rustup toolchain install nightly --profile minimal
+fi
+if ! cargo fuzz --version 2>/dev/null | grep -q "$CARGO_FUZZ_VERSION"; then
+  echo "setup: building cargo-fuzz $CARGO_FUZZ_VERSION"
+  cargo install cargo-fuzz --version "$CARGO_FUZZ_VERSION" --locked --quiet
 fi
 
 # Apache Kafka (the reference broker of tests/kafka_compat.rs) and MirrorMaker 2 (a

@@ -1,10 +1,12 @@
 //! wanmirror: an offset-identical Kafka mirror for long, lossy links between data centres.
 //!
 //! Layers: [`kafka`] (client), [`transport`] (connection pools), [`mirror`] (pipeline),
-//! [`verify`] (Merkle diff), [`config`], and [`demo`].
+//! [`verify`] (Merkle diff), [`config`], [`demo`], and the fuzzers' entry points
+//! ([`fuzz`]).
 
 pub mod config;
 pub mod demo;
+pub mod fuzz;
 pub mod kafka;
 pub mod mirror;
 pub mod transport;

@@ -129,3 +129,96 @@ fn survives_cut_links_to_both_clusters() {
         assert_same_at(&ba, "wan", &bb, "dc-a.wan", part);
     }
 }
+
+/// The source loses records already copied: its broker restarts with an empty log (the
+/// memory engine keeps nothing) and fewer records come back than were mirrored. Each
+/// partition of that topic stops with an error naming the offset where the source now
+/// ends below the copy; nothing is written to it, and the mirror goes on with a topic
+/// that appears on the new source.
+#[test]
+fn a_source_truncated_below_the_copy_stops_only_its_partitions() {
+    use common::proxy::Proxy;
+    use wanmirror::demo::broker::TansuBroker;
+
+    let pa = Proxy::start();
+    let a = TansuBroker::start_advertising("dc-a", Some(pa.port)).unwrap();
+    let b = TansuBroker::start("dc-b").unwrap();
+    pa.forward_to(a.port);
+    let (ba, bb) = (format!("127.0.0.1:{}", pa.port), b.bootstrap());
+    create_topic(&ba, "lost", 2);
+    let p = producer(&ba, "zstd", true);
+    for part in 0..2 {
+        produce(&p, "lost", part, &sample(300, part as u64, |i| i % 200));
+    }
+    drop(p);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("m.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[source]\nname = \"dc-a\"\nbootstrap = \"{ba}\"\n[destination]\nname = \"dc-b\"\nbootstrap = \"{bb}\"\n[mirror]\ntopics = [\"lost\", \"fresh\"]\nreplication_factor = 1\nretry_secs = 2\ntail_wait_ms = 100\nmetadata_refresh_secs = 1\n"
+        ),
+    )
+    .unwrap();
+    let mut m = Mirror::spawn(&cfg, &[]);
+    let dest_end = |part| {
+        if topic_exists(&bb, "dc-a.lost") {
+            end_offset(&bb, "dc-a.lost", part)
+        } else {
+            0
+        }
+    };
+    eventually(Duration::from_secs(60), "first copy", || {
+        dest_end(0) == 300 && dest_end(1) == 300
+    });
+    let copied: Vec<_> = (0..2)
+        .map(|part| consume_all(&bb, "dc-a.lost", part))
+        .collect();
+
+    // The source comes back empty; partition 0 gets 50 new records, partition 1 none.
+    drop(a);
+    let a2 = TansuBroker::start_advertising("dc-a", Some(pa.port)).unwrap();
+    pa.forward_to(a2.port);
+    create_topic(&ba, "lost", 2);
+    create_topic(&ba, "fresh", 1);
+    let p = producer(&ba, "lz4", true);
+    produce(&p, "lost", 0, &sample(50, 7, |i| i % 100));
+    produce(&p, "fresh", 0, &sample(400, 8, |i| i % 100));
+
+    let stopped = |log: &str, part: i32| {
+        log.lines().any(|l| {
+            l.contains("partition stopped")
+                && l.contains("topic=lost")
+                && l.contains(&format!("partition={part}"))
+                && l.contains("offset 300")
+        })
+    };
+    eventually(Duration::from_secs(90), "both partitions stopped", || {
+        let log = m.log_text();
+        stopped(&log, 0) && stopped(&log, 1)
+    });
+    eventually(Duration::from_secs(60), "the new topic copied", || {
+        topic_exists(&bb, "dc-a.fresh") && end_offset(&bb, "dc-a.fresh", 0) == 400
+    });
+    assert!(m.running(), "{}", m.log_text());
+    // Nothing was written to the stopped partitions: still the first copy, whole.
+    for (part, first) in copied.iter().enumerate() {
+        assert_eq!(&consume_all(&bb, "dc-a.lost", part as i32), first);
+    }
+    assert_same_at(&ba, "fresh", &bb, "dc-a.fresh", 0);
+    let log = m.log_text();
+    eprintln!(
+        "{}",
+        log.lines()
+            .filter(|l| l.contains("partition stopped") || l.contains("high watermark"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    m.signal(15);
+    assert_eq!(
+        m.wait(Duration::from_secs(30)).code(),
+        Some(1),
+        "{}",
+        m.log_text()
+    );
+}

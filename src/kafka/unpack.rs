@@ -4,7 +4,7 @@
 //! The kafka-protocol crate's record decoder reserves room for the batch's record
 //! count and each record's header count before reading them, and sizes raw snappy
 //! output from the length the data claims: a corrupt or hostile batch aborts the
-//! process. Here nothing is reserved beyond what the bytes can hold, decompression
+//! process. Here nothing is reserved beyond a small head start, decompression
 //! stops at [`MAX_UNCOMPRESSED`], and header keys stay bytes (Kafka does not require
 //! UTF-8 of them).
 
@@ -17,10 +17,16 @@ use super::records::Content;
 
 /// Most bytes one batch may decompress to. Kafka bounds a batch's compressed size
 /// (max.message.bytes, 1 MiB by default); 64 times that covers real data, and a
-/// batch that claims more is refused rather than allowed to take the memory. The
-/// decoded records take up to 16 times their encoded bytes (a record struct per 7
-/// bytes), so one batch's decode stays near 1 GiB at the very worst.
+/// batch that claims more is refused rather than allowed to take the memory. Decoded
+/// records take memory only as they decode (nothing is reserved from a count), up to
+/// about 16 times the bytes they came from (a ~100-byte record struct per 7 bytes):
+/// near 1 GiB for a 64 MiB batch of empty records, the very worst case. Only the slow
+/// paths decode records (`diff`, the resume check, a rebuild, the offset map), one
+/// batch at a time.
 pub const MAX_UNCOMPRESSED: usize = 64 << 20;
+
+/// Entries reserved before they are decoded; beyond that, vectors grow as they fill.
+const RESERVE_AHEAD: usize = 1024;
 
 /// The fewest bytes one record takes: length, attributes, timestamp delta, offset
 /// delta, key length, value length and header count, one byte each.
@@ -46,7 +52,9 @@ pub fn records(batch: &RawBatch) -> Result<Vec<Content>, String> {
             data.len()
         )));
     }
-    let mut out = Vec::with_capacity(count);
+    // Grown as records decode, not reserved from the claimed count: a batch that lies
+    // about its count fails at its first bad record having allocated little.
+    let mut out = Vec::with_capacity(count.min(RESERVE_AHEAD));
     let mut r = Reader {
         buf: data.clone(),
         pos: 0,
@@ -80,7 +88,7 @@ fn record(r: &mut Reader, base_offset: i64, base_timestamp: i64) -> Result<Conte
     if n > rec.left() / 2 {
         return Err(format!("{n} headers cannot fit in {} bytes", rec.left()));
     }
-    let mut headers = Vec::with_capacity(n);
+    let mut headers = Vec::with_capacity(n.min(RESERVE_AHEAD));
     for _ in 0..n {
         let k = rec.bytes()?.ok_or("null header key")?;
         headers.push((k, rec.bytes()?));

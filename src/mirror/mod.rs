@@ -18,6 +18,7 @@ pub mod sink;
 pub mod tail;
 mod tasks;
 pub mod topics;
+pub mod watermark;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};

@@ -128,7 +128,7 @@ impl OffsetMap {
         }
         let end = c.end_offset(&self.topic, 0).await.map_err(err)?;
         let mut next = c.log_start(&self.topic, 0).await.map_err(err)?;
-        let mut latest: BTreeMap<Bytes, Option<Bytes>> = BTreeMap::new();
+        let mut entries = Entries::default();
         while next < end {
             let f = c
                 .fetch(&self.topic, 0, next, 1 << 20, Duration::ZERO)
@@ -140,27 +140,51 @@ impl OffsetMap {
             })?;
             let Some(last) = batches.last() else { break };
             next = last.header.next_offset();
-            for r in decode(&batches).map_err(|detail| MirrorError::Topic {
+            entries.add(decode(&batches).map_err(|detail| MirrorError::Topic {
                 topic: self.topic.clone(),
                 detail,
-            })? {
-                if let Some(k) = r.key {
-                    latest.insert(k, r.value);
-                }
+            })?);
+        }
+        entries.parse().map_err(|detail| MirrorError::Topic {
+            topic: self.topic.clone(),
+            detail,
+        })
+    }
+}
+
+/// The map's records folded to the latest value per key, as compaction would.
+#[derive(Debug, Default)]
+pub struct Entries {
+    latest: BTreeMap<Bytes, Option<Bytes>>,
+}
+
+impl Entries {
+    /// Records in log order; a later value for a key replaces the earlier one.
+    pub fn add(&mut self, records: Vec<Content>) {
+        for r in records {
+            if let Some(k) = r.key {
+                self.latest.insert(k, r.value);
             }
         }
+    }
+
+    /// The deviations and provenances held, skipping deleted keys (an empty value). An
+    /// entry that does not parse is an error naming its key: skipping it would hide a
+    /// filler from `diff`, or let a topic be copied back to its origin.
+    pub fn parse(self) -> Result<(Vec<Deviation>, Vec<Provenance>), String> {
         let mut devs = Vec::new();
         let mut provs = Vec::new();
-        for (k, v) in latest {
+        for (k, v) in self.latest {
             let Some(v) = v else { continue };
+            let bad = |e: serde_json::Error| {
+                // Named, but not at any length: the key came off the wire.
+                let key: String = String::from_utf8_lossy(&k).chars().take(80).collect();
+                format!("entry {key:?} does not parse: {e}")
+            };
             if k.starts_with(b"offsets/") {
-                if let Ok(d) = serde_json::from_slice(&v) {
-                    devs.push(d);
-                }
+                devs.push(serde_json::from_slice(&v).map_err(bad)?);
             } else if k.starts_with(b"topic/") {
-                if let Ok(p) = serde_json::from_slice(&v) {
-                    provs.push(p);
-                }
+                provs.push(serde_json::from_slice(&v).map_err(bad)?);
             }
         }
         Ok((devs, provs))
@@ -172,4 +196,64 @@ pub fn now_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(key: &str, value: Option<&str>) -> Content {
+        Content {
+            offset: 0,
+            timestamp: 0,
+            key: Some(Bytes::copy_from_slice(key.as_bytes())),
+            value: value.map(|v| Bytes::copy_from_slice(v.as_bytes())),
+            headers: vec![],
+        }
+    }
+
+    fn prov(topic: &str, origin: &str) -> String {
+        serde_json::to_string(&Provenance {
+            topic: topic.into(),
+            origin_cluster: origin.into(),
+            origin_topic: topic.into(),
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn the_latest_value_wins_and_an_empty_one_deletes() {
+        let mut e = Entries::default();
+        e.add(vec![
+            rec("topic/a", Some(&prov("a", "dc-a"))),
+            rec("topic/b", Some(&prov("b", "dc-a"))),
+            rec("unknown/kind", Some("not json, not ours")),
+        ]);
+        e.add(vec![
+            rec("topic/a", Some(&prov("a", "dc-c"))),
+            rec("topic/b", None),
+        ]);
+        let (devs, provs) = e.parse().unwrap();
+        assert!(devs.is_empty());
+        assert_eq!(provs.len(), 1);
+        assert_eq!(
+            (provs[0].topic.as_str(), provs[0].origin_cluster.as_str()),
+            ("a", "dc-c")
+        );
+    }
+
+    /// It was skipped without a word before: a lost provenance lets a topic loop.
+    #[test]
+    fn an_entry_that_does_not_parse_is_named() {
+        let mut e = Entries::default();
+        e.add(vec![rec("topic/a", Some("{\"topic\": 7}"))]);
+        let err = e.parse().unwrap_err();
+        assert!(err.starts_with("entry \"topic/a\" does not parse"), "{err}");
+        let mut e = Entries::default();
+        e.add(vec![rec(
+            &format!("offsets/{}", "x".repeat(10_000)),
+            Some("["),
+        )]);
+        assert!(e.parse().unwrap_err().len() < 200);
+    }
 }

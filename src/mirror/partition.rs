@@ -2,7 +2,7 @@
 //! then fetch -> plan -> write until shutdown. Fetching runs one step ahead of writing.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use kafka_protocol::ResponseError;
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
@@ -17,6 +17,7 @@ use crate::mirror::error::MirrorError;
 use crate::mirror::mode::{Mode, Tailing};
 use crate::mirror::sink::{lineage, PartitionSink};
 use crate::mirror::tail::{last_batch, verify_tail};
+use crate::mirror::watermark::{Verdict, Watermark};
 use crate::mirror::Shared;
 
 /// One source partition and where it goes.
@@ -258,6 +259,8 @@ async fn fetch_loop(
     let mut starved = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
     let mut high_watermark = src_end;
     let mut tailing = Tailing::new(LIVE_BYTES);
+    let mut watermark = Watermark::new(Duration::from_secs(cfg.retry_secs));
+    let mut below = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
     // Far behind from the start: straight to the parallel catch-up.
     if src_end - offset >= START_SPLIT_OFFSETS {
         let start = catch_up::Start {
@@ -308,6 +311,35 @@ async fn fetch_loop(
         let msg = match res {
             Ok(f) => {
                 high_watermark = f.high_watermark;
+                match watermark.on_answer(offset, f.high_watermark, Instant::now()) {
+                    Verdict::Fine => below.reset(),
+                    Verdict::Below { first } => {
+                        // Nothing to copy below our offset; a new leader may not know
+                        // the old watermark yet. Ask again, more slowly each time.
+                        if first {
+                            tracing::warn!(
+                                topic = %topic, partition = p, offset, high_watermark,
+                                "the source's high watermark is below what was already copied; waiting"
+                            );
+                        }
+                        drop(permit);
+                        tokio::time::sleep(below.next_delay()).await;
+                        continue;
+                    }
+                    Verdict::Lost { for_ms } => {
+                        let _ = tx
+                            .send(Chunk::Failed(MirrorError::Diverged {
+                                topic: topic.clone(),
+                                partition: p,
+                                offset,
+                                detail: format!(
+                                    "the source's high watermark {high_watermark} stayed below this offset for {for_ms} ms: the source lost records already copied (truncated or recreated?)"
+                                ),
+                            }))
+                            .await;
+                        return;
+                    }
+                }
                 let (batches, bad) = split_valid(&f.records);
                 if at_tail {
                     let next = batches.last().map_or(offset, |b| b.header.next_offset());

@@ -14,6 +14,7 @@
 //! announces, because the crate decodes known tags from the main buffer, not from the
 //! announced slice, and a mismatch would make it read bytes we never checked.
 
+pub mod by_key;
 mod schemas;
 #[cfg(test)]
 mod tests;

@@ -60,8 +60,7 @@ pub fn schema(key: i16) -> Option<&'static Message> {
     })
 }
 
-/// The API keys [`schema`] knows, for tests.
-#[cfg(test)]
+/// The API keys [`schema`] knows.
 pub const KEYS: &[i16] = &[0, 1, 2, 3, 10, 18, 19, 22, 32, 37, 65];
 
 // Produce: topics, partitions, record errors; v10+ tags a new leader and endpoints.

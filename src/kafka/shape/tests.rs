@@ -27,10 +27,10 @@ use kafka_protocol::messages::produce_response::{
     BatchIndexAndErrorMessage, PartitionProduceResponse, TopicProduceResponse,
 };
 use kafka_protocol::messages::*;
-use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, StrBytes};
+use kafka_protocol::protocol::{Encodable, HeaderVersion, StrBytes};
 use proptest::prelude::*;
 
-use super::schemas::KEYS;
+use super::by_key::{self, all_versions};
 use super::*;
 use crate::test_alloc::largest_allocation;
 
@@ -234,30 +234,7 @@ fn filled(key: i16, v: i16) -> Vec<u8> {
 }
 
 fn header_version(key: i16, v: i16) -> i16 {
-    match key {
-        0 => ProduceResponse::header_version(v),
-        1 => FetchResponse::header_version(v),
-        2 => ListOffsetsResponse::header_version(v),
-        3 => MetadataResponse::header_version(v),
-        10 => FindCoordinatorResponse::header_version(v),
-        18 => ApiVersionsResponse::header_version(v),
-        19 => CreateTopicsResponse::header_version(v),
-        22 => InitProducerIdResponse::header_version(v),
-        32 => DescribeConfigsResponse::header_version(v),
-        37 => CreatePartitionsResponse::header_version(v),
-        65 => DescribeTransactionsResponse::header_version(v),
-        _ => unreachable!(),
-    }
-}
-
-/// Every (key, version) the tables cover.
-fn all_versions() -> Vec<(i16, i16)> {
-    KEYS.iter()
-        .flat_map(|&k| {
-            let (lo, hi) = schema(k).unwrap().versions;
-            (lo..=hi).map(move |v| (k, v))
-        })
-        .collect()
+    by_key::header_version(key, v).expect("a key the walk covers")
 }
 
 #[test]
@@ -368,24 +345,7 @@ fn crate_decode(key: i16, v: i16, body: &[u8]) {
 }
 
 fn decode_with_crate(key: i16, v: i16, b: &mut Bytes) {
-    let hv = header_version(key, v);
-    if ResponseHeader::decode(b, hv).is_err() {
-        return;
-    }
-    let _ = match key {
-        0 => ProduceResponse::decode(b, v).map(drop),
-        1 => FetchResponse::decode(b, v).map(drop),
-        2 => ListOffsetsResponse::decode(b, v).map(drop),
-        3 => MetadataResponse::decode(b, v).map(drop),
-        10 => FindCoordinatorResponse::decode(b, v).map(drop),
-        18 => ApiVersionsResponse::decode(b, v).map(drop),
-        19 => CreateTopicsResponse::decode(b, v).map(drop),
-        22 => InitProducerIdResponse::decode(b, v).map(drop),
-        32 => DescribeConfigsResponse::decode(b, v).map(drop),
-        37 => CreatePartitionsResponse::decode(b, v).map(drop),
-        65 => DescribeTransactionsResponse::decode(b, v).map(drop),
-        _ => unreachable!(),
-    };
+    by_key::crate_decode(key, v, b);
 }
 
 fn key_and_version() -> impl Strategy<Value = (i16, i16)> {

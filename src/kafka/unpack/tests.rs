@@ -212,3 +212,20 @@ proptest! {
         let _ = records(&with_body(&b, &body, count));
     }
 }
+
+/// A batch whose count claims as many records as its bytes could hold, over bytes
+/// that are not records: it fails at the first one having reserved little. It
+/// reserved room for every claimed record up front before (about 15 times the body).
+#[test]
+fn a_false_record_count_reserves_nothing_ahead() {
+    let b = batch_of(&[content(0, None, None, 0)], 0);
+    let body = vec![0xffu8; 700_000];
+    let hostile = with_body(&b, &body, 100_000);
+    let (r, largest) = largest_allocation(|| records(&hostile));
+    assert!(r.is_err());
+    assert!(
+        largest < body.len() / 4,
+        "allocated {largest} bytes at once for a {}-byte body",
+        body.len()
+    );
+}
