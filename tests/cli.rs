@@ -125,3 +125,105 @@ fn a_low_open_file_limit_is_one_clear_error() {
     assert!(err.contains("transport.pool_max"), "{err}");
     assert!(!topic_exists(&b, "dc-a.orders"));
 }
+
+/// `wanmirror status` before, after and while a copy lags: the lag per partition is
+/// what the source holds beyond the destination, and the exit code says whether any
+/// partition lags. It keeps no state: each answer comes from the clusters alone.
+#[test]
+fn status_shows_each_partitions_lag_and_exits_by_it() {
+    let pair = Pair::start();
+    let a = pair.a.bootstrap();
+    create_topic(&a, "orders", 2);
+    let p = producer(&a, "lz4", false);
+    produce(&p, "orders", 0, &sample(120, 1, |i| i % 50));
+    produce(&p, "orders", 1, &sample(30, 2, |i| i % 50));
+    let cfg = pair.config("m.toml", &["orders"], "");
+    let lags = |st: &serde_json::Value| -> Vec<(Option<i64>, i64)> {
+        st["partitions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| (p["dest_end"].as_i64(), p["lag"].as_i64().unwrap()))
+            .collect()
+    };
+
+    // Nothing mirrored yet: no destination topic, the whole source is lag.
+    let (code, st) = scenarios::status_json(&cfg);
+    assert_eq!(code, 1, "{st}");
+    assert_eq!(lags(&st), vec![(None, 120), (None, 30)], "{st}");
+    assert_eq!(st["lag"], 150, "{st}");
+
+    let (ok, log) = mirror_to_end(&cfg);
+    assert!(ok.success(), "{log}");
+    let (code, st) = scenarios::status_json(&cfg);
+    assert_eq!(code, 0, "{st}");
+    assert_eq!(lags(&st), vec![(Some(120), 0), (Some(30), 0)], "{st}");
+
+    produce(&p, "orders", 1, &sample(25, 3, |i| i % 50));
+    let (code, st) = scenarios::status_json(&cfg);
+    assert_eq!(code, 1, "{st}");
+    assert_eq!(lags(&st), vec![(Some(120), 0), (Some(30), 25)], "{st}");
+
+    // The table says the same for people.
+    let out = Command::new(env!("CARGO_BIN_EXE_wanmirror"))
+        .args(["status", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{table}");
+    assert!(table.contains("dc-a -> dc-b"), "{table}");
+    assert!(table.contains("dc-a.orders"), "{table}");
+    assert!(
+        table
+            .trim_end()
+            .ends_with("2 partitions, 1 lagging, 25 offsets behind"),
+        "{table}"
+    );
+
+    // A cluster that does not answer: one error line, exit 2.
+    let dead = pair.dir.path().join("dead.toml");
+    std::fs::write(
+        &dead,
+        "[source]\nname = \"dc-a\"\nbootstrap = \"127.0.0.1:1\"\n[destination]\nname = \"dc-b\"\nbootstrap = \"127.0.0.1:1\"\n[mirror]\ntopics = [\"orders\"]\nreplication_factor = 1\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_wanmirror"))
+        .args(["status", "--config"])
+        .arg(&dead)
+        .env("RUST_LOG", "off")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).trim().to_string();
+    assert_one_line_error(out.status.code(), &err, "dc-a");
+}
+
+/// The Quickstart's first command: two brokers, sample data, a mirror run, the status
+/// table and a diff's verdict, in a few lines and no log lines unless asked.
+#[test]
+fn the_demo_mirrors_and_proves_the_copy_in_a_short_summary() {
+    let out = Command::new(env!("CARGO_BIN_EXE_wanmirror"))
+        .args(["demo", "--records", "3000"])
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
+    assert!(
+        stderr.trim().is_empty(),
+        "log lines on a quiet run: {stderr}"
+    );
+    // 9 partitions over 3 topics: one table row each, and the verdict.
+    assert!(
+        stdout.contains("9 partitions, 0 lagging, 0 offsets behind"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("diff: 9 partitions, every record identical at the same offset"),
+        "{stdout}"
+    );
+    assert!(stdout.lines().count() < 25, "{stdout}");
+}

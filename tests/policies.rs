@@ -100,6 +100,36 @@ fn gaps_are_filled_with_marked_records_and_recorded_in_the_offset_map() {
         entries.contains(&"topic/dc-a.compacted".to_string()),
         "{entries:?}"
     );
+    // `wanmirror status` names the same ranges, from the offset map, and no lag.
+    let (code, st) = scenarios::status_json(&cfg);
+    assert_eq!(code, 0, "{st}");
+    let p = &st["partitions"][0];
+    assert_eq!(
+        (
+            p["source_end"].as_i64(),
+            p["dest_end"].as_i64(),
+            p["lag"].as_i64()
+        ),
+        (Some(11), Some(11), Some(0)),
+        "{st}"
+    );
+    let ranges: Vec<(i64, i64, String)> = p["deviations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            (
+                d["first_offset"].as_i64().unwrap(),
+                d["last_offset"].as_i64().unwrap(),
+                d["kind"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        ranges,
+        vec![(4, 5, "gap".into()), (7, 7, "gap".into())],
+        "{st}"
+    );
 }
 
 #[test]

@@ -1,4 +1,5 @@
-//! `wanmirror demo`: two local brokers, sample data, a mirror run, and a summary.
+//! `wanmirror demo`: two local brokers, sample data, a mirror run, and a short summary:
+//! the status table and the verdict of a `diff` over what was copied.
 
 pub mod broker;
 
@@ -12,6 +13,9 @@ use crate::kafka::client::Cluster;
 use crate::kafka::connection::SocketOptions;
 use crate::kafka::records::{encode, Content};
 use crate::mirror::{run, Outcome, RunOptions};
+use crate::verify::command::{run as diff_run, DiffRequest, Target};
+use crate::verify::diff::Options;
+use crate::verify::status::status;
 use broker::TansuBroker;
 
 /// Topics the demo creates: name, partitions, compression codec.
@@ -51,43 +55,63 @@ replication_factor = 1
             b.bootstrap()
         ),
     )?;
-    println!("mirroring dc-a -> dc-b...");
+    println!("mirroring dc-a -> dc-b (RUST_LOG=info shows the mirror's log)...");
     let started = std::time::Instant::now();
     let outcome = run(cfg.clone(), RunOptions { stop_at_end: true }).await?;
     let took = started.elapsed();
-
-    println!();
     println!(
-        "{:<22} {:>9} {:>12} {:>12}  identical",
-        "topic (dc-a -> dc-b)", "partition", "source end", "dest end"
-    );
-    let mut all_equal = outcome == Outcome::Clean;
-    for &(topic, parts, _) in TOPICS {
-        for p in 0..parts {
-            let s = src.end_offset(topic, p).await?;
-            let d = dst.end_offset(&cfg.dest_topic(topic), p).await?;
-            all_equal &= s == d;
-            println!(
-                "{:<22} {:>9} {:>12} {:>12}  {}",
-                topic,
-                p,
-                s,
-                d,
-                if s == d { "yes" } else { "NO" }
-            );
-        }
-    }
-    println!();
-    println!(
-        "mirror finished in {:.1} s: {}",
+        "mirror finished in {:.1} s{}",
         took.as_secs_f64(),
-        if all_equal {
-            "end offsets identical on both sides"
+        if outcome == Outcome::Clean {
+            ""
         } else {
-            "MISMATCH"
+            ", with errors (run with RUST_LOG=info to see them)"
         }
     );
-    Ok(if all_equal { 0 } else { 1 })
+
+    // What `wanmirror status` and `wanmirror diff` would say of this config.
+    let pairs: Vec<(String, String)> = TOPICS
+        .iter()
+        .map(|&(t, ..)| (t.to_string(), cfg.dest_topic(t)))
+        .collect();
+    let st = status(
+        src.clone(),
+        dst.clone(),
+        pairs,
+        &cfg.mirror.offset_map_topic,
+    )
+    .await?;
+    println!();
+    println!("{}", st.table());
+    println!();
+    println!("comparing every record on both sides (wanmirror diff: Merkle trees over the records' content)...");
+    let report = diff_run(DiffRequest {
+        target: Target::Config {
+            config: Box::new(cfg.clone()),
+            topic: None,
+        },
+        options: Options {
+            partition: None,
+            from: None,
+            to: None,
+            leaf_offsets: 4096,
+            parallel: 4,
+            fetch_bytes: 1 << 20,
+        },
+        progress: false,
+    })
+    .await?;
+    let verdict = if report.identical {
+        format!(
+            "{} partitions, every record identical at the same offset",
+            report.partitions.len()
+        )
+    } else {
+        format!("DIFFERENT:\n{}", report.text())
+    };
+    println!("diff: {verdict}");
+    let ok = outcome == Outcome::Clean && st.caught_up && report.identical;
+    Ok(if ok { 0 } else { 1 })
 }
 
 async fn wait_for_leaders(c: &Cluster, topic: &str) -> anyhow::Result<()> {

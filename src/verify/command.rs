@@ -50,48 +50,7 @@ pub async fn run(req: DiffRequest) -> Result<Report, VerifyError> {
             connect(&d).await?;
             (s, d, vec![(source_topic, dest_topic)])
         }
-        Target::Config { config, topic } => {
-            let s = Cluster::new(&config.source.name, &config.source.bootstrap, sock.clone());
-            let d = Cluster::new(
-                &config.destination.name,
-                &config.destination.bootstrap,
-                sock,
-            );
-            connect(&s).await?;
-            connect(&d).await?;
-            let filter = config
-                .filter("config")
-                .map_err(|e| VerifyError::Usage(e.to_string()))?;
-            let topics: Vec<String> = match topic {
-                Some(t) if filter.matches(&t) => vec![t],
-                Some(t) => {
-                    return Err(VerifyError::Usage(format!(
-                        "topic {t} is not selected by the config's mirror.topics/exclude"
-                    )))
-                }
-                None => s
-                    .refresh(None)
-                    .await
-                    .map_err(|e| VerifyError::kafka(s.name(), e))?
-                    .into_iter()
-                    .map(|t| t.name)
-                    .filter(|n| !n.starts_with("__") && filter.matches(n))
-                    .collect(),
-            };
-            if topics.is_empty() {
-                return Err(VerifyError::Usage(
-                    "no source topic matches the config's mirror.topics".into(),
-                ));
-            }
-            let pairs = topics
-                .into_iter()
-                .map(|t| {
-                    let d = config.dest_topic(&t);
-                    (t, d)
-                })
-                .collect();
-            (s, d, pairs)
-        }
+        Target::Config { config, topic } => config_pairs(&config, topic, sock).await?,
     };
     let bar = Bar::new(req.progress);
     let mut partitions = Vec::new();
@@ -124,6 +83,55 @@ pub async fn run(req: DiffRequest) -> Result<Report, VerifyError> {
         req.options.leaf_offsets,
         partitions,
     ))
+}
+
+/// The clusters of a mirror config, connected, and its topic pairs (source name,
+/// destination name): every source topic the config selects, or only `topic`.
+pub async fn config_pairs(
+    config: &Config,
+    topic: Option<String>,
+    sock: SocketOptions,
+) -> Result<(Arc<Cluster>, Arc<Cluster>, Vec<(String, String)>), VerifyError> {
+    let s = Cluster::new(&config.source.name, &config.source.bootstrap, sock.clone());
+    let d = Cluster::new(
+        &config.destination.name,
+        &config.destination.bootstrap,
+        sock,
+    );
+    connect(&s).await?;
+    connect(&d).await?;
+    let filter = config
+        .filter("config")
+        .map_err(|e| VerifyError::Usage(e.to_string()))?;
+    let topics: Vec<String> = match topic {
+        Some(t) if filter.matches(&t) => vec![t],
+        Some(t) => {
+            return Err(VerifyError::Usage(format!(
+                "topic {t} is not selected by the config's mirror.topics/exclude"
+            )))
+        }
+        None => s
+            .refresh(None)
+            .await
+            .map_err(|e| VerifyError::kafka(s.name(), e))?
+            .into_iter()
+            .map(|t| t.name)
+            .filter(|n| !n.starts_with("__") && filter.matches(n))
+            .collect(),
+    };
+    if topics.is_empty() {
+        return Err(VerifyError::Usage(
+            "no source topic matches the config's mirror.topics".into(),
+        ));
+    }
+    let pairs = topics
+        .into_iter()
+        .map(|t| {
+            let d = config.dest_topic(&t);
+            (t, d)
+        })
+        .collect();
+    Ok((s, d, pairs))
 }
 
 async fn connect(c: &Arc<Cluster>) -> Result<(), VerifyError> {

@@ -182,6 +182,11 @@ pub fn diff_json(
         .args(extra)
         .output()
         .expect("run wanmirror diff");
+    exit_and_json(&out)
+}
+
+/// A command's exit code and the JSON it printed.
+fn exit_and_json(out: &std::process::Output) -> (i32, serde_json::Value) {
     let code = out.status.code().unwrap_or(-1);
     let json = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
         panic!(
@@ -191,6 +196,16 @@ pub fn diff_json(
         )
     });
     (code, json)
+}
+
+/// Runs `wanmirror status --json --config`; exit code and answer.
+pub fn status_json(config: &std::path::Path) -> (i32, serde_json::Value) {
+    let out = Command::new(env!("CARGO_BIN_EXE_wanmirror"))
+        .args(["status", "--json", "--config"])
+        .arg(config)
+        .output()
+        .expect("run wanmirror status");
+    exit_and_json(&out)
 }
 
 /// One fetch at `offset` of partition 0 asking for `max_bytes`: the bytes of the
