@@ -13,8 +13,11 @@ malloc_limit_mb=1280
 target_dir="${CARGO_TARGET_DIR:-$PWD/target}/fuzz"
 corpus_root="${WANMIRROR_FUZZ_CORPUS:-$target_dir/corpus}"
 
+# On its own line: a failure inside `for t in $(...)` would not stop the script.
+targets=$(cargo +nightly fuzz list --fuzz-dir fuzz)
+[ -n "$targets" ] || { echo "fuzz: no targets found" >&2; exit 1; }
 summary=()
-for t in $(cargo +nightly fuzz list --fuzz-dir fuzz); do
+for t in $targets; do
   mkdir -p "$corpus_root/$t"
   log=$(mktemp)
   echo "fuzz: $t for ${secs} s"

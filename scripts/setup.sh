@@ -2,7 +2,7 @@
 # Installs what wanmirror's demo, tests and benchmarks need on a fresh Debian machine
 # with a Rust toolchain: build packages, the pinned tansu broker, and the pinned Apache
 # Kafka release with MirrorMaker 2 (Java 17 and Maven, from Debian, if missing), and
-# cargo-fuzz with a nightly toolchain for the fuzz targets.
+# with --fuzz, cargo-fuzz with a nightly toolchain for the fuzz targets.
 # Idempotent: every step is skipped when already done.
 set -euo pipefail
 
@@ -36,18 +36,21 @@ else
   cargo install tansu --version "$TANSU_VERSION" --features dynostore --locked --quiet
 fi
 
-# The fuzz targets (scripts/fuzz.sh) run under libFuzzer through cargo-fuzz, which
-# needs a nightly toolchain for its sanitizer flags.
-CARGO_FUZZ_VERSION=0.13.2
-if ! rustup run nightly rustc --version >/dev/null 2>&1; then
-  echo "setup: installing a nightly Rust toolchain for the fuzz targets"
-  rustup toolchain install nightly --profile minimal
-fi
-if ! cargo fuzz --version 2>/dev/null | grep -q "$CARGO_FUZZ_VERSION"; then
-  echo "setup: building cargo-fuzz $CARGO_FUZZ_VERSION"
-  cargo install cargo-fuzz --version "$CARGO_FUZZ_VERSION" --locked --quiet
-fi
-
 # Apache Kafka (the reference broker of tests/kafka_compat.rs) and MirrorMaker 2 (a
 # benchmark contender), as jars from Maven Central into a cache outside the clone.
 scripts/kafka/fetch.sh >/dev/null
+
+# The fuzz targets (scripts/fuzz.sh) run under libFuzzer through cargo-fuzz, which
+# needs a nightly toolchain for its sanitizer flags: only for `setup.sh --fuzz` (the
+# test suite and `./dev fuzz`), not for the demo.
+if [ "${1:-}" = "--fuzz" ]; then
+  CARGO_FUZZ_VERSION=0.13.2
+  if ! rustup run nightly rustc --version >/dev/null 2>&1; then
+    echo "setup: installing a nightly Rust toolchain for the fuzz targets"
+    rustup toolchain install nightly --profile minimal
+  fi
+  if ! cargo fuzz --version 2>/dev/null | grep -q "$CARGO_FUZZ_VERSION"; then
+    echo "setup: building cargo-fuzz $CARGO_FUZZ_VERSION"
+    cargo install cargo-fuzz --version "$CARGO_FUZZ_VERSION" --locked --quiet
+  fi
+fi

@@ -91,6 +91,12 @@ pub struct MirrorConfig {
     /// before the partition is restarted from the destination end.
     #[serde(default = "default_retry_secs")]
     pub retry_secs: u64,
+    /// How long the source's end may stay below what was already copied before the
+    /// partition stops as diverged. Apache Kafka's new leader may report a lower high
+    /// watermark until its followers caught up (up to `replica.lag.time.max.ms`, 30 s
+    /// by default); a source that lost records stays below.
+    #[serde(default = "default_watermark_grace")]
+    pub watermark_grace_secs: u64,
     /// Replication factor of topics the mirror creates; -1 takes the broker default.
     #[serde(default = "default_rf")]
     pub replication_factor: i16,
@@ -134,6 +140,9 @@ fn default_progress() -> u64 {
     10
 }
 fn default_retry_secs() -> u64 {
+    60
+}
+fn default_watermark_grace() -> u64 {
     60
 }
 fn default_rf() -> i16 {

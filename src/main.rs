@@ -65,7 +65,8 @@ enum Cmd {
     /// runs and when none does. A partition the destination does not have yet shows
     /// "-" as its end, and its lag counts from the source's log start.
     ///
-    /// Exit codes: 0 every partition at the source end; 1 some partition lags; 2 error.
+    /// Exit codes: 0 every partition at the source end; 1 some partition lags (or is
+    /// ahead of the source, which lost records the copy holds); 2 error.
     Status {
         /// Path of the mirror's TOML configuration.
         #[arg(short, long)]

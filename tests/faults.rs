@@ -156,7 +156,7 @@ fn a_source_truncated_below_the_copy_stops_only_its_partitions() {
     std::fs::write(
         &cfg,
         format!(
-            "[source]\nname = \"dc-a\"\nbootstrap = \"{ba}\"\n[destination]\nname = \"dc-b\"\nbootstrap = \"{bb}\"\n[mirror]\ntopics = [\"lost\", \"fresh\"]\nreplication_factor = 1\nretry_secs = 2\ntail_wait_ms = 100\nmetadata_refresh_secs = 1\n"
+            "[source]\nname = \"dc-a\"\nbootstrap = \"{ba}\"\n[destination]\nname = \"dc-b\"\nbootstrap = \"{bb}\"\n[mirror]\ntopics = [\"lost\", \"fresh\"]\nreplication_factor = 1\nretry_secs = 2\nwatermark_grace_secs = 2\ntail_wait_ms = 100\nmetadata_refresh_secs = 1\n"
         ),
     )
     .unwrap();
@@ -185,12 +185,14 @@ fn a_source_truncated_below_the_copy_stops_only_its_partitions() {
     produce(&p, "lost", 0, &sample(50, 7, |i| i % 100));
     produce(&p, "fresh", 0, &sample(400, 8, |i| i % 100));
 
+    // Which check fires depends on timing (the fetch loop sees the low watermark, or
+    // a restart sees the low end): both name the partition and stop it.
     let stopped = |log: &str, part: i32| {
         log.lines().any(|l| {
             l.contains("partition stopped")
                 && l.contains("topic=lost")
                 && l.contains(&format!("partition={part}"))
-                && l.contains("offset 300")
+                && l.contains("diverges at offset")
         })
     };
     eventually(Duration::from_secs(90), "both partitions stopped", || {
@@ -210,7 +212,7 @@ fn a_source_truncated_below_the_copy_stops_only_its_partitions() {
     eprintln!(
         "{}",
         log.lines()
-            .filter(|l| l.contains("partition stopped") || l.contains("high watermark"))
+            .filter(|l| l.contains("partition stopped") || l.contains("waiting"))
             .collect::<Vec<_>>()
             .join("\n")
     );

@@ -65,7 +65,7 @@ replication_factor = 1
         if outcome == Outcome::Clean {
             ""
         } else {
-            ", with errors (run with RUST_LOG=info to see them)"
+            ", with errors (see the log lines above)"
         }
     );
 

@@ -168,9 +168,10 @@ impl Entries {
         }
     }
 
-    /// The deviations and provenances held, skipping deleted keys (an empty value). An
-    /// entry that does not parse is an error naming its key: skipping it would hide a
-    /// filler from `diff`, or let a topic be copied back to its origin.
+    /// The deviations and provenances held, skipping deleted keys (a null value, a
+    /// tombstone) and keys of other kinds. An entry of ours that does not parse is an
+    /// error naming its key: skipping it would hide a filler, or let a topic be copied
+    /// back to its origin (the source's map is read for loop safety).
     pub fn parse(self) -> Result<(Vec<Deviation>, Vec<Provenance>), String> {
         let mut devs = Vec::new();
         let mut provs = Vec::new();

@@ -73,24 +73,44 @@ pub async fn run(shared: Arc<Shared>, job: Job) -> Result<(), MirrorError> {
         .retry("end offset", || dst.end_offset(dt, p))
         .await
         .map_err(derr)?;
-    let (src_start, src_end) = src
-        .retry("log bounds", || src.bounds(st, p))
-        .await
-        .map_err(serr)?;
+    // A source end below the destination's is waited out for the watermark grace (a
+    // new leader's high watermark may lag); past it, the source lost what we copied.
+    let mut watermark = Watermark::new(Duration::from_secs(
+        shared.config.mirror.watermark_grace_secs,
+    ));
+    let mut below = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
+    let (src_start, src_end) = loop {
+        let (start, end) = src
+            .retry("log bounds", || src.bounds(st, p))
+            .await
+            .map_err(serr)?;
+        match watermark.on_answer(dest_end, end, Instant::now()) {
+            Verdict::Fine => break (start, end),
+            Verdict::Below { first } => {
+                if first {
+                    tracing::warn!(
+                        topic = %st, partition = p, dest_end, src_end = end,
+                        "the source ends below the destination; waiting"
+                    );
+                }
+                tokio::time::sleep(below.next_delay()).await;
+            }
+            Verdict::Lost { for_ms } => {
+                return Err(MirrorError::Diverged {
+                    topic: dt.clone(),
+                    partition: p,
+                    offset: end,
+                    detail: format!(
+                        "destination ends at {dest_end} but the source only at {end}, for {for_ms} ms; the destination holds records the source does not"
+                    ),
+                })
+            }
+        }
+    };
     tracing::info!(
         topic = %st, partition = p, dest_topic = %dt, dest_end, src_start, src_end,
         "partition resuming from destination end"
     );
-    if dest_end > src_end {
-        return Err(MirrorError::Diverged {
-            topic: dt.clone(),
-            partition: p,
-            offset: src_end,
-            detail: format!(
-                "destination ends at {dest_end} but the source only at {src_end}; the destination holds records the source does not"
-            ),
-        });
-    }
     if dest_end > 0 {
         verify_tail(&shared, &job, dest_end, src_start).await?;
     }
@@ -259,7 +279,7 @@ async fn fetch_loop(
     let mut starved = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
     let mut high_watermark = src_end;
     let mut tailing = Tailing::new(LIVE_BYTES);
-    let mut watermark = Watermark::new(Duration::from_secs(cfg.retry_secs));
+    let mut watermark = Watermark::new(Duration::from_secs(cfg.watermark_grace_secs));
     let mut below = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
     // Far behind from the start: straight to the parallel catch-up.
     if src_end - offset >= START_SPLIT_OFFSETS {

@@ -1,13 +1,17 @@
 //! A source whose high watermark falls below what was already copied.
 //!
-//! Kafka lets a high watermark step back for a moment: a new leader may not yet know
-//! the old leader's watermark, and answers a fetch between the two with no data and
-//! no error. A watermark that stays below our offset for the whole retry window means
-//! something else: the source log no longer holds records we copied (truncated,
-//! deleted and recreated, an unclean leader election). Without this check the fetch
-//! loop long-polls such a partition forever without a word; with it, the partition
-//! stops with `Diverged`, and nothing is written (an answer below our offset carries
-//! nothing to write).
+//! Kafka lets a high watermark step back for a while: a new leader may not yet know
+//! the old leader's watermark (until its followers caught up, up to
+//! `replica.lag.time.max.ms`), and answers a fetch between the two with no data and
+//! no error. A watermark that stays below our offset for the whole grace
+//! (`watermark_grace_secs`) means something else: the source log no longer holds
+//! records we copied. Kafka answers a fetch past its log end with
+//! OFFSET_OUT_OF_RANGE, which the fetch loop handles; tansu answers with its lower
+//! watermark and no error. Without this check the fetch loop long-polled such a
+//! partition forever without a word; with it, the partition stops with `Diverged`.
+//! Nothing is written meanwhile: an answer below our offset carries nothing to write.
+//! The same grace applies at a partition's (re)start, to a source end below the
+//! destination's.
 
 use std::time::{Duration, Instant};
 

@@ -1,5 +1,6 @@
 //! `wanmirror diff` from arguments to report: which clusters, which topic pairs.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,6 +10,8 @@ use super::report::{Bar, Report};
 use crate::config::Config;
 use crate::kafka::client::Cluster;
 use crate::kafka::connection::SocketOptions;
+use crate::mirror::offset_map::OffsetMap;
+use crate::mirror::topics::loop_guard;
 
 /// What to compare: the topics of a mirror config, or one ad-hoc topic pair.
 pub enum Target {
@@ -86,7 +89,7 @@ pub async fn run(req: DiffRequest) -> Result<Report, VerifyError> {
 }
 
 /// The clusters of a mirror config, connected, and its topic pairs (source name,
-/// destination name): every source topic the config selects, or only `topic`.
+/// destination name): every source topic the mirror would copy, or only `topic`.
 pub async fn config_pairs(
     config: &Config,
     topic: Option<String>,
@@ -110,14 +113,27 @@ pub async fn config_pairs(
                 "topic {t} is not selected by the config's mirror.topics/exclude"
             )))
         }
-        None => s
-            .refresh(None)
-            .await
-            .map_err(|e| VerifyError::kafka(s.name(), e))?
-            .into_iter()
-            .map(|t| t.name)
-            .filter(|n| !n.starts_with("__") && filter.matches(n))
-            .collect(),
+        None => {
+            // The mirror's own loop safety: never a topic that came from the
+            // destination (by name or by the source's provenance records).
+            let (_, provs) = OffsetMap::new(s.clone(), &config.mirror.offset_map_topic)
+                .read_all()
+                .await
+                .map_err(|e| VerifyError::Usage(format!("reading the source's offset map: {e}")))?;
+            let origins: BTreeMap<String, String> = provs
+                .into_iter()
+                .map(|p| (p.topic, p.origin_cluster))
+                .collect();
+            s.refresh(None)
+                .await
+                .map_err(|e| VerifyError::kafka(s.name(), e))?
+                .into_iter()
+                .map(|t| t.name)
+                .filter(|n| {
+                    filter.matches(n) && loop_guard(n, &config.destination.name, &origins).is_none()
+                })
+                .collect()
+        }
     };
     if topics.is_empty() {
         return Err(VerifyError::Usage(

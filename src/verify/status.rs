@@ -48,8 +48,13 @@ pub struct Filled {
 pub struct Status {
     pub source_cluster: String,
     pub dest_cluster: String,
+    /// Every partition exactly at the source end.
     pub caught_up: bool,
+    /// Offsets behind, summed over the lagging partitions.
     pub lag: i64,
+    /// Partitions whose destination ends past the source: the source lost records the
+    /// copy holds (a mirror stops such a partition as diverged).
+    pub ahead: usize,
     pub partitions: Vec<PartitionStatus>,
 }
 
@@ -99,10 +104,8 @@ pub async fn status(
             };
             let (s, d) = (source.clone(), dest.clone());
             set.spawn(async move {
-                let (start, end) = s
-                    .bounds(&st, p)
-                    .await
-                    .map_err(|e| VerifyError::kafka(s.name(), e))?;
+                // The destination first: read while a mirror runs, a destination read
+                // after the source could be past it, a lag below zero that is not one.
                 let dest_end = if on_dest {
                     Some(
                         d.end_offset(&dt, p)
@@ -112,6 +115,10 @@ pub async fn status(
                 } else {
                     None
                 };
+                let (start, end) = s
+                    .bounds(&st, p)
+                    .await
+                    .map_err(|e| VerifyError::kafka(s.name(), e))?;
                 Ok::<_, VerifyError>(row(st, dt, p, (start, end), dest_end))
             });
         }
@@ -123,14 +130,7 @@ pub async fn status(
     }
     rows.sort_by(|a, b| (&a.source_topic, a.partition).cmp(&(&b.source_topic, b.partition)));
     attach(&mut rows, devs);
-    let lag = rows.iter().map(|r| r.lag.max(0)).sum();
-    Ok(Status {
-        source_cluster: source.name().to_string(),
-        dest_cluster: dest.name().to_string(),
-        caught_up: rows.iter().all(|r| r.lag <= 0),
-        lag,
-        partitions: rows,
-    })
+    Ok(Status::new(source.name(), dest.name(), rows))
 }
 
 fn row(
@@ -174,6 +174,21 @@ fn attach(rows: &mut [PartitionStatus], devs: Vec<Deviation>) {
 }
 
 impl Status {
+    pub fn new(
+        source_cluster: &str,
+        dest_cluster: &str,
+        partitions: Vec<PartitionStatus>,
+    ) -> Status {
+        Status {
+            source_cluster: source_cluster.to_string(),
+            dest_cluster: dest_cluster.to_string(),
+            caught_up: partitions.iter().all(|r| r.lag == 0),
+            lag: partitions.iter().map(|r| r.lag.max(0)).sum(),
+            ahead: partitions.iter().filter(|r| r.lag < 0).count(),
+            partitions,
+        }
+    }
+
     pub fn json(&self) -> String {
         serde_json::to_string_pretty(self).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
     }
@@ -240,6 +255,13 @@ impl Status {
             lagging,
             self.lag
         );
+        if self.ahead > 0 {
+            let _ = write!(
+                out,
+                "; {} ahead of the source (the source lost records the copy holds)",
+                self.ahead
+            );
+        }
         out
     }
 }
@@ -297,13 +319,8 @@ mod tests {
         let ranges: Vec<_> = rows[0].deviations.iter().map(|f| f.first_offset).collect();
         assert_eq!(ranges, vec![4, 7]);
         assert!(rows[1].deviations.is_empty());
-        let s = Status {
-            source_cluster: "dc-a".into(),
-            dest_cluster: "dc-b".into(),
-            caught_up: true,
-            lag: 0,
-            partitions: rows,
-        };
+        let s = Status::new("dc-a", "dc-b", rows);
+        assert!(s.caught_up);
         let t = s.table();
         assert!(t.contains("gap 4-5, gap 7-7"), "{t}");
         assert!(
@@ -316,5 +333,23 @@ mod tests {
         let at = lines[1].find("deviations").unwrap();
         assert_eq!(&lines[2][at..], "gap 4-5, gap 7-7", "{t}");
         assert_eq!(&lines[3][at..], "-", "{t}");
+    }
+
+    /// A destination past the source is neither caught up nor lagging: it is named.
+    #[test]
+    fn a_destination_past_the_source_is_not_caught_up() {
+        let rows = vec![
+            row("t".into(), "dc-a.t".into(), 0, (0, 50), Some(300)),
+            row("t".into(), "dc-a.t".into(), 1, (0, 20), Some(20)),
+        ];
+        let s = Status::new("dc-a", "dc-b", rows);
+        assert!(!s.caught_up);
+        assert_eq!((s.lag, s.ahead), (0, 1));
+        assert!(
+            s.table()
+                .ends_with("1 ahead of the source (the source lost records the copy holds)"),
+            "{}",
+            s.table()
+        );
     }
 }

@@ -132,7 +132,34 @@ fn random_id() -> String {
 
 impl KafkaCluster {
     /// Formats and starts a cluster; panics with the nodes' logs if it does not come up.
+    /// A port found free can be taken by another process (a test's client, a broker)
+    /// before a node binds it: the cluster then starts again on new ports, twice at most.
     pub fn start(shape: Shape) -> KafkaCluster {
+        let mut attempt = 1;
+        loop {
+            let once = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                Self::start_once(shape.clone())
+            }));
+            match once {
+                Ok(c) => return c,
+                Err(e) => {
+                    let msg = e
+                        .downcast_ref::<String>()
+                        .map(String::as_str)
+                        .or_else(|| e.downcast_ref::<&str>().copied())
+                        .unwrap_or("");
+                    if attempt < 3 && msg.contains("Address already in use") {
+                        eprintln!("kafka: a port was taken before a node bound it; starting again on new ports");
+                        attempt += 1;
+                        continue;
+                    }
+                    std::panic::resume_unwind(e);
+                }
+            }
+        }
+    }
+
+    fn start_once(shape: Shape) -> KafkaCluster {
         let home = kafka_home();
         let libs = home.join("libs");
         assert!(
