@@ -460,10 +460,14 @@ async fn size_loop(pool: Weak<Pool>, mut sizer: Sizer, report_every: Duration) {
             peak,
             switched,
         };
+        // `from` is the sizer's last target; `open` the connections there are (fewer
+        // while new ones still connect). Logged as `from`, the open count made a single
+        // step read as several doublings (from=16 to=104 in a Kafka chaos run).
+        let before = sizer.size();
         if let Some(change) = sizer.observe(sample) {
             tracing::info!(
                 cluster = %pool.cluster, broker = pool.broker, addr = %pool.addr,
-                from = reports.len(), to = sizer.size(), change = ?change, peak_in_use = peak,
+                from = before, to = sizer.size(), open = reports.len(), change = ?change, peak_in_use = peak,
                 goodput_mb_s = format!("{:.2}", goodput / 1e6),
                 "fetch pool resized"
             );

@@ -136,9 +136,10 @@ pub async fn config_pairs(
         }
     };
     if topics.is_empty() {
-        return Err(VerifyError::Usage(
-            "no source topic matches the config's mirror.topics".into(),
-        ));
+        return Err(VerifyError::Usage(format!(
+            "no source topic matches the config's mirror.topics (topics that came from {} are never mirrored back)",
+            config.destination.name
+        )));
     }
     let pairs = topics
         .into_iter()
