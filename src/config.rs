@@ -160,6 +160,17 @@ pub struct Config {
     pub mirror: MirrorConfig,
     #[serde(default)]
     pub transport: TransportConfig,
+    /// Prometheus endpoint; none without this section.
+    #[serde(default)]
+    pub metrics: Option<MetricsConfig>,
+}
+
+/// `[metrics]`: where `/metrics` is served (docs/metrics.md).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Address and port to listen on, e.g. "127.0.0.1:9464".
+    pub listen: String,
 }
 
 /// How data crosses the WAN: the fetch connection pool and socket settings.
@@ -405,6 +416,17 @@ impl Config {
                 "mirror.replication_factor",
                 "must be -1 (broker default) or at least 1".into(),
             ));
+        }
+        if let Some(mc) = &self.metrics {
+            if mc.listen.parse::<std::net::SocketAddr>().is_err() {
+                return Err(bad(
+                    "metrics.listen",
+                    format!(
+                        "{:?} is not an address and port like 127.0.0.1:9464",
+                        mc.listen
+                    ),
+                ));
+            }
         }
         Ok(())
     }

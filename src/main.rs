@@ -270,7 +270,7 @@ fn main() -> ExitCode {
                 }
                 Err(StartError::Config(e)) => fail(&e.to_string()),
                 Err(StartError::Mirror(e)) => fail(&e.to_string()),
-                Err(e @ StartError::Limits(_)) => fail(&e.to_string()),
+                Err(e @ (StartError::Limits(_) | StartError::Metrics(_))) => fail(&e.to_string()),
             }
         }
         Cmd::Diff(a) => diff(a, &rt),

@@ -513,12 +513,6 @@ fn broker_restarts_and_refused_writes_on_kafka() {
     eventually(Duration::from_secs(180), "the full copy", || {
         ends(&dst, DEST) == source
     });
-    assert!(m.running(), "{}", m.log_text());
-    m.signal(15);
-    assert!(
-        m.wait(Duration::from_secs(30)).success(),
-        "{}",
-        m.log_text()
-    );
+    m.stop_cleanly();
     assert_exact(&src, &dst);
 }

@@ -117,13 +117,7 @@ fn survives_cut_links_to_both_clusters() {
     eventually(Duration::from_secs(120), "full copy", || {
         dest_end() == 60_000
     });
-    assert!(m.running(), "{}", m.log_text());
-    m.signal(15);
-    assert!(
-        m.wait(Duration::from_secs(30)).success(),
-        "{}",
-        m.log_text()
-    );
+    m.stop_cleanly();
     // Compare through the proxies (both restored).
     for part in 0..2 {
         assert_same_at(&ba, "wan", &bb, "dc-a.wan", part);

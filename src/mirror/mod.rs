@@ -10,6 +10,7 @@ pub mod error;
 pub mod fence;
 pub mod latency;
 pub mod limits;
+pub mod metrics;
 pub mod mode;
 pub mod offset_map;
 pub mod partition;
@@ -54,29 +55,59 @@ pub struct Shared {
     pub catch_ups: AtomicUsize,
 }
 
-/// Progress counters read by the periodic progress log.
+/// Progress counters read by the periodic progress log and the metrics endpoint.
 #[derive(Default)]
 pub struct Stats {
     bytes: AtomicU64,
-    parts: Mutex<BTreeMap<Job, (i64, i64)>>,
-    /// Replication latency of the batches written since the last progress line.
+    parts: Mutex<BTreeMap<Job, PartStats>>,
+    /// Replication latency of the batches written since the last progress line, and
+    /// over a sliding window for the metrics endpoint.
     pub latency: latency::Latencies,
 }
 
+/// One partition as last seen by its writer.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PartStats {
+    /// Destination end offset.
+    pub end: i64,
+    /// The source's high watermark in the last answer.
+    pub high_watermark: i64,
+    /// Records and bytes written by this process (fillers included).
+    pub records: u64,
+    pub bytes: u64,
+}
+
 impl Stats {
+    /// Where a partition starts (or restarts): counted from here on.
+    pub fn start(&self, job: &Job, end: i64, high_watermark: i64) {
+        let mut parts = self.parts.lock().unwrap_or_else(|p| p.into_inner());
+        let e = parts.entry(job.clone()).or_default();
+        e.end = end;
+        e.high_watermark = high_watermark;
+    }
+
+    /// A write that moved the destination end to `end`.
     pub fn record(&self, job: &Job, end: i64, high_watermark: i64, bytes: u64) {
         self.bytes.fetch_add(bytes, Ordering::Relaxed);
-        self.parts
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(job.clone(), (end, high_watermark));
+        let mut parts = self.parts.lock().unwrap_or_else(|p| p.into_inner());
+        let e = parts.entry(job.clone()).or_default();
+        e.records += (end - e.end).max(0) as u64;
+        e.bytes += bytes;
+        e.end = end;
+        e.high_watermark = high_watermark;
+    }
+
+    /// Every partition seen, in order.
+    pub fn partitions(&self) -> Vec<(Job, PartStats)> {
+        let parts = self.parts.lock().unwrap_or_else(|p| p.into_inner());
+        parts.iter().map(|(j, s)| (j.clone(), *s)).collect()
     }
 
     /// Lag (source high watermark - destination end) summed per topic.
     fn lag_by_topic(&self) -> BTreeMap<String, i64> {
         let mut out = BTreeMap::new();
-        for (job, (end, hwm)) in self.parts.lock().unwrap_or_else(|p| p.into_inner()).iter() {
-            *out.entry(job.source_topic.clone()).or_insert(0) += (hwm - end).max(0);
+        for (job, s) in self.parts.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            *out.entry(job.source_topic.clone()).or_insert(0) += (s.high_watermark - s.end).max(0);
         }
         out
     }
@@ -103,6 +134,9 @@ pub enum StartError {
     /// The process may not open as many files as the configured connections need.
     #[error("{0}")]
     Limits(String),
+    /// The metrics endpoint cannot listen where configured.
+    #[error("{0}")]
+    Metrics(String),
 }
 
 pub struct RunOptions {
@@ -167,6 +201,14 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<Outcome, StartError
             t.pool_max, t.produce_connections
         )));
     }
+    // The metrics port is taken before anything is written: a port in use is one
+    // clear error at start, not a silent endpoint missing later.
+    let metrics_listener = match &config.metrics {
+        Some(m) => Some(metrics::bind(&m.listen).await.map_err(|e| {
+            StartError::Metrics(format!("metrics.listen {}: cannot listen: {e}", m.listen))
+        })?),
+        None => None,
+    };
     let map = Arc::new(OffsetMap::new(
         dest.clone(),
         &config.mirror.offset_map_topic,
@@ -226,6 +268,10 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<Outcome, StartError
     }
     let mut background = JoinSet::new();
     background.spawn(progress_loop(shared.clone()));
+    if let Some(l) = metrics_listener {
+        tracing::info!(addr = %l.local_addr().map(|a| a.to_string()).unwrap_or_default(), "serving metrics at /metrics");
+        background.spawn(metrics::serve(l, shared.clone()));
+    }
     if !opts.stop_at_end {
         background.spawn(discovery_loop(shared.clone(), known, job_tx.clone()));
     }

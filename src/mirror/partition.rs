@@ -111,6 +111,7 @@ pub async fn run(shared: Arc<Shared>, job: Job) -> Result<(), MirrorError> {
         topic = %st, partition = p, dest_topic = %dt, dest_end, src_start, src_end,
         "partition resuming from destination end"
     );
+    shared.stats.start(&job, dest_end, src_end);
     if dest_end > 0 {
         verify_tail(&shared, &job, dest_end, src_start).await?;
     }

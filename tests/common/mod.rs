@@ -507,6 +507,18 @@ impl Mirror {
         unsafe_kill(self.pid(), sig);
     }
 
+    /// Asserts that the mirror still runs, then stops it with SIGTERM and asserts a
+    /// clean exit (in-flight writes finished); the log is shown on failure.
+    pub fn stop_cleanly(&mut self) {
+        assert!(self.running(), "{}", self.log_text());
+        self.signal(15);
+        assert!(
+            self.wait(Duration::from_secs(30)).success(),
+            "{}",
+            self.log_text()
+        );
+    }
+
     pub fn running(&mut self) -> bool {
         matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
     }

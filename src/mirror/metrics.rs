@@ -1,0 +1,193 @@
+//! The Prometheus endpoint (`[metrics] listen`): `GET /metrics` answers with what the
+//! mirror knows at that moment, in the OpenMetrics text format written by the
+//! prometheus-client crate. Every metric is documented in docs/metrics.md.
+//!
+//! The figures are read from the counters the mirror keeps anyway (`Stats`, the
+//! latency histograms, the memory budget) when a scrape comes, so mirroring pays
+//! nothing for an endpoint nobody scrapes. The HTTP side is the least a scraper needs:
+//! one request per connection, a GET of `/metrics`, answered and closed.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use super::offset_map::now_ms;
+use super::Shared;
+
+type Labels = Vec<(String, String)>;
+
+/// The whole exposition, as a scrape gets it.
+pub fn render(shared: &Shared) -> String {
+    let mut reg = <Registry>::default();
+    let cluster = shared.config.source.name.clone();
+    let part = |topic: &str, p: i32| -> Labels {
+        vec![
+            ("source_cluster".into(), cluster.clone()),
+            ("topic".into(), topic.to_string()),
+            ("partition".into(), p.to_string()),
+        ]
+    };
+    let lag = Family::<Labels, Gauge>::default();
+    let src_end = Family::<Labels, Gauge>::default();
+    let dest_end = Family::<Labels, Gauge>::default();
+    let records = Family::<Labels, Counter>::default();
+    let bytes = Family::<Labels, Counter>::default();
+    for (job, s) in shared.stats.partitions() {
+        let l = part(&job.source_topic, job.partition);
+        lag.get_or_create(&l).set((s.high_watermark - s.end).max(0));
+        src_end.get_or_create(&l).set(s.high_watermark);
+        dest_end.get_or_create(&l).set(s.end);
+        records.get_or_create(&l).inc_by(s.records);
+        bytes.get_or_create(&l).inc_by(s.bytes);
+    }
+    reg.register(
+        "wanmirror_partition_lag_offsets",
+        "Offsets the destination is behind the source's high watermark, as last seen by the partition's writer",
+        lag,
+    );
+    reg.register(
+        "wanmirror_partition_source_end_offset",
+        "The source's high watermark in the partition's last fetch answer",
+        src_end,
+    );
+    reg.register(
+        "wanmirror_partition_dest_end_offset",
+        "The destination's end offset after the partition's last write",
+        dest_end,
+    );
+    reg.register(
+        "wanmirror_mirrored_records",
+        "Records written to the destination by this process (filler records included)",
+        records,
+    );
+    reg.register(
+        "wanmirror_mirrored_bytes",
+        "Batch bytes written to the destination by this process",
+        bytes,
+    );
+
+    let latency = Family::<Labels, Gauge>::default();
+    let batches = Family::<Labels, Gauge>::default();
+    for (topic, s) in shared.stats.latency.window(now_ms()) {
+        let t = |q: &str| -> Labels {
+            vec![
+                ("source_cluster".into(), cluster.clone()),
+                ("topic".into(), topic.clone()),
+                ("quantile".into(), q.to_string()),
+            ]
+        };
+        for (q, v) in [
+            ("0.5", s.p50_ms),
+            ("0.99", s.p99_ms),
+            ("0.999", s.p999_ms),
+            ("1", s.max_ms),
+        ] {
+            latency.get_or_create(&t(q)).set(v as i64);
+        }
+        batches
+            .get_or_create(&vec![
+                ("source_cluster".into(), cluster.clone()),
+                ("topic".into(), topic.clone()),
+            ])
+            .set(s.batches as i64);
+    }
+    reg.register(
+        "wanmirror_replication_latency_ms",
+        "Destination acknowledgement time minus each batch's max timestamp, over the last 60 s (quantile 1 is the maximum)",
+        latency,
+    );
+    reg.register(
+        "wanmirror_replication_latency_batches",
+        "Batches the replication latency quantiles cover (the last 60 s)",
+        batches,
+    );
+
+    let budget = Gauge::<i64>::default();
+    let total_kib =
+        (shared.config.mirror.in_flight_bytes / 1024).min(tokio::sync::Semaphore::MAX_PERMITS);
+    let used_kib = total_kib.saturating_sub(shared.budget.available_permits());
+    budget.set((used_kib * 1024) as i64);
+    reg.register(
+        "wanmirror_in_flight_bytes",
+        "Bytes of the in-flight budget (mirror.in_flight_bytes) reserved by fetches in flight (a tailing partition holds one while it long-polls) and by data not yet acknowledged by the destination",
+        budget,
+    );
+    let catch_ups = Gauge::<i64>::default();
+    catch_ups.set(shared.catch_ups.load(Ordering::Relaxed) as i64);
+    reg.register(
+        "wanmirror_partitions_catching_up",
+        "Partitions catching up in pieces over the connection pool right now",
+        catch_ups,
+    );
+
+    let mut out = String::new();
+    // Writing into a String cannot fail.
+    let _ = encode(&mut out, &reg);
+    out
+}
+
+/// Binds the endpoint; the caller reports a failure before anything is mirrored.
+pub async fn bind(listen: &str) -> std::io::Result<TcpListener> {
+    TcpListener::bind(listen).await
+}
+
+/// Answers scrapes until the process ends.
+pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
+    loop {
+        let Ok((sock, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            // A client that sends nothing does not hold a task for long.
+            let _ = tokio::time::timeout(Duration::from_secs(10), answer(sock, &shared)).await;
+        });
+    }
+}
+
+async fn answer(mut sock: TcpStream, shared: &Shared) -> std::io::Result<()> {
+    let mut head = Vec::with_capacity(1024);
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = sock.read(&mut buf).await?;
+        if n == 0 || head.len() > 16 * 1024 {
+            return Ok(());
+        }
+        head.extend_from_slice(&buf[..n]);
+    }
+    let line = head.split(|&b| b == b'\r').next().unwrap_or_default();
+    let mut words = line.split(|&b| b == b' ');
+    let (method, path) = (words.next(), words.next());
+    let (status, kind, body) = match (method, path) {
+        (Some(b"GET"), Some(p)) if p == b"/metrics" || p.starts_with(b"/metrics?") => (
+            "200 OK",
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            render(shared),
+        ),
+        (Some(b"GET"), _) => (
+            "404 Not Found",
+            "text/plain",
+            "only /metrics is served\n".into(),
+        ),
+        _ => (
+            "405 Method Not Allowed",
+            "text/plain",
+            "only GET is served\n".into(),
+        ),
+    };
+    let reply = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    sock.write_all(reply.as_bytes()).await?;
+    sock.shutdown().await
+}

@@ -1,0 +1,154 @@
+//! The Prometheus endpoint during a real mirror run: scraped over HTTP while records
+//! arrive, its figures must move as the copy does.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use common::*;
+
+/// One scrape: status line and body.
+fn get(port: u16, path: &str) -> (String, String) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect to /metrics");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
+    (
+        head.lines().next().unwrap_or("").to_string(),
+        body.to_string(),
+    )
+}
+
+/// The value of the sample whose name and labels start with `prefix`, summed over
+/// every sample that matches.
+fn value(body: &str, prefix: &str) -> Option<f64> {
+    let vals: Vec<f64> = body
+        .lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+        .collect();
+    (!vals.is_empty()).then(|| vals.iter().sum())
+}
+
+#[test]
+fn metrics_follow_a_mirror_run() {
+    let pair = Pair::start();
+    let a = pair.a.bootstrap();
+    create_topic(&a, "orders", 2);
+    let p = producer(&a, "zstd", false);
+    produce(&p, "orders", 0, &sample(400, 1, |i| i % 300));
+    produce(&p, "orders", 1, &sample(200, 2, |i| i % 300));
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let cfg = pair.dir.path().join("m.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[source]\nname = \"dc-a\"\nbootstrap = \"{a}\"\n[destination]\nname = \"dc-b\"\nbootstrap = \"{}\"\n[mirror]\ntopics = [\"orders\"]\nreplication_factor = 1\ntail_wait_ms = 100\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n",
+            pair.b.bootstrap()
+        ),
+    )
+    .unwrap();
+    let mut m = Mirror::spawn(&cfg, &[]);
+    let records = r#"wanmirror_mirrored_records_total{source_cluster="dc-a",topic="orders""#;
+    let lag = r#"wanmirror_partition_lag_offsets{source_cluster="dc-a",topic="orders""#;
+    let scrape = || get(port, "/metrics").1;
+    eventually(
+        Duration::from_secs(60),
+        "600 records mirrored, lag 0",
+        || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() && {
+                let b = scrape();
+                value(&b, records) == Some(600.0) && value(&b, lag) == Some(0.0)
+            }
+        },
+    );
+    let b = scrape();
+    // A sample for docs/metrics.md (shown with --nocapture).
+    eprintln!("{b}");
+    assert_eq!(
+        value(
+            &b,
+            r#"wanmirror_partition_dest_end_offset{source_cluster="dc-a",topic="orders",partition="0"}"#
+        ),
+        Some(400.0),
+        "{b}"
+    );
+    assert!(
+        value(
+            &b,
+            r#"wanmirror_mirrored_bytes_total{source_cluster="dc-a",topic="orders""#
+        )
+        .unwrap_or(0.0)
+            > 0.0,
+        "{b}"
+    );
+    assert!(
+        value(
+            &b,
+            r#"wanmirror_replication_latency_batches{source_cluster="dc-a",topic="orders"}"#
+        )
+        .unwrap_or(0.0)
+            > 0.0,
+        "the latency histogram has no counts: {b}"
+    );
+    assert!(b.contains(r#"wanmirror_replication_latency_ms{source_cluster="dc-a",topic="orders",quantile="0.99"}"#), "{b}");
+    assert!(b.contains("wanmirror_in_flight_bytes "), "{b}");
+
+    // More records: the counters follow, and the lag goes back to 0.
+    produce(&p, "orders", 1, &sample(150, 3, |i| i % 300));
+    eventually(Duration::from_secs(60), "750 records mirrored", || {
+        let b = scrape();
+        value(&b, records) == Some(750.0) && value(&b, lag) == Some(0.0)
+    });
+    let (status, _) = get(port, "/other");
+    assert!(status.contains("404"), "{status}");
+    m.stop_cleanly();
+}
+
+/// A metrics address already taken is one clear error at start, exit 2, nothing written.
+#[test]
+fn a_taken_metrics_port_is_one_clear_error() {
+    let pair = Pair::start();
+    let a = pair.a.bootstrap();
+    create_topic(&a, "orders", 1);
+    produce(
+        &producer(&a, "none", false),
+        "orders",
+        0,
+        &sample(10, 1, |i| i),
+    );
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let cfg = pair.config("m.toml", &["orders"], "");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(
+        &cfg,
+        format!("{text}[metrics]\nlisten = \"127.0.0.1:{port}\"\n"),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wanmirror"))
+        .args(["run", "--stop-at-end", "--config"])
+        .arg(&cfg)
+        .env("RUST_LOG", "off")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).trim().to_string();
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("metrics.listen") && err.contains(&port.to_string()),
+        "{err}"
+    );
+    assert!(
+        !topic_exists(&pair.b.bootstrap(), "dc-a.orders"),
+        "written before the error"
+    );
+}
