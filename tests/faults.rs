@@ -137,6 +137,11 @@ fn a_source_truncated_below_the_copy_stops_only_its_partitions() {
     let pa = Proxy::start();
     let a = TansuBroker::start_advertising("dc-a", Some(pa.port)).unwrap();
     let b = TansuBroker::start("dc-b").unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     pa.forward_to(a.port);
     let (ba, bb) = (format!("127.0.0.1:{}", pa.port), b.bootstrap());
     create_topic(&ba, "lost", 2);
@@ -150,7 +155,7 @@ fn a_source_truncated_below_the_copy_stops_only_its_partitions() {
     std::fs::write(
         &cfg,
         format!(
-            "[source]\nname = \"dc-a\"\nbootstrap = \"{ba}\"\n[destination]\nname = \"dc-b\"\nbootstrap = \"{bb}\"\n[mirror]\ntopics = [\"lost\", \"fresh\"]\nreplication_factor = 1\nretry_secs = 2\nwatermark_grace_secs = 2\ntail_wait_ms = 100\nmetadata_refresh_secs = 1\n"
+            "[source]\nname = \"dc-a\"\nbootstrap = \"{ba}\"\n[destination]\nname = \"dc-b\"\nbootstrap = \"{bb}\"\n[mirror]\ntopics = [\"lost\", \"fresh\"]\nreplication_factor = 1\nretry_secs = 2\nwatermark_grace_secs = 2\ntail_wait_ms = 100\nmetadata_refresh_secs = 1\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n"
         ),
     )
     .unwrap();
@@ -202,6 +207,27 @@ fn a_source_truncated_below_the_copy_stops_only_its_partitions() {
         assert_eq!(&consume_all(&bb, "dc-a.lost", part as i32), first);
     }
     assert_same_at(&ba, "fresh", &bb, "dc-a.fresh", 0);
+    // The metrics name both partitions stopped, by a divergence.
+    let (_, body) = get_http(port, "/metrics");
+    for part in 0..2 {
+        let at = format!(r#"source_cluster="dc-a",topic="lost",partition="{part}""#);
+        assert_eq!(
+            metric_value(
+                &body,
+                &format!(r#"wanmirror_partition_state{{{at},state="stopped"}}"#)
+            ),
+            Some(1.0),
+            "{body}"
+        );
+        assert_eq!(
+            metric_value(
+                &body,
+                &format!(r#"wanmirror_partition_errors_total{{{at},kind="diverged"}}"#)
+            ),
+            Some(1.0),
+            "{body}"
+        );
+    }
     let log = m.log_text();
     eprintln!(
         "{}",

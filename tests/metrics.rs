@@ -3,36 +3,9 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::time::Duration;
 
 use common::*;
-
-/// One scrape: status line and body.
-fn get(port: u16, path: &str) -> (String, String) {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect to /metrics");
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
-    (
-        head.lines().next().unwrap_or("").to_string(),
-        body.to_string(),
-    )
-}
-
-/// The value of the sample whose name and labels start with `prefix`, summed over
-/// every sample that matches.
-fn value(body: &str, prefix: &str) -> Option<f64> {
-    let vals: Vec<f64> = body
-        .lines()
-        .filter(|l| l.starts_with(prefix))
-        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
-        .collect();
-    (!vals.is_empty()).then(|| vals.iter().sum())
-}
 
 #[test]
 fn metrics_follow_a_mirror_run() {
@@ -59,14 +32,14 @@ fn metrics_follow_a_mirror_run() {
     let mut m = Mirror::spawn(&cfg, &[]);
     let records = r#"wanmirror_mirrored_records_total{source_cluster="dc-a",topic="orders""#;
     let lag = r#"wanmirror_partition_lag_offsets{source_cluster="dc-a",topic="orders""#;
-    let scrape = || get(port, "/metrics").1;
+    let scrape = || get_http(port, "/metrics").1;
     eventually(
         Duration::from_secs(60),
         "600 records mirrored, lag 0",
         || {
             std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() && {
                 let b = scrape();
-                value(&b, records) == Some(600.0) && value(&b, lag) == Some(0.0)
+                metric_value(&b, records) == Some(600.0) && metric_value(&b, lag) == Some(0.0)
             }
         },
     );
@@ -74,7 +47,7 @@ fn metrics_follow_a_mirror_run() {
     // A sample for docs/metrics.md (shown with --nocapture).
     eprintln!("{b}");
     assert_eq!(
-        value(
+        metric_value(
             &b,
             r#"wanmirror_partition_dest_end_offset{source_cluster="dc-a",topic="orders",partition="0"}"#
         ),
@@ -82,7 +55,7 @@ fn metrics_follow_a_mirror_run() {
         "{b}"
     );
     assert!(
-        value(
+        metric_value(
             &b,
             r#"wanmirror_mirrored_bytes_total{source_cluster="dc-a",topic="orders""#
         )
@@ -91,7 +64,7 @@ fn metrics_follow_a_mirror_run() {
         "{b}"
     );
     assert!(
-        value(
+        metric_value(
             &b,
             r#"wanmirror_replication_latency_batches{source_cluster="dc-a",topic="orders"}"#
         )
@@ -101,14 +74,29 @@ fn metrics_follow_a_mirror_run() {
     );
     assert!(b.contains(r#"wanmirror_replication_latency_ms{source_cluster="dc-a",topic="orders",quantile="0.99"}"#), "{b}");
     assert!(b.contains("wanmirror_in_flight_bytes "), "{b}");
+    for part in 0..2 {
+        let state = |st: &str| {
+            metric_value(
+                &b,
+                &format!(
+                    r#"wanmirror_partition_state{{source_cluster="dc-a",topic="orders",partition="{part}",state="{st}"}}"#
+                ),
+            )
+        };
+        assert_eq!(
+            (state("tailing"), state("catching_up"), state("stopped")),
+            (Some(1.0), Some(0.0), Some(0.0)),
+            "{b}"
+        );
+    }
 
     // More records: the counters follow, and the lag goes back to 0.
     produce(&p, "orders", 1, &sample(150, 3, |i| i % 300));
     eventually(Duration::from_secs(60), "750 records mirrored", || {
         let b = scrape();
-        value(&b, records) == Some(750.0) && value(&b, lag) == Some(0.0)
+        metric_value(&b, records) == Some(750.0) && metric_value(&b, lag) == Some(0.0)
     });
-    let (status, _) = get(port, "/other");
+    let (status, _) = get_http(port, "/other");
     assert!(status.contains("404"), "{status}");
     m.stop_cleanly();
 }

@@ -44,6 +44,19 @@ pub enum MirrorError {
 }
 
 impl MirrorError {
+    /// A short name of the kind, for the `kind` label of the error metric.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            MirrorError::Kafka { .. } => "kafka",
+            MirrorError::Diverged { .. } => "diverged",
+            MirrorError::PolicyRefused { .. } => "policy_refused",
+            MirrorError::BadBatch { .. } => "bad_batch",
+            MirrorError::Topic { .. } => "topic",
+            MirrorError::Fenced { .. } => "fenced",
+            MirrorError::Raced { .. } => "raced",
+        }
+    }
+
     pub fn kafka(cluster: &str, source: KafkaError) -> MirrorError {
         use kafka_protocol::ResponseError as R;
         match source.code() {

@@ -20,7 +20,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use super::offset_map::now_ms;
-use super::Shared;
+use super::{PartState, Shared};
 
 type Labels = Vec<(String, String)>;
 
@@ -40,6 +40,8 @@ pub fn render(shared: &Shared) -> String {
     let dest_end = Family::<Labels, Gauge>::default();
     let records = Family::<Labels, Counter>::default();
     let bytes = Family::<Labels, Counter>::default();
+    let state = Family::<Labels, Gauge>::default();
+    let errors = Family::<Labels, Counter>::default();
     for (job, s) in shared.stats.partitions() {
         let l = part(&job.source_topic, job.partition);
         lag.get_or_create(&l).set((s.high_watermark - s.end).max(0));
@@ -47,7 +49,28 @@ pub fn render(shared: &Shared) -> String {
         dest_end.get_or_create(&l).set(s.end);
         records.get_or_create(&l).inc_by(s.records);
         bytes.get_or_create(&l).inc_by(s.bytes);
+        // Every state, 1 for the current one: `== 1` selects, and a change shows.
+        for st in PartState::ALL {
+            let mut ls = l.clone();
+            ls.push(("state".into(), st.name().into()));
+            state.get_or_create(&ls).set(i64::from(st == s.state));
+        }
+        for (kind, n) in &s.errors {
+            let mut lk = l.clone();
+            lk.push(("kind".into(), kind.to_string()));
+            errors.get_or_create(&lk).inc_by(*n);
+        }
     }
+    reg.register(
+        "wanmirror_partition_state",
+        "1 for the partition's current state (resuming, catching_up, tailing, stopped), 0 for the others",
+        state,
+    );
+    reg.register(
+        "wanmirror_partition_errors",
+        "Errors that interrupted (and were retried) or stopped the partition, by kind",
+        errors,
+    );
     reg.register(
         "wanmirror_partition_lag_offsets",
         "Offsets the destination is behind the source's high watermark, as last seen by the partition's writer",

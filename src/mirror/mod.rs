@@ -66,7 +66,7 @@ pub struct Stats {
 }
 
 /// One partition as last seen by its writer.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PartStats {
     /// Destination end offset.
     pub end: i64,
@@ -75,6 +75,41 @@ pub struct PartStats {
     /// Records and bytes written by this process (fillers included).
     pub records: u64,
     pub bytes: u64,
+    pub state: PartState,
+    /// Errors that interrupted or stopped the partition, by `MirrorError::kind`.
+    pub errors: BTreeMap<&'static str, u64>,
+}
+
+/// Where a partition is, for the metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum PartState {
+    /// Reading both ends and checking the destination's tail (also after a restart).
+    #[default]
+    Resuming,
+    /// Behind the source's high watermark.
+    CatchingUp,
+    /// At the source's high watermark, waiting for more.
+    Tailing,
+    /// Stopped for good by an error.
+    Stopped,
+}
+
+impl PartState {
+    pub const ALL: [PartState; 4] = [
+        PartState::Resuming,
+        PartState::CatchingUp,
+        PartState::Tailing,
+        PartState::Stopped,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            PartState::Resuming => "resuming",
+            PartState::CatchingUp => "catching_up",
+            PartState::Tailing => "tailing",
+            PartState::Stopped => "stopped",
+        }
+    }
 }
 
 impl Stats {
@@ -84,6 +119,17 @@ impl Stats {
         let e = parts.entry(job.clone()).or_default();
         e.end = end;
         e.high_watermark = high_watermark;
+        e.state = PartState::Resuming;
+    }
+
+    /// An error ended a run of the partition; `stopped` when it is not restarted.
+    pub fn error(&self, job: &Job, kind: &'static str, stopped: bool) {
+        let mut parts = self.parts.lock().unwrap_or_else(|p| p.into_inner());
+        let e = parts.entry(job.clone()).or_default();
+        *e.errors.entry(kind).or_insert(0) += 1;
+        if stopped {
+            e.state = PartState::Stopped;
+        }
     }
 
     /// A write that moved the destination end to `end`.
@@ -95,12 +141,17 @@ impl Stats {
         e.bytes += bytes;
         e.end = end;
         e.high_watermark = high_watermark;
+        e.state = if end >= high_watermark {
+            PartState::Tailing
+        } else {
+            PartState::CatchingUp
+        };
     }
 
     /// Every partition seen, in order.
     pub fn partitions(&self) -> Vec<(Job, PartStats)> {
         let parts = self.parts.lock().unwrap_or_else(|p| p.into_inner());
-        parts.iter().map(|(j, s)| (j.clone(), *s)).collect()
+        parts.iter().map(|(j, s)| (j.clone(), s.clone())).collect()
     }
 
     /// Lag (source high watermark - destination end) summed per topic.
@@ -358,10 +409,18 @@ async fn supervise(shared: Arc<Shared>, job: Job) -> Result<(), MirrorError> {
     loop {
         let why = match partition::run(shared.clone(), job.clone()).await {
             Err(MirrorError::Kafka { cluster, source }) if source.is_retriable() => {
+                shared.stats.error(&job, "kafka", false);
                 format!("{cluster}: {source}")
             }
-            Err(e @ MirrorError::Raced { .. }) => e.to_string(),
-            other => return other,
+            Err(e @ MirrorError::Raced { .. }) => {
+                shared.stats.error(&job, e.kind(), false);
+                e.to_string()
+            }
+            Err(e) => {
+                shared.stats.error(&job, e.kind(), true);
+                return Err(e);
+            }
+            Ok(()) => return Ok(()),
         };
         tracing::warn!(topic = %job.source_topic, partition = job.partition, error = %why, "partition interrupted; restarting in 5 s");
         let mut sd = shared.shutdown.clone();
