@@ -72,7 +72,7 @@ fn metrics_follow_a_mirror_run() {
             > 0.0,
         "the latency histogram has no counts: {b}"
     );
-    assert!(b.contains(r#"wanmirror_replication_latency_ms{source_cluster="dc-a",topic="orders",quantile="0.99"}"#), "{b}");
+    assert!(b.contains(r#"wanmirror_replication_latency_seconds{source_cluster="dc-a",topic="orders",quantile="0.99"}"#), "{b}");
     assert!(b.contains("wanmirror_in_flight_bytes "), "{b}");
     for part in 0..2 {
         let state = |st: &str| {
@@ -98,6 +98,32 @@ fn metrics_follow_a_mirror_run() {
     });
     let (status, _) = get_http(port, "/other");
     assert!(status.contains("404"), "{status}");
+    m.stop_cleanly();
+
+    // A restart with nothing left to copy: both partitions tail at once, and nothing
+    // is counted as mirrored by the new process (it read the end, it wrote nothing).
+    let mut m = Mirror::spawn(&cfg, &[]);
+    let tailing = r#"wanmirror_partition_state{source_cluster="dc-a",topic="orders",partition="0",state="tailing"}"#;
+    eventually(
+        Duration::from_secs(60),
+        "caught-up partitions tailing after a restart",
+        || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() && {
+                let b = scrape();
+                metric_value(&b, tailing) == Some(1.0) && metric_value(&b, lag) == Some(0.0)
+            }
+        },
+    );
+    let b = scrape();
+    assert_eq!(metric_value(&b, records), Some(0.0), "{b}");
+    assert_eq!(
+        metric_value(
+            &b,
+            r#"wanmirror_partition_dest_end_offset{source_cluster="dc-a",topic="orders",partition="1"}"#
+        ),
+        Some(350.0),
+        "{b}"
+    );
     m.stop_cleanly();
 }
 

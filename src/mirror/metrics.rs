@@ -7,7 +7,7 @@
 //! nothing for an endpoint nobody scrapes. The HTTP side is the least a scraper needs:
 //! one request per connection, a GET of `/metrics`, answered and closed.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -97,7 +97,7 @@ pub fn render(shared: &Shared) -> String {
         bytes,
     );
 
-    let latency = Family::<Labels, Gauge>::default();
+    let latency = Family::<Labels, Gauge<f64, AtomicU64>>::default();
     let batches = Family::<Labels, Gauge>::default();
     for (topic, s) in shared.stats.latency.window(now_ms()) {
         let t = |q: &str| -> Labels {
@@ -113,7 +113,7 @@ pub fn render(shared: &Shared) -> String {
             ("0.999", s.p999_ms),
             ("1", s.max_ms),
         ] {
-            latency.get_or_create(&t(q)).set(v as i64);
+            latency.get_or_create(&t(q)).set(v as f64 / 1000.0);
         }
         batches
             .get_or_create(&vec![
@@ -123,8 +123,8 @@ pub fn render(shared: &Shared) -> String {
             .set(s.batches as i64);
     }
     reg.register(
-        "wanmirror_replication_latency_ms",
-        "Destination acknowledgement time minus each batch's max timestamp, over the last 60 s (quantile 1 is the maximum)",
+        "wanmirror_replication_latency_seconds",
+        "Destination acknowledgement time minus each batch's max timestamp, quantiles over the last 60 s (quantile 1 is the maximum)",
         latency,
     );
     reg.register(
@@ -162,9 +162,17 @@ pub async fn bind(listen: &str) -> std::io::Result<TcpListener> {
     TcpListener::bind(listen).await
 }
 
+/// Scrapes answered at once; more connections wait in the listen queue. Within the
+/// fixed allowance of the start-up file-descriptor check (`limits::BASE_FDS`).
+pub const MAX_SCRAPES: usize = 8;
+
 /// Answers scrapes until the process ends.
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_SCRAPES));
     loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
         let Ok((sock, _)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
@@ -173,6 +181,7 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
         tokio::spawn(async move {
             // A client that sends nothing does not hold a task for long.
             let _ = tokio::time::timeout(Duration::from_secs(10), answer(sock, &shared)).await;
+            drop(slot);
         });
     }
 }
@@ -180,14 +189,18 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
 async fn answer(mut sock: TcpStream, shared: &Shared) -> std::io::Result<()> {
     let mut head = Vec::with_capacity(1024);
     let mut buf = [0u8; 1024];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+    // The head ends at an empty line (CRLF, or a bare LF from lenient clients).
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") && !head.windows(2).any(|w| w == b"\n\n") {
         let n = sock.read(&mut buf).await?;
         if n == 0 || head.len() > 16 * 1024 {
             return Ok(());
         }
         head.extend_from_slice(&buf[..n]);
     }
-    let line = head.split(|&b| b == b'\r').next().unwrap_or_default();
+    let line = head
+        .split(|&b| b == b'\r' || b == b'\n')
+        .next()
+        .unwrap_or_default();
     let mut words = line.split(|&b| b == b' ');
     let (method, path) = (words.next(), words.next());
     let (status, kind, body) = match (method, path) {

@@ -80,6 +80,14 @@ pub struct PartStats {
     pub errors: BTreeMap<&'static str, u64>,
 }
 
+fn running_state(end: i64, high_watermark: i64) -> PartState {
+    if end >= high_watermark {
+        PartState::Tailing
+    } else {
+        PartState::CatchingUp
+    }
+}
+
 /// Where a partition is, for the metrics.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum PartState {
@@ -125,6 +133,8 @@ impl Stats {
     /// An error ended a run of the partition; `stopped` when it is not restarted.
     pub fn error(&self, job: &Job, kind: &'static str, stopped: bool) {
         let mut parts = self.parts.lock().unwrap_or_else(|p| p.into_inner());
+        // Created here only if it failed before reading both ends: its offsets are
+        // then unknown (0), and its state and errors still show.
         let e = parts.entry(job.clone()).or_default();
         *e.errors.entry(kind).or_insert(0) += 1;
         if stopped {
@@ -141,11 +151,29 @@ impl Stats {
         e.bytes += bytes;
         e.end = end;
         e.high_watermark = high_watermark;
-        e.state = if end >= high_watermark {
-            PartState::Tailing
-        } else {
-            PartState::CatchingUp
-        };
+        e.state = running_state(end, high_watermark);
+    }
+
+    /// Fillers written up to `end`, the high watermark unchanged.
+    pub fn advanced(&self, job: &Job, end: i64) {
+        let hw = self
+            .parts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(job)
+            .map_or(end, |e| e.high_watermark);
+        self.record(job, end, hw, 0);
+    }
+
+    /// A fetch answer's high watermark: the lag grows while nothing is written.
+    pub fn seen(&self, job: &Job, high_watermark: i64) {
+        let mut parts = self.parts.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(e) = parts.get_mut(job) {
+            e.high_watermark = high_watermark;
+            if e.state != PartState::Stopped {
+                e.state = running_state(e.end, high_watermark);
+            }
+        }
     }
 
     /// Every partition seen, in order.

@@ -93,7 +93,12 @@ pub async fn run(shared: Arc<Shared>, job: Job) -> Result<(), MirrorError> {
                         "the source ends below the destination; waiting"
                     );
                 }
-                tokio::time::sleep(below.next_delay()).await;
+                // The grace can be a minute: a shutdown must not wait for it.
+                let mut sd = shared.shutdown.clone();
+                tokio::select! {
+                    _ = sd.changed() => return Ok(()),
+                    _ = tokio::time::sleep(below.next_delay()) => {}
+                }
             }
             Verdict::Lost { for_ms } => {
                 return Err(MirrorError::Diverged {
@@ -139,6 +144,9 @@ pub async fn run(shared: Arc<Shared>, job: Job) -> Result<(), MirrorError> {
         acked: Vec::new(),
     };
     pad_to(&shared, &job, &mut cursor, &mut sink, src_start).await?;
+    // Resumed: caught up or behind from here (a caught-up partition may get no data
+    // for a long time), fillers counted.
+    shared.stats.record(&job, sink.end, src_end, 0);
 
     let (tx, mut rx) = mpsc::channel(4);
     let fetcher = tokio::spawn(fetch_loop(
@@ -164,6 +172,7 @@ pub async fn run(shared: Arc<Shared>, job: Job) -> Result<(), MirrorError> {
             Some(Chunk::Failed(e)) => return Err(e),
             Some(Chunk::Gone { log_start }) => {
                 pad_to(&shared, &job, &mut cursor, &mut sink, log_start).await?;
+                shared.stats.advanced(&job, sink.end);
             }
             Some(Chunk::Data {
                 batches,
@@ -332,6 +341,7 @@ async fn fetch_loop(
         let msg = match res {
             Ok(f) => {
                 high_watermark = f.high_watermark;
+                shared.stats.seen(&job, high_watermark);
                 match watermark.on_answer(offset, f.high_watermark, Instant::now()) {
                     Verdict::Fine => below.reset(),
                     Verdict::Below { first } => {

@@ -124,22 +124,32 @@ pub async fn config_pairs(
                 .into_iter()
                 .map(|p| (p.topic, p.origin_cluster))
                 .collect();
-            s.refresh(None)
+            let selected: Vec<String> = s
+                .refresh(None)
                 .await
                 .map_err(|e| VerifyError::kafka(s.name(), e))?
                 .into_iter()
                 .map(|t| t.name)
-                .filter(|n| {
-                    filter.matches(n) && loop_guard(n, &config.destination.name, &origins).is_none()
-                })
-                .collect()
+                .filter(|n| !n.starts_with("__") && filter.matches(n))
+                .collect();
+            let kept: Vec<String> = selected
+                .iter()
+                .filter(|n| loop_guard(n, &config.destination.name, &origins).is_none())
+                .cloned()
+                .collect();
+            if kept.is_empty() && !selected.is_empty() {
+                return Err(VerifyError::Usage(format!(
+                    "every source topic the config selects came from {}, and is never mirrored back",
+                    config.destination.name
+                )));
+            }
+            kept
         }
     };
     if topics.is_empty() {
-        return Err(VerifyError::Usage(format!(
-            "no source topic matches the config's mirror.topics (topics that came from {} are never mirrored back)",
-            config.destination.name
-        )));
+        return Err(VerifyError::Usage(
+            "no source topic matches the config's mirror.topics".into(),
+        ));
     }
     let pairs = topics
         .into_iter()
