@@ -137,11 +137,7 @@ fn a_source_truncated_below_the_copy_stops_only_its_partitions() {
     let pa = Proxy::start();
     let a = TansuBroker::start_advertising("dc-a", Some(pa.port)).unwrap();
     let b = TansuBroker::start("dc-b").unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = wanmirror::demo::broker::free_port().unwrap();
     pa.forward_to(a.port);
     let (ba, bb) = (format!("127.0.0.1:{}", pa.port), b.bootstrap());
     create_topic(&ba, "lost", 2);

@@ -15,11 +15,7 @@ fn metrics_follow_a_mirror_run() {
     let p = producer(&a, "zstd", false);
     produce(&p, "orders", 0, &sample(400, 1, |i| i % 300));
     produce(&p, "orders", 1, &sample(200, 2, |i| i % 300));
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = wanmirror::demo::broker::free_port().unwrap();
     let cfg = pair.dir.path().join("m.toml");
     std::fs::write(
         &cfg,

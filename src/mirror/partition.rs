@@ -66,51 +66,14 @@ pub async fn run(shared: Arc<Shared>, job: Job) -> Result<(), MirrorError> {
     let dst = &shared.dest;
     let (st, p) = (&job.source_topic, job.partition);
     let dt = &job.dest_topic;
-    let serr = |e| MirrorError::kafka(src.name(), e);
     let derr = |e| MirrorError::kafka(dst.name(), e);
 
     let dest_end = dst
         .retry("end offset", || dst.end_offset(dt, p))
         .await
         .map_err(derr)?;
-    // A source end below the destination's is waited out for the watermark grace (a
-    // new leader's high watermark may lag); past it, the source lost what we copied.
-    let mut watermark = Watermark::new(Duration::from_secs(
-        shared.config.mirror.watermark_grace_secs,
-    ));
-    let mut below = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
-    let (src_start, src_end) = loop {
-        let (start, end) = src
-            .retry("log bounds", || src.bounds(st, p))
-            .await
-            .map_err(serr)?;
-        match watermark.on_answer(dest_end, end, Instant::now()) {
-            Verdict::Fine => break (start, end),
-            Verdict::Below { first } => {
-                if first {
-                    tracing::warn!(
-                        topic = %st, partition = p, dest_end, src_end = end,
-                        "the source ends below the destination; waiting"
-                    );
-                }
-                // The grace can be a minute: a shutdown must not wait for it.
-                let mut sd = shared.shutdown.clone();
-                tokio::select! {
-                    _ = sd.changed() => return Ok(()),
-                    _ = tokio::time::sleep(below.next_delay()) => {}
-                }
-            }
-            Verdict::Lost { for_ms } => {
-                return Err(MirrorError::Diverged {
-                    topic: dt.clone(),
-                    partition: p,
-                    offset: end,
-                    detail: format!(
-                        "destination ends at {dest_end} but the source only at {end}, for {for_ms} ms; the destination holds records the source does not"
-                    ),
-                })
-            }
-        }
+    let Some((src_start, src_end)) = source_bounds_reaching(&shared, &job, dest_end).await? else {
+        return Ok(()); // shut down while waiting
     };
     tracing::info!(
         topic = %st, partition = p, dest_topic = %dt, dest_end, src_start, src_end,
@@ -518,6 +481,55 @@ async fn fetch_loop(
             match catch_up_then(&shared, &job, start, &mut tailing, &tx).await {
                 Some((next, hw)) => (offset, high_watermark) = (next, hw),
                 None => return,
+            }
+        }
+    }
+}
+
+/// The source's log bounds, once its end reaches the destination's `dest_end`. A
+/// source end below it is waited out for the watermark grace (a new leader's high
+/// watermark may lag); past it, the source lost what we copied: `Diverged`. `None`
+/// when the mirror shuts down meanwhile.
+async fn source_bounds_reaching(
+    shared: &Shared,
+    job: &Job,
+    dest_end: i64,
+) -> Result<Option<(i64, i64)>, MirrorError> {
+    let src = &shared.source;
+    let (st, p) = (&job.source_topic, job.partition);
+    let grace = Duration::from_secs(shared.config.mirror.watermark_grace_secs);
+    let mut watermark = Watermark::new(grace);
+    let mut below = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
+    loop {
+        let (start, end) = src
+            .retry("log bounds", || src.bounds(st, p))
+            .await
+            .map_err(|e| MirrorError::kafka(src.name(), e))?;
+        match watermark.on_answer(dest_end, end, Instant::now()) {
+            Verdict::Fine => return Ok(Some((start, end))),
+            Verdict::Below { first } => {
+                if first {
+                    tracing::warn!(
+                        topic = %st, partition = p, dest_end, src_end = end,
+                        "the source ends below the destination; waiting"
+                    );
+                }
+                // The grace can be a minute: a shutdown must not wait for it.
+                let mut sd = shared.shutdown.clone();
+                tokio::select! {
+                    _ = sd.changed() => return Ok(None),
+                    _ = tokio::time::sleep(below.next_delay()) => {}
+                }
+            }
+            Verdict::Lost { for_ms } => {
+                return Err(MirrorError::Diverged {
+                    topic: job.dest_topic.clone(),
+                    partition: p,
+                    offset: end,
+                    detail: format!(
+                        "destination ends at {dest_end} but the source only at {end}, for {for_ms} ms; the destination holds records the source does not"
+                    ),
+                })
             }
         }
     }
