@@ -2,7 +2,8 @@
 # Installs what wanmirror's demo, tests and benchmarks need on a fresh Debian machine
 # with a Rust toolchain: build packages, the pinned tansu broker, and the pinned Apache
 # Kafka release with MirrorMaker 2 (Java 17 and Maven, from Debian, if missing), and
-# with --fuzz, cargo-fuzz with a nightly toolchain for the fuzz targets.
+# with --tests, what only the test suite needs: cargo-fuzz with a nightly toolchain for
+# the fuzz targets, and a second tansu build with SCRAM credentials (sqlite storage).
 # Idempotent: every step is skipped when already done.
 set -euo pipefail
 
@@ -41,9 +42,9 @@ fi
 scripts/kafka/fetch.sh >/dev/null
 
 # The fuzz targets (scripts/fuzz.sh) run under libFuzzer through cargo-fuzz, which
-# needs a nightly toolchain for its sanitizer flags: only for `setup.sh --fuzz` (the
+# needs a nightly toolchain for its sanitizer flags: only for `setup.sh --tests` (the
 # test suite and `./dev fuzz`), not for the demo.
-if [ "${1:-}" = "--fuzz" ]; then
+if [ "${1:-}" = "--tests" ]; then
   CARGO_FUZZ_VERSION=0.13.2
   if ! rustup run nightly rustc --version >/dev/null 2>&1; then
     echo "setup: installing a nightly Rust toolchain for the fuzz targets"
@@ -54,3 +55,18 @@ if [ "${1:-}" = "--fuzz" ]; then
     cargo install cargo-fuzz --version "$CARGO_FUZZ_VERSION" --locked --quiet
   fi
 fi
+
+# tansu keeps SCRAM credentials only in its sqlite storage engine, which needs the
+# libsql feature: a build of its own (about 20 minutes on 2 cores), under its own root
+# so that the demo keeps the quick memory build. tests/security.rs finds it there (or
+# at $TANSU_SQL_BIN).
+if [ "${1:-}" = "--tests" ]; then
+  sql_root="${XDG_CACHE_HOME:-$HOME/.cache}/wanmirror/tansu-sql-$TANSU_VERSION"
+  if [ -x "$sql_root/bin/tansu" ]; then
+    echo "setup: tansu $TANSU_VERSION with sqlite storage already installed"
+  else
+    echo "setup: building tansu $TANSU_VERSION with sqlite storage (SCRAM tests; about 20 minutes on 2 cores)..."
+    cargo install tansu --version "$TANSU_VERSION" --features libsql --locked --quiet --root "$sql_root"
+  fi
+fi
+

@@ -5,6 +5,9 @@ use std::path::Path;
 use regex::Regex;
 use serde::Deserialize;
 
+use crate::kafka::security::settings::{SaslSettings, TlsSettings};
+use crate::kafka::security::Security;
+
 /// A configuration problem, phrased for the operator who wrote the file.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -30,6 +33,34 @@ pub struct ClusterConfig {
     pub name: String,
     /// Comma-separated host:port list.
     pub bootstrap: String,
+    /// TLS to every broker of the cluster; plaintext without this section.
+    #[serde(default)]
+    pub tls: Option<TlsSettings>,
+    /// SASL login on every connection; none without this section.
+    #[serde(default)]
+    pub sasl: Option<SaslSettings>,
+}
+
+impl ClusterConfig {
+    /// Loads the cluster's TLS files and SASL password. `side` is "source" or
+    /// "destination"; errors name the section and the file or variable.
+    pub fn security(&self, path: &str, side: &'static str) -> Result<Security, ConfigError> {
+        Security::load(self.tls.as_ref(), self.sasl.as_ref()).map_err(|e| ConfigError::Invalid {
+            path: path.to_string(),
+            field: section(side, e.section),
+            message: e.message,
+        })
+    }
+}
+
+/// "source.tls" and its kin, as the `field` of a [`ConfigError`].
+fn section(side: &str, part: &str) -> &'static str {
+    match (side, part) {
+        ("source", "tls") => "source.tls",
+        ("source", _) => "source.sasl",
+        (_, "tls") => "destination.tls",
+        _ => "destination.sasl",
+    }
 }
 
 /// What to do when the source log starts above the destination's end (an empty
@@ -163,6 +194,9 @@ pub struct Config {
     /// Prometheus endpoint; none without this section.
     #[serde(default)]
     pub metrics: Option<MetricsConfig>,
+    /// The file this came from, for errors found after parsing.
+    #[serde(skip)]
+    pub path: String,
 }
 
 /// `[metrics]`: where `/metrics` is served (docs/metrics.md).
@@ -203,6 +237,9 @@ pub struct TransportConfig {
     /// on each (partition modulo this). A broker serves one connection's requests one
     /// at a time, so a single connection makes every partition wait for the others.
     pub produce_connections: usize,
+    /// Cap on what the mirror reads from the source cluster, in megabits (10^6 bits)
+    /// per second, all connections together. Unset: no cap.
+    pub max_mbit: Option<u64>,
 }
 
 impl Default for TransportConfig {
@@ -224,6 +261,7 @@ impl Default for TransportConfig {
             // Local connections cost little; 8 lets 8 partitions write at once
             // (docs/live.md, decision 44).
             produce_connections: 8,
+            max_mbit: None,
         }
     }
 }
@@ -273,12 +311,13 @@ impl Config {
     }
 
     pub fn parse(path: &str, text: &str) -> Result<Config, ConfigError> {
-        let cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+        let mut cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.to_string(),
             // toml's message spans several lines with a source excerpt; keep one line.
             message: one_line(&e.to_string()),
         })?;
         cfg.validate(path)?;
+        cfg.path = path.to_string();
         Ok(cfg)
     }
 
@@ -306,6 +345,12 @@ impl Config {
                         format!("bootstrap address {a:?} is not host:port"),
                     ));
                 }
+            }
+            if let Some(t) = &c.tls {
+                t.check().map_err(|m| bad(section(field, "tls"), m))?;
+            }
+            if let Some(sasl) = &c.sasl {
+                sasl.check().map_err(|m| bad(section(field, "sasl"), m))?;
             }
         }
         if self.source.name == self.destination.name {
@@ -405,6 +450,12 @@ impl Config {
                 ));
             }
         }
+        if t.max_mbit.is_some_and(|m| !(1..=1_000_000).contains(&m)) {
+            return Err(bad(
+                "transport.max_mbit",
+                "must be between 1 and 1000000 megabits per second (or unset for no cap)".into(),
+            ));
+        }
         if !(1..=256).contains(&t.produce_connections) {
             return Err(bad(
                 "transport.produce_connections",
@@ -436,6 +487,14 @@ impl Config {
             include: compile(path, "mirror.topics", &self.mirror.topics)?,
             exclude: compile(path, "mirror.exclude", &self.mirror.exclude)?,
         })
+    }
+
+    /// Both clusters' security, loaded (files read, passwords taken).
+    pub fn securities(&self) -> Result<(Security, Security), ConfigError> {
+        Ok((
+            self.source.security(&self.path, "source")?,
+            self.destination.security(&self.path, "destination")?,
+        ))
     }
 
     /// The destination topic for a source topic.
@@ -529,6 +588,10 @@ topics = ["orders", "payments\\..*"]
         assert!(err(&with("produce_connections = 0")).contains("transport.produce_connections"));
         assert!(err(&with("produce_connections = 257")).contains("transport.produce_connections"));
         assert!(err(&with("pool = 3")).contains("unknown field"));
+        assert_eq!(c.transport.max_mbit, None);
+        assert!(err(&with("max_mbit = 0")).contains("transport.max_mbit"));
+        let capped = Config::parse("t", &with("max_mbit = 400")).unwrap();
+        assert_eq!(capped.transport.max_mbit, Some(400));
         let c = Config::parse("t", &with("pool_max = 8\npool_initial = 4")).unwrap();
         assert_eq!((c.transport.pool_max, c.transport.pool_initial), (8, 4));
     }

@@ -42,6 +42,9 @@ enum Cmd {
         stop_at_end: bool,
     },
     /// Parse and validate a configuration file without connecting anywhere.
+    ///
+    /// Also reads the TLS files and the SASL password the config names, and prints
+    /// how each cluster will be reached (never the password).
     Check {
         #[arg(short, long)]
         config: PathBuf,
@@ -221,11 +224,16 @@ fn main() -> ExitCode {
     } else {
         "info"
     };
+    // `run` on a terminal draws a progress line per topic in place; log lines then
+    // scroll above them.
+    if matches!(cli.command, Cmd::Run { .. }) && std::io::stderr().is_terminal() {
+        wanmirror::mirror::progress::use_terminal();
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level)),
         )
-        .with_writer(std::io::stderr)
+        .with_writer(|| wanmirror::mirror::progress::LogWriter)
         .with_ansi(std::io::stderr().is_terminal())
         .with_target(false)
         .init();
@@ -240,12 +248,17 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
-        Cmd::Check { config } => match Config::load(&config) {
-            Ok(c) => {
+        Cmd::Check { config } => match Config::load(&config).and_then(|c| {
+            let (s, d) = c.securities()?;
+            Ok((c, s, d))
+        }) {
+            Ok((c, s, d)) => {
                 println!(
                     "config ok: {} -> {}, topics {:?}, rename {:?}",
                     c.source.name, c.destination.name, c.mirror.topics, c.mirror.rename
                 );
+                println!("  {}: {}", c.source.name, s.describe());
+                println!("  {}: {}", c.destination.name, d.describe());
                 ExitCode::SUCCESS
             }
             Err(e) => fail(&e.to_string()),

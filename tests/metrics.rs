@@ -70,6 +70,45 @@ fn metrics_follow_a_mirror_run() {
     );
     assert!(b.contains(r#"wanmirror_replication_latency_seconds{source_cluster="dc-a",topic="orders",quantile="0.99"}"#), "{b}");
     assert!(b.contains("wanmirror_in_flight_bytes "), "{b}");
+    assert_eq!(
+        metric_value(
+            &b,
+            r#"wanmirror_partition_lag_bytes{source_cluster="dc-a",topic="orders",partition="0"}"#
+        ),
+        Some(0.0),
+        "{b}"
+    );
+    // Every write is timed to its acknowledgement (at least one request per partition).
+    assert!(
+        metric_value(
+            &b,
+            r#"wanmirror_produce_requests{destination_cluster="dc-b"}"#
+        )
+        .unwrap_or(0.0)
+            >= 2.0,
+        "{b}"
+    );
+    assert!(
+        b.contains(
+            r#"wanmirror_produce_latency_seconds{destination_cluster="dc-b",quantile="0.99"}"#
+        ),
+        "{b}"
+    );
+    // The source broker's pool, once its first sizing window is over.
+    eventually(Duration::from_secs(20), "pool figures", || {
+        let b = scrape();
+        metric_value(
+            &b,
+            r#"wanmirror_pool_target_connections{source_cluster="dc-a",broker="#,
+        )
+        .unwrap_or(0.0)
+            >= 1.0
+            && b.contains(r#"wanmirror_pool_rtt_seconds{source_cluster="dc-a",broker="#)
+            && b.contains(
+                r#"wanmirror_pool_goodput_bytes_per_second{source_cluster="dc-a",broker="#,
+            )
+            && b.contains(r#"wanmirror_pool_connections{source_cluster="dc-a",broker="#)
+    });
     for part in 0..2 {
         let state = |st: &str| {
             metric_value(

@@ -206,11 +206,11 @@ fn batches_are_forwarded_as_bytes_and_topic_configs_are_copied() {
 
 /// The p50 replication latencies the progress lines of `log` give for `topic`.
 fn latencies(log: &str, topic: &str) -> Vec<u64> {
-    let key = format!("\"{topic}\": \"p50 ");
+    let key = "latency=\"p50 ";
     log.lines()
-        .filter(|l| l.contains(" progress"))
+        .filter(|l| l.contains(" progress") && l.contains(&format!("topic={topic} ")))
         .filter_map(|l| {
-            let rest = &l[l.find(&key)? + key.len()..];
+            let rest = &l[l.find(key)? + key.len()..];
             rest.split(' ').next()?.parse().ok()
         })
         .collect()

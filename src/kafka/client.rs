@@ -131,6 +131,11 @@ impl Cluster {
                     self.state.lock().await.bootstrap_conn = Some(c.clone());
                     return Ok(c);
                 }
+                // A TLS or login failure on the last address tried is the answer
+                // itself: "unreachable" would hide it (and be retried).
+                Err(e) if !e.is_retriable() && addr == self.bootstrap.last().unwrap_or(addr) => {
+                    return Err(e)
+                }
                 Err(e) => last = e.to_string(),
             }
         }
@@ -394,6 +399,13 @@ impl Cluster {
                 pool.note_switch();
             }
         }
+    }
+
+    /// The connection pools open now, one per source broker fetched from.
+    pub async fn pools(&self) -> Vec<Arc<Pool>> {
+        let mut v: Vec<_> = self.state.lock().await.pools.values().cloned().collect();
+        v.sort_by_key(|p| p.broker());
+        v
     }
 
     async fn pool(&self, broker: i32) -> Result<Arc<Pool>> {

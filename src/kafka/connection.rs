@@ -17,21 +17,27 @@ use kafka_protocol::messages::{
     ApiKey, ApiVersionsRequest, ApiVersionsResponse, RequestHeader, ResponseHeader,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, Request, StrBytes};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
+use std::os::fd::{AsRawFd, RawFd};
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::error::{KafkaError, Result};
 use super::expect::{Expect, OVERSHOOT};
 use super::peek::HEAD_BYTES;
+use super::security::{login::login, Security};
 use super::shape;
 use super::versions::Versions;
+use crate::transport::limit::Limit;
 
 /// Largest response frame we accept; larger means a corrupt stream.
 const MAX_FRAME: usize = 256 * 1024 * 1024;
 const CLIENT_ID: &str = "wanmirror";
 /// Most bytes a read of a large response waits to gather (see `read_loop`).
 const LOW_WATER: usize = 64 * 1024;
+/// Largest single read under a bandwidth cap (see `read_loop`).
+const CAPPED_READ: usize = 64 * 1024;
 
 struct Outgoing {
     api_key: i16,
@@ -56,7 +62,7 @@ pub struct Connection {
     addr: Arc<str>,
     tx: mpsc::Sender<Outgoing>,
     versions: Arc<Versions>,
-    dead: Arc<AtomicBool>,
+    dead: Arc<Dead>,
     /// The requests waiting for an answer, shared with the I/O tasks.
     pending: Pending,
     /// Set to true to stop both I/O tasks, which closes the socket.
@@ -93,6 +99,10 @@ pub struct SocketOptions {
     /// TCP congestion control for this socket (e.g. "bbr"); `None` keeps the system's.
     /// It governs what we send, so it matters on connections where we are the sender.
     pub congestion: Option<String>,
+    /// TLS and SASL for every connection to the cluster (plaintext by default).
+    pub security: Security,
+    /// The bandwidth cap every connection to the cluster shares (`transport.max_mbit`).
+    pub limit: Option<Arc<Limit>>,
 }
 
 impl Default for SocketOptions {
@@ -103,6 +113,8 @@ impl Default for SocketOptions {
             recv_buffer: None,
             retry_deadline: Duration::from_secs(60),
             congestion: None,
+            security: Security::default(),
+            limit: None,
         }
     }
 }
@@ -140,39 +152,89 @@ impl Connection {
         // A stall must be noticed within the retry window, or a retried operation
         // hangs on a dead connection past it instead of being retried elsewhere.
         let stall = opts.request_timeout.min(opts.retry_deadline);
-        let mut conn = Connection::start(stream, addr, opts.request_timeout, stall);
+        let io = match &opts.security.tls {
+            None => Io::Plain(stream),
+            Some(tls) => Io::Tls(Box::new(
+                tls.handshake(addr, stream, opts.connect_timeout).await?,
+            )),
+        };
+        let mut conn =
+            Connection::start_io(io, addr, opts.request_timeout, stall, opts.limit.clone());
         conn.versions = Arc::new(conn.negotiate().await?);
+        if let Some(l) = &opts.security.sasl {
+            // A listener that never answers the login must not hold the connect.
+            tokio::time::timeout(opts.connect_timeout, login(&conn, l))
+                .await
+                .map_err(|_| KafkaError::Auth {
+                    addr: addr.to_string(),
+                    mechanism: l.mechanism.name(),
+                    user: l.username.clone(),
+                    reason: format!("no answer within {} s", opts.connect_timeout.as_secs()),
+                })??;
+        }
         Ok(conn)
     }
 
     /// Starts the I/O tasks on a connected socket, before any version handshake.
+    #[cfg(test)]
     fn start(
         stream: TcpStream,
         addr: &str,
         request_timeout: Duration,
         stall_timeout: Duration,
     ) -> Connection {
-        let (rd, wr) = stream.into_split();
+        Connection::start_io(
+            Io::Plain(stream),
+            addr,
+            request_timeout,
+            stall_timeout,
+            None,
+        )
+    }
+
+    /// Starts the I/O tasks on a connected (and, with TLS, handshaken) stream.
+    fn start_io(
+        io: Io,
+        addr: &str,
+        request_timeout: Duration,
+        stall_timeout: Duration,
+        limit: Option<Arc<Limit>>,
+    ) -> Connection {
         let pending: Pending = Arc::new(Mutex::new(HashMap::new()));
-        let dead = Arc::new(AtomicBool::new(false));
+        let dead = Arc::new(Dead::default());
         let (tx, rx) = mpsc::channel::<Outgoing>(1024);
         let (close, closed) = watch::channel(false);
         let addr_arc: Arc<str> = Arc::from(addr);
         let stats = Arc::new(ConnStats::default());
-        tokio::spawn(until_closed(
-            closed.clone(),
-            write_loop(addr_arc.clone(), wr, rx, pending.clone(), dead.clone()),
-        ));
-        tokio::spawn(until_closed(
-            closed,
-            read_loop(
-                addr_arc.clone(),
-                rd,
-                pending.clone(),
-                dead.clone(),
-                stats.clone(),
-            ),
-        ));
+        let shared = Shared {
+            addr: addr_arc.clone(),
+            pending: pending.clone(),
+            dead: dead.clone(),
+            limit,
+        };
+        // The read loop holds its half, and with it the socket, for as long as it
+        // uses the descriptor.
+        match io {
+            Io::Plain(stream) => {
+                let probe = Probe {
+                    fd: stream.as_raw_fd(),
+                    low_water: true,
+                };
+                let (rd, wr) = stream.into_split();
+                spawn_io(closed, shared, rd, wr, rx, probe, stats.clone());
+            }
+            Io::Tls(stream) => {
+                // A TLS record is decrypted whole: the kernel's low-water mark counts
+                // ciphertext, part of which rustls may already hold, so it could wait
+                // for bytes that never come. TLS reads come a record at a time anyway.
+                let probe = Probe {
+                    fd: stream.get_ref().0.as_raw_fd(),
+                    low_water: false,
+                };
+                let (rd, wr) = tokio::io::split(*stream);
+                spawn_io(closed, shared, rd, wr, rx, probe, stats.clone());
+            }
+        }
         Connection {
             addr: addr_arc,
             tx,
@@ -220,11 +282,13 @@ impl Connection {
                 return Err(KafkaError::ConnectionLost {
                     addr,
                     reason: format!(
-                        "{reason} during the version handshake (a TLS listener does this to a plaintext client, and wanmirror has no TLS client yet)"
+                        "{reason} during the version handshake (a TLS listener does this to a plaintext client: configure TLS for this cluster, [source.tls] or [destination.tls])"
                     ),
                 })
             }
-            Err(e @ KafkaError::NotKafka { .. }) => return Err(e),
+            // Only an answer that says "not this version" (an error code, or a v0
+            // body that does not decode as v3) is worth asking again at v0.
+            Err(e) if !matches!(e, KafkaError::Decode { .. }) => return Err(e),
             _ => {
                 self.send_versioned(&ApiVersionsRequest::default(), 0)
                     .await?
@@ -317,10 +381,7 @@ impl Connection {
                 expect: req.expected_answer(),
             },
         };
-        let lost = || KafkaError::ConnectionLost {
-            addr: self.addr.to_string(),
-            reason: "connection closed".into(),
-        };
+        let lost = || self.dead.error(&self.addr);
         self.tx.send(out).await.map_err(|_| lost())?;
         let limit = self.request_timeout + wait;
         let wait_ms = wait.as_millis() as u64;
@@ -415,13 +476,46 @@ pub(crate) fn broker_err(api: &'static str, code: i16, detail: Option<String>) -
     }
 }
 
-async fn write_loop(
+/// What both I/O tasks of a connection share.
+#[derive(Clone)]
+struct Shared {
     addr: Arc<str>,
-    wr: tokio::net::tcp::OwnedWriteHalf,
-    mut rx: mpsc::Receiver<Outgoing>,
     pending: Pending,
-    dead: Arc<AtomicBool>,
+    dead: Arc<Dead>,
+    /// The cluster's bandwidth cap, taken from by the read loop.
+    limit: Option<Arc<Limit>>,
+}
+
+/// Starts a connection's two I/O tasks, each ending when the connection closes.
+fn spawn_io(
+    closed: watch::Receiver<bool>,
+    shared: Shared,
+    rd: impl AsyncRead + Unpin + Send + 'static,
+    wr: impl AsyncWrite + Unpin + Send + 'static,
+    rx: mpsc::Receiver<Outgoing>,
+    probe: Probe,
+    stats: Arc<ConnStats>,
 ) {
+    tokio::spawn(until_closed(
+        closed.clone(),
+        write_loop(shared.clone(), wr, rx),
+    ));
+    tokio::spawn(until_closed(closed, read_loop(shared, rd, probe, stats)));
+}
+
+/// The socket under a connection, plaintext or TLS.
+enum Io {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+async fn write_loop(sh: Shared, wr: impl AsyncWrite + Unpin, mut rx: mpsc::Receiver<Outgoing>) {
+    let Shared {
+        addr,
+        pending,
+        dead,
+        ..
+    } = sh;
     let mut wr = BufWriter::with_capacity(256 * 1024, wr);
     let mut next_id: i32 = 0;
     while let Some(first) = rx.recv().await {
@@ -462,10 +556,7 @@ async fn write_loop(
                 // dead under this lock, so no request slips in after it drained.
                 if dead.load(Ordering::Relaxed) {
                     drop(p);
-                    let _ = out.waiter.reply.send(Err(KafkaError::ConnectionLost {
-                        addr: addr.to_string(),
-                        reason: "connection closed".into(),
-                    }));
+                    let _ = out.waiter.reply.send(Err(dead.error(&addr)));
                     continue;
                 }
                 p.insert(next_id, out.waiter);
@@ -477,24 +568,29 @@ async fn write_loop(
             }
             .await;
             if let Err(e) = res {
-                fail_all(&addr, &pending, &dead, &e.to_string());
+                fail_io(&addr, &pending, &dead, &e);
                 return;
             }
         }
         if let Err(e) = wr.flush().await {
-            fail_all(&addr, &pending, &dead, &e.to_string());
+            fail_io(&addr, &pending, &dead, &e);
             return;
         }
     }
 }
 
 async fn read_loop(
-    addr: Arc<str>,
-    mut rd: tokio::net::tcp::OwnedReadHalf,
-    pending: Pending,
-    dead: Arc<AtomicBool>,
+    sh: Shared,
+    mut rd: impl AsyncRead + Unpin,
+    probe: Probe,
     stats: Arc<ConnStats>,
 ) {
+    let Shared {
+        addr,
+        pending,
+        dead,
+        limit,
+    } = sh;
     loop {
         let len = match rd.read_i32().await {
             Ok(n) if n >= 4 && (n as usize) <= MAX_FRAME => n as usize,
@@ -502,7 +598,7 @@ async fn read_loop(
                 fail_all_with(&pending, &dead, || {
                     KafkaError::NotKafka {
                     addr: addr.to_string(),
-                    reason: "it answered with TLS; this listener needs a TLS client, which wanmirror does not have yet".into(),
+                    reason: "it answered with TLS: this is a TLS listener; configure TLS for this cluster ([source.tls] or [destination.tls])".into(),
                 }
                 });
                 return;
@@ -512,7 +608,7 @@ async fn read_loop(
                 return;
             }
             Err(e) => {
-                fail_all(&addr, &pending, &dead, &e.to_string());
+                fail_io(&addr, &pending, &dead, &e);
                 return;
             }
         };
@@ -521,10 +617,13 @@ async fn read_loop(
         // buffer grows only as bytes arrive.
         let mut id = [0u8; 4];
         if let Err(e) = rd.read_exact(&mut id).await {
-            fail_all(&addr, &pending, &dead, &e.to_string());
+            fail_io(&addr, &pending, &dead, &e);
             return;
         }
         stats.bytes_in.fetch_add(4, Ordering::Relaxed);
+        if let Some(l) = &limit {
+            l.take(8).await;
+        }
         let correlation = i32::from_be_bytes(id);
         let expect = pending
             .lock()
@@ -555,8 +654,8 @@ async fn read_loop(
         // (what a slow, lossy flow delivers at a time) costs a wake-up, a read and a
         // window update each: the kernel is asked to gather a share of the receive
         // buffer first (a quarter, so it never has to clamp the window to make room).
-        let gather = if len >= LOW_WATER {
-            LOW_WATER.min(recv_buffer(rd.as_ref()) / 4)
+        let gather = if len >= LOW_WATER && probe.low_water {
+            LOW_WATER.min(probe.recv_buffer() / 4)
         } else {
             1
         };
@@ -574,12 +673,18 @@ async fn read_loop(
                 gather.min(len - buf.len()).max(1)
             };
             if want != low {
-                set_low_water(rd.as_ref(), want);
+                probe.set_low_water(want);
                 low = want;
             }
             // Counted as each read lands: goodput reports must see a large response
             // arrive over seconds, not all at once when it is complete.
-            let room = len - buf.len();
+            // Under a bandwidth cap no read is larger than a share the bucket can
+            // pay back quickly: one read of the whole receive buffer (megabytes)
+            // would hold this connection for seconds while the others went on.
+            let room = match &limit {
+                Some(_) => (len - buf.len()).min(CAPPED_READ),
+                None => len - buf.len(),
+            };
             match rd.read_buf(&mut (&mut buf).limit(room)).await {
                 Ok(0) => {
                     fail_all(&addr, &pending, &dead, "connection closed mid-response");
@@ -587,9 +692,12 @@ async fn read_loop(
                 }
                 Ok(n) => {
                     stats.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
+                    if let Some(l) = &limit {
+                        l.take(n).await;
+                    }
                 }
                 Err(e) => {
-                    fail_all(&addr, &pending, &dead, &e.to_string());
+                    fail_io(&addr, &pending, &dead, &e);
                     return;
                 }
             }
@@ -600,9 +708,9 @@ async fn read_loop(
         }
         // The next read is a 4-byte length: it must not wait for more.
         if low != 1 {
-            set_low_water(rd.as_ref(), 1);
+            probe.set_low_water(1);
         }
-        if let Some(rtt) = srtt_us(rd.as_ref()) {
+        if let Some(rtt) = probe.srtt_us() {
             stats.srtt_us.store(rtt, Ordering::Relaxed);
         }
         let mut frame: Bytes = buf.freeze();
@@ -637,50 +745,75 @@ fn send_head(pending: &Pending, buf: &[u8]) {
     }
 }
 
-/// The socket's receive buffer as the kernel sizes it now (autotuning grows it).
-fn recv_buffer(stream: &TcpStream) -> usize {
-    socket2::SockRef::from(stream)
-        .recv_buffer_size()
-        .unwrap_or(0)
+/// Socket options of a connection's socket, read and set by its read loop. The loop
+/// holds the stream the descriptor belongs to for as long as it uses it.
+struct Probe {
+    fd: RawFd,
+    /// Whether reads may wait for a low-water mark (plaintext only, see `start_io`).
+    low_water: bool,
 }
 
-/// SO_RCVLOWAT: the socket reads as ready only once `bytes` are buffered (or the
-/// connection ends). Best effort: without it reads just wake more often.
-fn set_low_water(stream: &TcpStream, bytes: usize) {
-    use std::os::fd::AsRawFd;
-    let v = bytes.min(i32::MAX as usize) as libc::c_int;
-    // SAFETY: setsockopt reads `len` bytes from a live c_int; the fd belongs to
-    // `stream`, which is borrowed for the call.
-    let rc = unsafe {
-        libc::setsockopt(
-            stream.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVLOWAT,
-            &v as *const _ as *const libc::c_void,
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
-        tracing::trace!(error = %std::io::Error::last_os_error(), "SO_RCVLOWAT not set");
+impl Probe {
+    /// The socket's receive buffer as the kernel sizes it now (autotuning grows it).
+    fn recv_buffer(&self) -> usize {
+        let mut v: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: getsockopt writes at most `len` bytes into a live c_int; the fd is
+        // open while the read loop holds its stream (see `Probe`).
+        let rc = unsafe {
+            libc::getsockopt(
+                self.fd,
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUF,
+                &mut v as *mut _ as *mut libc::c_void,
+                &mut len,
+            )
+        };
+        if rc == 0 {
+            v.max(0) as usize
+        } else {
+            0
+        }
     }
-}
 
-/// The kernel's smoothed round-trip time of a socket (Linux TCP_INFO), in microseconds.
-fn srtt_us(stream: &TcpStream) -> Option<u32> {
-    use std::os::fd::AsRawFd;
-    // SAFETY: getsockopt writes at most `len` bytes into `info`, a plain C struct that
-    // is valid when zeroed; the fd belongs to `stream`, which is borrowed for the call.
-    unsafe {
-        let mut info: libc::tcp_info = std::mem::zeroed();
-        let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
-        let rc = libc::getsockopt(
-            stream.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_INFO,
-            &mut info as *mut _ as *mut libc::c_void,
-            &mut len,
-        );
-        (rc == 0 && info.tcpi_rtt > 0).then_some(info.tcpi_rtt)
+    /// SO_RCVLOWAT: the socket reads as ready only once `bytes` are buffered (or the
+    /// connection ends). Best effort: without it reads just wake more often.
+    fn set_low_water(&self, bytes: usize) {
+        let v = bytes.min(i32::MAX as usize) as libc::c_int;
+        // SAFETY: setsockopt reads `len` bytes from a live c_int; the fd is open while
+        // the read loop holds its stream (see `Probe`).
+        let rc = unsafe {
+            libc::setsockopt(
+                self.fd,
+                libc::SOL_SOCKET,
+                libc::SO_RCVLOWAT,
+                &v as *const _ as *const libc::c_void,
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            tracing::trace!(error = %std::io::Error::last_os_error(), "SO_RCVLOWAT not set");
+        }
+    }
+
+    /// The kernel's smoothed round-trip time of the socket (Linux TCP_INFO), in
+    /// microseconds.
+    fn srtt_us(&self) -> Option<u32> {
+        // SAFETY: getsockopt writes at most `len` bytes into `info`, a plain C struct
+        // that is valid when zeroed; the fd is open while the read loop holds its
+        // stream (see `Probe`).
+        unsafe {
+            let mut info: libc::tcp_info = std::mem::zeroed();
+            let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+            let rc = libc::getsockopt(
+                self.fd,
+                libc::IPPROTO_TCP,
+                libc::TCP_INFO,
+                &mut info as *mut _ as *mut libc::c_void,
+                &mut len,
+            );
+            (rc == 0 && info.tcpi_rtt > 0).then_some(info.tcpi_rtt)
+        }
     }
 }
 
@@ -696,18 +829,87 @@ async fn until_closed(
     }
 }
 
-fn fail_all(addr: &str, pending: &Pending, dead: &AtomicBool, reason: &str) {
+fn fail_all(addr: &str, pending: &Pending, dead: &Dead, reason: &str) {
     fail_all_with(pending, dead, || KafkaError::ConnectionLost {
         addr: addr.to_string(),
         reason: reason.to_string(),
     });
 }
 
-fn fail_all_with(pending: &Pending, dead: &AtomicBool, err: impl Fn() -> KafkaError) {
+/// Whether a connection died, and of what: requests made after it fail with the
+/// same error (a TLS alert that arrived before the first request was written must
+/// not turn into "connection closed").
+#[derive(Debug, Default)]
+struct Dead {
+    flag: AtomicBool,
+    cause: Mutex<Option<KafkaError>>,
+}
+
+impl Dead {
+    fn load(&self, order: Ordering) -> bool {
+        self.flag.load(order)
+    }
+
+    /// Marks the connection dead with its cause (the first one stays).
+    fn die(&self, cause: KafkaError) {
+        self.flag.store(true, Ordering::Relaxed);
+        let mut c = self.cause.lock().unwrap_or_else(|p| p.into_inner());
+        if c.is_none() {
+            *c = Some(cause);
+        }
+    }
+
+    /// The error a request on the dead connection fails with.
+    fn error(&self, addr: &str) -> KafkaError {
+        let c = self.cause.lock().unwrap_or_else(|p| p.into_inner());
+        match c.as_ref() {
+            Some(KafkaError::Tls { addr, reason }) => KafkaError::Tls {
+                addr: addr.clone(),
+                reason: reason.clone(),
+            },
+            Some(KafkaError::NotKafka { addr, reason }) => KafkaError::NotKafka {
+                addr: addr.clone(),
+                reason: reason.clone(),
+            },
+            Some(KafkaError::ConnectionLost { reason, .. }) => KafkaError::ConnectionLost {
+                addr: addr.to_string(),
+                reason: reason.clone(),
+            },
+            Some(e) => KafkaError::ConnectionLost {
+                addr: addr.to_string(),
+                reason: format!("connection closed: {e}"),
+            },
+            None => KafkaError::ConnectionLost {
+                addr: addr.to_string(),
+                reason: "connection closed".into(),
+            },
+        }
+    }
+}
+
+/// Fails every request after an I/O error. A TLS failure (an alert from the broker,
+/// a record that does not verify) is not a lost connection to retry but a `Tls` error.
+fn fail_io(addr: &str, pending: &Pending, dead: &Dead, e: &std::io::Error) {
+    let tls = e
+        .get_ref()
+        .and_then(|i| i.downcast_ref::<rustls::Error>())
+        .is_some();
+    if tls {
+        let reason = super::security::tls::explain(e, None);
+        fail_all_with(pending, dead, || KafkaError::Tls {
+            addr: addr.to_string(),
+            reason: reason.clone(),
+        });
+    } else {
+        fail_all(addr, pending, dead, &e.to_string());
+    }
+}
+
+fn fail_all_with(pending: &Pending, dead: &Dead, err: impl Fn() -> KafkaError) {
     tracing::debug!(error = %err(), "connection closed");
     let waiters: Vec<_> = {
         let mut p = pending.lock().unwrap_or_else(|p| p.into_inner());
-        dead.store(true, Ordering::Relaxed);
+        dead.die(err());
         p.drain().collect()
     };
     for (_, w) in waiters {
@@ -750,25 +952,22 @@ mod tests {
             tokio::time::sleep(Duration::from_secs(30)).await;
         });
         let stream = TcpStream::connect(addr).await.unwrap();
+        let probe = Probe {
+            fd: stream.as_raw_fd(),
+            low_water: true,
+        };
         let (rd, wr) = stream.into_split();
         let pending: Pending = Arc::new(Mutex::new(HashMap::new()));
-        let dead = Arc::new(AtomicBool::new(false));
-        let name: Arc<str> = Arc::from("test");
-        let (tx, rx) = mpsc::channel(8);
-        tokio::spawn(write_loop(
-            name.clone(),
-            wr,
-            rx,
-            pending.clone(),
-            dead.clone(),
-        ));
-        tokio::spawn(read_loop(
-            name,
-            rd,
+        let dead = Arc::new(Dead::default());
+        let sh = Shared {
+            addr: Arc::from("test"),
             pending,
-            dead.clone(),
-            Arc::new(ConnStats::default()),
-        ));
+            dead: dead.clone(),
+            limit: None,
+        };
+        let (tx, rx) = mpsc::channel(8);
+        tokio::spawn(write_loop(sh.clone(), wr, rx));
+        tokio::spawn(read_loop(sh, rd, probe, Arc::new(ConnStats::default())));
         while !dead.load(Ordering::Relaxed) {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
@@ -942,6 +1141,10 @@ mod tests {
             tokio::time::sleep(Duration::from_secs(30)).await;
         });
         let stream = TcpStream::connect(addr).await.unwrap();
+        let probe = Probe {
+            fd: stream.as_raw_fd(),
+            low_water: true,
+        };
         let (rd, _wr) = stream.into_split();
         let pending: Pending = Arc::new(Mutex::new(HashMap::new()));
         let (tx1, rx1) = oneshot::channel();
@@ -958,13 +1161,13 @@ mod tests {
             .insert(1, waiter(tx1, Some(head_tx)));
         pending.lock().unwrap().insert(2, waiter(tx2, None));
         let stats = Arc::new(ConnStats::default());
-        let reader = tokio::spawn(read_loop(
-            Arc::from("test"),
-            rd,
+        let sh = Shared {
+            addr: Arc::from("test"),
             pending,
-            Arc::new(AtomicBool::new(false)),
-            stats.clone(),
-        ));
+            dead: Arc::new(Dead::default()),
+            limit: None,
+        };
+        let reader = tokio::spawn(read_loop(sh, rd, probe, stats.clone()));
         let wait = |rx: oneshot::Receiver<Result<Bytes>>| async {
             tokio::time::timeout(Duration::from_secs(10), rx)
                 .await

@@ -16,6 +16,19 @@ pub enum KafkaError {
     /// listener, another protocol): retrying cannot help.
     #[error("{addr} does not speak the plaintext Kafka protocol: {reason}")]
     NotKafka { addr: String, reason: String },
+    /// TLS could not be set up with the broker: a certificate, a name, a plaintext
+    /// port. Retrying cannot help.
+    #[error("TLS with {addr} failed: {reason}")]
+    Tls { addr: String, reason: String },
+    /// The SASL login was refused or the broker failed to prove itself. Retrying
+    /// cannot help.
+    #[error("SASL {mechanism} login as {user} at {addr} failed: {reason}")]
+    Auth {
+        addr: String,
+        mechanism: &'static str,
+        user: String,
+        reason: String,
+    },
     #[error("request {api} to {addr} timed out after {ms} ms")]
     Timeout {
         addr: String,
@@ -92,6 +105,13 @@ impl KafkaError {
             }
             _ => false,
         }
+    }
+
+    /// A TLS or SASL failure: a setting, a certificate or a credential is wrong.
+    /// Fatal at start; a partition that meets one later restarts (a certificate or
+    /// credential may be fixed on the broker's side meanwhile).
+    pub fn is_security(&self) -> bool {
+        matches!(self, KafkaError::Tls { .. } | KafkaError::Auth { .. })
     }
 
     /// Whether the error means our view of partition leadership is stale.

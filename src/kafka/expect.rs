@@ -11,7 +11,8 @@
 use kafka_protocol::messages::{
     ApiVersionsRequest, CreatePartitionsRequest, CreateTopicsRequest, DescribeConfigsRequest,
     DescribeTransactionsRequest, FetchRequest, FindCoordinatorRequest, InitProducerIdRequest,
-    ListOffsetsRequest, MetadataRequest, ProduceRequest,
+    ListOffsetsRequest, MetadataRequest, ProduceRequest, SaslAuthenticateRequest,
+    SaslHandshakeRequest,
 };
 
 /// Bytes a control answer (metadata, offsets, configs) is allocated up front; larger
@@ -40,6 +41,8 @@ impl Expect for InitProducerIdRequest {}
 impl Expect for ListOffsetsRequest {}
 impl Expect for MetadataRequest {}
 impl Expect for ProduceRequest {}
+impl Expect for SaslAuthenticateRequest {}
+impl Expect for SaslHandshakeRequest {}
 
 impl Expect for FetchRequest {
     /// The records asked for, and the fields around them: a fixed head, and per topic

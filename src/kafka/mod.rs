@@ -11,6 +11,7 @@ pub mod fetch_mux;
 pub mod peek;
 pub mod reader;
 pub mod records;
+pub mod security;
 pub mod shape;
 pub mod unpack;
 pub mod versions;

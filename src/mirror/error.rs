@@ -47,6 +47,7 @@ impl MirrorError {
     /// A short name of the kind, for the `kind` label of the error metric.
     pub fn kind(&self) -> &'static str {
         match self {
+            MirrorError::Kafka { source, .. } if source.is_security() => "security",
             MirrorError::Kafka { .. } => "kafka",
             MirrorError::Diverged { .. } => "diverged",
             MirrorError::PolicyRefused { .. } => "policy_refused",

@@ -21,11 +21,13 @@ use tokio::net::{TcpListener, TcpStream};
 
 use super::offset_map::now_ms;
 use super::{PartState, Shared};
+use crate::transport::pool::Pool;
 
 type Labels = Vec<(String, String)>;
 
-/// The whole exposition, as a scrape gets it.
-pub fn render(shared: &Shared) -> String {
+/// The whole exposition, as a scrape gets it; `pools` are the source's connection
+/// pools open now.
+pub fn render(shared: &Shared, pools: &[Arc<Pool>]) -> String {
     let mut reg = <Registry>::default();
     let cluster = shared.config.source.name.clone();
     let part = |topic: &str, p: i32| -> Labels {
@@ -36,6 +38,7 @@ pub fn render(shared: &Shared) -> String {
         ]
     };
     let lag = Family::<Labels, Gauge>::default();
+    let lag_bytes = Family::<Labels, Gauge>::default();
     let src_end = Family::<Labels, Gauge>::default();
     let dest_end = Family::<Labels, Gauge>::default();
     let records = Family::<Labels, Counter>::default();
@@ -44,7 +47,16 @@ pub fn render(shared: &Shared) -> String {
     let errors = Family::<Labels, Counter>::default();
     for (job, s) in shared.stats.partitions() {
         let l = part(&job.source_topic, job.partition);
-        lag.get_or_create(&l).set((s.high_watermark - s.end).max(0));
+        let behind = (s.high_watermark - s.end).max(0);
+        lag.get_or_create(&l).set(behind);
+        // Estimated from the bytes per offset written so far; absent until the
+        // partition wrote something to estimate from.
+        if s.records > 0 {
+            let per_offset = s.bytes as f64 / s.records as f64;
+            lag_bytes
+                .get_or_create(&l)
+                .set((behind as f64 * per_offset).round() as i64);
+        }
         src_end.get_or_create(&l).set(s.high_watermark);
         dest_end.get_or_create(&l).set(s.end);
         records.get_or_create(&l).inc_by(s.records);
@@ -75,6 +87,11 @@ pub fn render(shared: &Shared) -> String {
         "wanmirror_partition_lag_offsets",
         "Offsets the destination is behind the source's high watermark, as last seen by the partition's writer",
         lag,
+    );
+    reg.register(
+        "wanmirror_partition_lag_bytes",
+        "The lag in offsets times the partition's mean batch bytes per offset written so far (an estimate; absent before the first write)",
+        lag_bytes,
     );
     reg.register(
         "wanmirror_partition_source_end_offset",
@@ -151,6 +168,74 @@ pub fn render(shared: &Shared) -> String {
         catch_ups,
     );
 
+    let produce = Family::<Labels, Gauge<f64, AtomicU64>>::default();
+    let produced = Family::<Labels, Gauge>::default();
+    for (dest, s) in shared.stats.produce.window(now_ms()) {
+        let d = |q: Option<&str>| -> Labels {
+            let mut l = vec![("destination_cluster".into(), dest.clone())];
+            if let Some(q) = q {
+                l.push(("quantile".into(), q.to_string()));
+            }
+            l
+        };
+        for (q, v) in [("0.5", s.p50_ms), ("0.99", s.p99_ms), ("1", s.max_ms)] {
+            produce.get_or_create(&d(Some(q))).set(v as f64 / 1000.0);
+        }
+        produced.get_or_create(&d(None)).set(s.batches as i64);
+    }
+    reg.register(
+        "wanmirror_produce_latency_seconds",
+        "Produce request sent to acknowledgement by the destination (retries included), quantiles over the last 60 s, 1 ms resolution",
+        produce,
+    );
+    reg.register(
+        "wanmirror_produce_requests",
+        "Produce requests the produce latency quantiles cover (the last 60 s)",
+        produced,
+    );
+
+    let conns = Family::<Labels, Gauge>::default();
+    let target = Family::<Labels, Gauge>::default();
+    let goodput = Family::<Labels, Gauge<f64, AtomicU64>>::default();
+    let rtt = Family::<Labels, Gauge<f64, AtomicU64>>::default();
+    for p in pools {
+        let f = p.figures();
+        let b = || -> Labels {
+            vec![
+                ("source_cluster".into(), cluster.clone()),
+                ("broker".into(), p.broker().to_string()),
+            ]
+        };
+        conns.get_or_create(&b()).set(f.connections as i64);
+        target.get_or_create(&b()).set(f.target as i64);
+        goodput.get_or_create(&b()).set(f.goodput_bytes_per_sec);
+        for (q, v) in [("0.5", f.rtt_median_ms), ("1", f.rtt_max_ms)] {
+            let mut l = b();
+            l.push(("quantile".into(), q.into()));
+            rtt.get_or_create(&l).set(v / 1000.0);
+        }
+    }
+    reg.register(
+        "wanmirror_pool_connections",
+        "Catch-up connections open to the source broker",
+        conns,
+    );
+    reg.register(
+        "wanmirror_pool_target_connections",
+        "The size the pool's sizer aims at for the source broker",
+        target,
+    );
+    reg.register(
+        "wanmirror_pool_goodput_bytes_per_second",
+        "Response bytes per second received over the broker's pool in its last sizing window (1-5 s)",
+        goodput,
+    );
+    reg.register(
+        "wanmirror_pool_rtt_seconds",
+        "The kernel's smoothed RTT of the pool's connections: median (quantile 0.5) and largest (quantile 1)",
+        rtt,
+    );
+
     let mut out = String::new();
     // Writing into a String cannot fail.
     let _ = encode(&mut out, &reg);
@@ -207,7 +292,7 @@ async fn answer(mut sock: TcpStream, shared: &Shared) -> std::io::Result<()> {
         (Some(b"GET"), Some(p)) if p == b"/metrics" || p.starts_with(b"/metrics?") => (
             "200 OK",
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            render(shared),
+            render(shared, &shared.source.pools().await),
         ),
         (Some(b"GET"), _) => (
             "404 Not Found",

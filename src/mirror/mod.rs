@@ -15,6 +15,7 @@ pub mod mode;
 pub mod offset_map;
 pub mod partition;
 pub mod pieces;
+pub mod progress;
 pub mod sink;
 pub mod tail;
 mod tasks;
@@ -32,6 +33,7 @@ use tokio::task::JoinSet;
 use crate::config::{Config, TopicFilter};
 use crate::kafka::client::Cluster;
 use crate::kafka::connection::SocketOptions;
+use crate::transport::limit::Limit;
 use crate::transport::sizer::PoolConfig;
 use error::MirrorError;
 use offset_map::OffsetMap;
@@ -63,6 +65,9 @@ pub struct Stats {
     /// Replication latency of the batches written since the last progress line, and
     /// over a sliding window for the metrics endpoint.
     pub latency: latency::Latencies,
+    /// Produce latency (request sent to acknowledgement, retries included), keyed by
+    /// the destination cluster's name, for the metrics endpoint.
+    pub produce: latency::Latencies,
 }
 
 /// One partition as last seen by its writer.
@@ -226,16 +231,32 @@ pub struct RunOptions {
 pub async fn run(config: Config, opts: RunOptions) -> Result<Outcome, StartError> {
     let started = std::time::Instant::now();
     let filter = config.filter("config")?;
+    let (source_security, dest_security) = config.securities()?;
+    for (side, c, sec) in [
+        ("source", &config.source, &source_security),
+        ("destination", &config.destination, &dest_security),
+    ] {
+        tracing::info!(cluster = %c.name, security = %sec.describe(), "{side} connections");
+    }
     let t = &config.transport;
     let sock = SocketOptions {
         retry_deadline: Duration::from_secs(config.mirror.retry_secs),
         recv_buffer: t.recv_buffer_bytes,
         ..SocketOptions::default()
     };
+    // The cap is on what crosses the WAN: the source side only.
+    let limit = t.max_mbit.map(|m| Arc::new(Limit::new(m)));
+    if let Some(m) = t.max_mbit {
+        tracing::info!(cluster = %config.source.name, max_mbit = m, "bandwidth cap on reads from the source");
+    }
     let source = Cluster::with_pool(
         &config.source.name,
         &config.source.bootstrap,
-        sock.clone(),
+        SocketOptions {
+            security: source_security,
+            limit,
+            ..sock.clone()
+        },
         PoolConfig {
             min: t.pool_min,
             max: t.pool_max,
@@ -248,6 +269,7 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<Outcome, StartError
         &config.destination.bootstrap,
         SocketOptions {
             congestion: t.destination_congestion.clone(),
+            security: dest_security,
             ..sock
         },
     );
@@ -419,8 +441,17 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<Outcome, StartError
         }
     }
     background.abort_all();
+    // The whole run per topic in the log (a terminal's lines already show it).
+    if !progress::Shown::on_terminal() {
+        let latency = shared.stats.latency.take();
+        progress::log(&progress::Progress::default().lines(
+            &shared.stats.partitions(),
+            &latency,
+            started.elapsed(),
+        ));
+    }
     let total = shared.stats.bytes.load(Ordering::Relaxed);
-    log_progress(&shared, total, started.elapsed());
+    log_total(&shared, total, started.elapsed());
     Ok(if fenced {
         Outcome::Fenced
     } else if failed {
@@ -431,13 +462,21 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<Outcome, StartError
 }
 
 /// Restarts a partition after transient failures (a cluster unreachable for longer than
-/// the retry helper's deadline, or another instance of our producer lineage that wrote
-/// first and is about to be fenced); stops it for good on anything else.
+/// the retry helper's deadline, a TLS or login failure of a new connection, or another
+/// instance of our producer lineage that wrote first and is about to be fenced); stops
+/// it for good on anything else.
 async fn supervise(shared: Arc<Shared>, job: Job) -> Result<(), MirrorError> {
     loop {
         let why = match partition::run(shared.clone(), job.clone()).await {
-            Err(MirrorError::Kafka { cluster, source }) if source.is_retriable() => {
-                shared.stats.error(&job, "kafka", false);
+            Err(MirrorError::Kafka { cluster, source })
+                if source.is_retriable() || source.is_security() =>
+            {
+                let kind = if source.is_security() {
+                    "security"
+                } else {
+                    "kafka"
+                };
+                shared.stats.error(&job, kind, false);
                 format!("{cluster}: {source}")
             }
             Err(e @ MirrorError::Raced { .. }) => {
@@ -516,33 +555,45 @@ async fn discovery_loop(
     }
 }
 
+/// Progress per topic: every `progress_interval_secs` as log lines, or every second
+/// in place on a terminal (with the latency of the last 30-60 s there).
 async fn progress_loop(shared: Arc<Shared>) {
-    let every = Duration::from_secs(shared.config.mirror.progress_interval_secs);
+    let terminal = progress::Shown::on_terminal();
+    let every = if terminal {
+        Duration::from_secs(1)
+    } else {
+        Duration::from_secs(shared.config.mirror.progress_interval_secs)
+    };
+    let mut state = progress::Progress::default();
+    let mut shown = progress::Shown::default();
     let mut last = 0u64;
+    let mut since_total = Duration::ZERO;
     loop {
         tokio::time::sleep(every).await;
-        let total = shared.stats.bytes.load(Ordering::Relaxed);
-        log_progress(&shared, total - last, every);
-        last = total;
+        let latency = if terminal {
+            shared.stats.latency.window(offset_map::now_ms())
+        } else {
+            shared.stats.latency.take()
+        };
+        shown.show(&state.lines(&shared.stats.partitions(), &latency, every));
+        since_total += every;
+        let interval = Duration::from_secs(shared.config.mirror.progress_interval_secs);
+        if since_total >= interval {
+            let total = shared.stats.bytes.load(Ordering::Relaxed);
+            log_total(&shared, total - last, since_total);
+            last = total;
+            since_total = Duration::ZERO;
+        }
     }
 }
 
-fn log_progress(shared: &Shared, bytes: u64, over: Duration) {
+fn log_total(shared: &Shared, bytes: u64, over: Duration) {
     let rate = bytes as f64 / over.as_secs_f64();
-    let lag = shared.stats.lag_by_topic();
-    let latency: BTreeMap<String, String> = shared
-        .stats
-        .latency
-        .take()
-        .into_iter()
-        .map(|(t, s)| (t, s.to_string()))
-        .collect();
     tracing::info!(
         bytes_per_sec = rate as u64,
         total_bytes = shared.stats.bytes.load(Ordering::Relaxed),
-        lag = ?lag,
-        latency = ?latency,
-        "progress"
+        lag = shared.stats.lag_by_topic().values().sum::<i64>(),
+        "progress, all topics"
     );
 }
 

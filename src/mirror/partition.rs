@@ -105,6 +105,7 @@ pub async fn run(shared: Arc<Shared>, job: Job) -> Result<(), MirrorError> {
         end: dest_end,
         fetch_bytes: cfg.fetch_bytes,
         acked: Vec::new(),
+        produced: Vec::new(),
     };
     pad_to(&shared, &job, &mut cursor, &mut sink, src_start).await?;
     // Resumed: caught up or behind from here (a caught-up partition may get no data
@@ -147,6 +148,9 @@ pub async fn run(shared: Arc<Shared>, job: Job) -> Result<(), MirrorError> {
                 shared.stats.record(&job, sink.end, high_watermark, bytes);
                 for (ts, at) in sink.take_acked() {
                     shared.stats.latency.record(st, ts, at);
+                }
+                for (sent, at) in sink.take_produced() {
+                    shared.stats.produce.record(shared.dest.name(), sent, at);
                 }
                 if let Some(r) = refusal {
                     return Err(refused(&job, r));

@@ -41,6 +41,9 @@ pub struct PartitionSink {
     /// (max timestamp, acknowledged at) of the source batches written since the last
     /// [`PartitionSink::take_acked`], both in ms since the epoch: replication latency.
     pub acked: Vec<(i64, i64)>,
+    /// (sent, acknowledged) of each produce request since the last
+    /// [`PartitionSink::take_produced`], in ms since the epoch: produce latency.
+    pub produced: Vec<(i64, i64)>,
 }
 
 /// The producer epoch and sequence a partition's next write carries.
@@ -69,6 +72,11 @@ impl PartitionSink {
     /// The acknowledgements recorded since the last call (see `acked`).
     pub fn take_acked(&mut self) -> Vec<(i64, i64)> {
         std::mem::take(&mut self.acked)
+    }
+
+    /// The produce requests timed since the last call (see `produced`).
+    pub fn take_produced(&mut self) -> Vec<(i64, i64)> {
+        std::mem::take(&mut self.produced)
     }
 
     fn stamp(&mut self, records: i32) -> ProducerStamp {
@@ -260,8 +268,15 @@ impl PartitionSink {
         Ok(())
     }
 
-    async fn produce(&self, records: Bytes, expected: i64, count: i64) -> Result<i64, MirrorError> {
+    async fn produce(
+        &mut self,
+        records: Bytes,
+        expected: i64,
+        count: i64,
+    ) -> Result<i64, MirrorError> {
         let c = &self.dest;
+        // Retries included: what a write costs as the mirror sees it.
+        let sent = offset_map::now_ms();
         let res = c
             .retry("produce", || {
                 c.produce(
@@ -272,6 +287,9 @@ impl PartitionSink {
                 )
             })
             .await;
+        if res.is_ok() {
+            self.produced.push((sent, offset_map::now_ms()));
+        }
         match res {
             Ok(base) => Ok(base),
             // A retried request whose first attempt was written: the broker saw our

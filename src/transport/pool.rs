@@ -61,6 +61,22 @@ pub struct Pool {
     switched: AtomicBool,
     /// Largest size the pool may reach (urgent requests may open up to it).
     max: usize,
+    /// What the last sizing window measured, for the metrics endpoint.
+    figures: std::sync::Mutex<PoolFigures>,
+}
+
+/// A pool's state as of its last sizing window (1-5 s old).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct PoolFigures {
+    /// Connections open.
+    pub connections: usize,
+    /// The size the sizer aims at.
+    pub target: usize,
+    /// Response bytes received per second over the window, all connections.
+    pub goodput_bytes_per_sec: f64,
+    /// Median and largest smoothed RTT of the open connections (the kernel's), in ms.
+    pub rtt_median_ms: f64,
+    pub rtt_max_ms: f64,
 }
 
 /// One connection as the pool report shows it.
@@ -101,9 +117,23 @@ impl Pool {
             waited: AtomicBool::new(false),
             switched: AtomicBool::new(false),
             max: cfg.max.max(1),
+            figures: std::sync::Mutex::new(PoolFigures {
+                target: sizer.size(),
+                ..PoolFigures::default()
+            }),
         });
         tokio::spawn(size_loop(Arc::downgrade(&pool), sizer, report_every));
         pool
+    }
+
+    /// The broker this pool fetches from.
+    pub fn broker(&self) -> i32 {
+        self.broker
+    }
+
+    /// The pool as of its last sizing window.
+    pub fn figures(&self) -> PoolFigures {
+        *self.figures.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub fn addr(&self) -> &str {
@@ -439,6 +469,7 @@ async fn size_loop(pool: Weak<Pool>, mut sizer: Sizer, report_every: Duration) {
     let mut last = Instant::now();
     let mut last_report = Instant::now();
     let mut window = Duration::from_secs(1);
+    let mut last_waits = 0u64;
     loop {
         tokio::time::sleep(window).await;
         let Some(pool) = pool.upgrade() else { return };
@@ -453,12 +484,21 @@ async fn size_loop(pool: Weak<Pool>, mut sizer: Sizer, report_every: Duration) {
         // A window must span many round trips to mean anything on a lossy path.
         window = Duration::from_secs_f64((median_rtt * 5.0 / 1000.0).clamp(1.0, 5.0));
         let goodput = bytes as f64 / elapsed.as_secs_f64();
+        // The cap is shared by every pool of the cluster: each compares the count of
+        // held-back reads with what it saw at its own last window.
+        let limited = pool.opts.limit.as_ref().is_some_and(|l| {
+            let n = l.waits();
+            let moved = n != last_waits;
+            last_waits = n;
+            moved
+        });
         let sample = Window {
             rate: goodput as u64,
             busy,
             draining,
             peak,
             switched,
+            limited,
         };
         // `from` is the sizer's last target; `open` the connections there are (fewer
         // while new ones still connect). Logged as `from`, the open count made a single
@@ -476,6 +516,13 @@ async fn size_loop(pool: Weak<Pool>, mut sizer: Sizer, report_every: Duration) {
             }
             pool.set_target(sizer.size());
         }
+        *pool.figures.lock().unwrap_or_else(|p| p.into_inner()) = PoolFigures {
+            connections: reports.len(),
+            target: sizer.size(),
+            goodput_bytes_per_sec: goodput,
+            rtt_median_ms: median_rtt,
+            rtt_max_ms: max_rtt,
+        };
         if last_report.elapsed() >= report_every && !reports.is_empty() {
             last_report = Instant::now();
             tracing::info!(

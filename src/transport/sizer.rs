@@ -55,6 +55,9 @@ pub struct Window {
     /// Whether some partition switched between tailing and pieces in the window: the
     /// demand changed, so the window's goodput does not measure the pool.
     pub switched: bool,
+    /// Whether the bandwidth cap held reads back in the window: the goodput is the
+    /// cap's, and more connections would only share it.
+    pub limited: bool,
 }
 
 /// Why the size changed, for the operator's log.
@@ -245,6 +248,11 @@ impl Sizer {
                     self.phase = Phase::Hold { left: left - 1 };
                     return None;
                 }
+                if w.limited {
+                    // At the cap: a probe cannot pay, and its connections would
+                    // only share the same budget.
+                    return None;
+                }
                 // Judged on the best of the hold, not one window: a single low sample
                 // after every revert would otherwise ratchet the pool up.
                 if let Some((larger, there)) = self.reverted {
@@ -312,6 +320,7 @@ mod tests {
             draining: 0,
             peak: 0,
             switched: false,
+            limited: false,
         }
     }
 
@@ -332,6 +341,21 @@ mod tests {
         assert_eq!(s.size(), 32, "a 19 % gain is worth keeping");
         assert!(!s.doubling);
         s
+    }
+
+    /// At the bandwidth cap the pool holds its size: a probe could not pay, and its
+    /// connections would only share the cap.
+    #[test]
+    fn a_pool_at_the_cap_does_not_probe() {
+        let mut s = Sizer::new(cfg());
+        let start = s.size();
+        for _ in 0..100 {
+            let n = s.size();
+            let mut w = link(n, 1_000_000, 5_000_000);
+            w.limited = true;
+            assert_eq!(s.observe(w), None);
+        }
+        assert_eq!(s.size(), start);
     }
 
     #[test]
@@ -368,6 +392,7 @@ mod tests {
             draining: 0,
             peak: 0,
             switched: false,
+            limited: false,
         };
         assert_eq!(s.observe(young), Some(Change::Grew));
         s.observe(link(32, 1_000, 24_000)); // settling
@@ -398,6 +423,7 @@ mod tests {
             draining: 0,
             peak: 0,
             switched: false,
+            limited: false,
         };
         assert_eq!(s.observe(quiet), None);
         assert_eq!(s.size(), 32);
@@ -426,6 +452,7 @@ mod tests {
             draining: 4,
             peak: 0,
             switched: false,
+            limited: false,
         };
         for _ in 0..3 * HOLD_WINDOWS {
             assert_eq!(s.observe(draining), None);
@@ -465,6 +492,7 @@ mod tests {
                 draining: 0,
                 peak: 0,
                 switched: false,
+                limited: false,
             });
         }
         assert_eq!(s.size(), 1);
@@ -485,6 +513,7 @@ mod tests {
                 draining: 0,
                 peak: 0,
                 switched: false,
+                limited: false,
             });
         }
         let low = s.size();
@@ -525,6 +554,7 @@ mod tests {
             draining: 0,
             peak,
             switched: false,
+            limited: false,
         }
     }
 
@@ -594,7 +624,7 @@ mod tests {
             let max = min + extra;
             let mut s = Sizer::new(PoolConfig { min, max, initial });
             for (rate, busy, draining, peak, switched) in samples {
-                s.observe(Window { rate, busy, draining, peak, switched });
+                s.observe(Window { rate, busy, draining, peak, switched, limited: false });
                 prop_assert!(s.size() >= min && s.size() <= max);
             }
         }
@@ -615,7 +645,7 @@ mod tests {
                 }
                 recent.push_back(peak);
                 let before = s.size();
-                let w = Window { rate, busy, draining, peak, switched };
+                let w = Window { rate, busy, draining, peak, switched, limited: false };
                 match s.observe(w) {
                     Some(Change::Idle) => {
                         let used = recent.iter().copied().max().unwrap_or(0);

@@ -95,11 +95,24 @@ pub async fn config_pairs(
     topic: Option<String>,
     sock: SocketOptions,
 ) -> Result<(Arc<Cluster>, Arc<Cluster>, Vec<(String, String)>), VerifyError> {
-    let s = Cluster::new(&config.source.name, &config.source.bootstrap, sock.clone());
+    let (source_security, dest_security) = config
+        .securities()
+        .map_err(|e| VerifyError::Usage(e.to_string()))?;
+    let s = Cluster::new(
+        &config.source.name,
+        &config.source.bootstrap,
+        SocketOptions {
+            security: source_security,
+            ..sock.clone()
+        },
+    );
     let d = Cluster::new(
         &config.destination.name,
         &config.destination.bootstrap,
-        sock,
+        SocketOptions {
+            security: dest_security,
+            ..sock
+        },
     );
     connect(&s).await?;
     connect(&d).await?;

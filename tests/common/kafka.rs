@@ -472,11 +472,20 @@ impl KafkaCluster {
             .join(",")
     }
 
+    /// The cluster's certificates (CA, client certificate), on a secured cluster.
+    pub fn pki(&self) -> &super::pki::Pki {
+        &self
+            .tls
+            .as_ref()
+            .expect("a cluster started with Shape::secured")
+            .pki
+    }
+
     /// The certificate a client must trust, on a secured cluster.
     pub fn ca_pem(&self) -> PathBuf {
         self.tls
             .as_ref()
-            .map(|t| t.ca_pem.clone())
+            .map(|t| t.pki.ca.clone())
             .expect("a cluster started with Shape::secured")
     }
 }

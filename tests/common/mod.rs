@@ -6,8 +6,11 @@
 
 pub mod kafka;
 pub mod kafka_security;
+pub mod pki;
 pub mod proxy;
 pub mod scenarios;
+pub mod tansu_sql;
+pub mod tls_proxy;
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -184,8 +187,19 @@ pub fn topic_exists(bootstrap: &str, topic: &str) -> bool {
 
 /// A librdkafka producer with the given compression codec.
 pub fn producer(bootstrap: &str, codec: &str, idempotent: bool) -> BaseProducer {
-    ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
+    producer_via(bootstrap, codec, idempotent, &Access::default())
+}
+
+/// [`producer`] over a secured connection.
+pub fn producer_via(
+    bootstrap: &str,
+    codec: &str,
+    idempotent: bool,
+    access: &Access,
+) -> BaseProducer {
+    let mut cfg = ClientConfig::new();
+    access.apply(&mut cfg);
+    cfg.set("bootstrap.servers", bootstrap)
         .set("compression.codec", codec)
         .set(
             "enable.idempotence",
@@ -326,10 +340,38 @@ pub fn sample(n: usize, seed: u64, value_len: impl Fn(usize) -> usize) -> Vec<Re
         .collect()
 }
 
+/// How the tests' clients reach a cluster: librdkafka's settings and our client's
+/// (plaintext by default; TLS for a cluster behind a terminator).
+#[derive(Default, Clone)]
+pub struct Access {
+    pub rdkafka: Vec<(String, String)>,
+    pub ours: SocketOptions,
+}
+
+impl Access {
+    fn apply(&self, c: &mut ClientConfig) {
+        for (k, v) in &self.rdkafka {
+            c.set(k, v);
+        }
+    }
+}
+
 /// Reads a whole partition from the beginning to its end with librdkafka.
 pub fn consume_all(bootstrap: &str, topic: &str, partition: i32) -> Vec<Rec> {
-    let end = end_offset(bootstrap, topic, partition);
-    let c: BaseConsumer = ClientConfig::new()
+    consume_all_via(bootstrap, topic, partition, &Access::default())
+}
+
+/// [`consume_all`] over a secured connection.
+pub fn consume_all_via(bootstrap: &str, topic: &str, partition: i32, access: &Access) -> Vec<Rec> {
+    let end = runtime().block_on(async {
+        let c = Cluster::new("t", bootstrap, access.ours.clone());
+        c.retry("end offset", || c.end_offset(topic, partition))
+            .await
+            .expect("end offset")
+    });
+    let mut cfg = ClientConfig::new();
+    access.apply(&mut cfg);
+    let c: BaseConsumer = cfg
         .set("bootstrap.servers", bootstrap)
         .set("group.id", "wanmirror-tests")
         .set("enable.auto.commit", "false")

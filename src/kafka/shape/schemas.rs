@@ -50,10 +50,12 @@ pub fn schema(key: i16) -> Option<&'static Message> {
         2 => &LIST_OFFSETS,
         3 => &METADATA,
         10 => &FIND_COORDINATOR,
+        17 => &SASL_HANDSHAKE,
         18 => &API_VERSIONS,
         19 => &CREATE_TOPICS,
         22 => &INIT_PRODUCER_ID,
         32 => &DESCRIBE_CONFIGS,
+        36 => &SASL_AUTHENTICATE,
         37 => &CREATE_PARTITIONS,
         65 => &DESCRIBE_TRANSACTIONS,
         _ => return None,
@@ -61,7 +63,7 @@ pub fn schema(key: i16) -> Option<&'static Message> {
 }
 
 /// The API keys [`schema`] knows.
-pub const KEYS: &[i16] = &[0, 1, 2, 3, 10, 18, 19, 22, 32, 37, 65];
+pub const KEYS: &[i16] = &[0, 1, 2, 3, 10, 17, 18, 19, 22, 32, 36, 37, 65];
 
 // Produce: topics, partitions, record errors; v10+ tags a new leader and endpoints.
 static PRODUCE_RECORD_ERROR: Struct = plain(&[since(8, I32), since(8, STR)]);
@@ -291,4 +293,18 @@ static DESCRIBE_TRANSACTIONS: Message = Message {
     versions: (0, 0),
     flexible_from: 0,
     body: plain(&[f(I32), f(Ty::Array(&Ty::Struct(&TXN_STATE)))]),
+};
+
+// SASL: the handshake names the mechanisms on offer; authenticate carries the
+// mechanism's message and, from v1, the session lifetime.
+static SASL_HANDSHAKE: Message = Message {
+    versions: (0, 1),
+    flexible_from: i16::MAX,
+    body: plain(&[f(I16), f(Ty::Array(&STR))]),
+};
+
+static SASL_AUTHENTICATE: Message = Message {
+    versions: (0, 2),
+    flexible_from: 2,
+    body: plain(&[f(I16), f(STR), f(Ty::Bytes), since(1, I64)]),
 };

@@ -194,7 +194,18 @@ fn filled(key: i16, v: i16) -> Vec<u8> {
                 v,
             )
         }
+        17 => frame(
+            &SaslHandshakeResponse::default().with_mechanisms(vec![s("PLAIN"), s("SCRAM-SHA-512")]),
+            v,
+        ),
         22 => frame(&InitProducerIdResponse::default(), v),
+        36 => frame(
+            &SaslAuthenticateResponse::default()
+                .with_error_message(Some(s("m")))
+                .with_auth_bytes(bytes::Bytes::from_static(b"v=abc"))
+                .with_session_lifetime_ms(if v >= 1 { 60_000 } else { 0 }),
+            v,
+        ),
         32 => {
             let mut c = DescribeConfigsResourceResult::default()
                 .with_name(s("n"))
