@@ -17,7 +17,9 @@ SRC_ADDR = "10.201.0.1:9092"
 DST_ADDR = "127.0.0.1:9092"
 # Run by default (and by --smoke, which CI runs); mm2 is opt-in: --contenders ...,mm2.
 CONTENDERS = ["baseline", "wanmirror-1conn", "wanmirror-default"]
-ALL_CONTENDERS = CONTENDERS + ["mm2"]
+# wanmirror-capped: the default wanmirror with `transport.max_mbit` at --max-mbit
+# (half the link by default), to check the cap holds.
+ALL_CONTENDERS = CONTENDERS + ["mm2", "wanmirror-capped"]
 BROKER = "tansu"  # --broker
 KAFKA = {}  # "libs", "home": the Apache Kafka jars, found once (kafka_setup)
 
@@ -226,6 +228,7 @@ def wb(nsname, args):
 
 
 MIRROR_EXTRA = ""  # --mirror-extra: lines added under [mirror] for both wanmirror contenders
+MAX_MBIT = 100  # --max-mbit: the cap of wanmirror-capped
 
 
 def mirror_config(path, topics, contender, wait_ms=100):
@@ -233,6 +236,8 @@ def mirror_config(path, topics, contender, wait_ms=100):
     if contender == "wanmirror-1conn":
         # Catch-up over a single pooled connection (plus the long-poll one when tailing).
         extra = "\n[transport]\npool_min = 1\npool_max = 1\npool_initial = 1\n"
+    elif contender == "wanmirror-capped":
+        extra = f"\n[transport]\nmax_mbit = {MAX_MBIT}\n"
     path.write_text(
         f'[source]\nname = "dc-a"\nbootstrap = "{SRC_ADDR}"\n[destination]\nname = "dc-b"\n'
         f'bootstrap = "{DST_ADDR}"\n[mirror]\ntopics = {json.dumps(topics)}\nreplication_factor = 1\n'
@@ -774,6 +779,7 @@ def main():
     ap.add_argument("--rtts", default="0,50,100,200", help="round-trip times in ms, comma-separated")
     ap.add_argument("--losses", default="0,0.1,1", help="loss rates in %%, comma-separated (applied in both directions)")
     ap.add_argument("--rate-mbit", type=int, default=200, help="link rate cap, Mbit/s")
+    ap.add_argument("--max-mbit", type=int, default=0, help="transport.max_mbit of the wanmirror-capped contender (default: half of --rate-mbit)")
     ap.add_argument("--runs", type=int, default=3, help="runs per contender and profile (median, min, max reported)")
     ap.add_argument("--dataset-mb", type=int, default=20, help="payload MB preloaded into the source per run")
     ap.add_argument("--partitions", type=int, default=8, help="partitions of the preloaded topic")
@@ -802,8 +808,9 @@ def main():
         if Path(args.out).resolve() == (ROOT / "bench" / "results").resolve():
             ap.error("--merge needs --out: a directory of its own for the combined results")
         return merge(args)
-    global MIRROR_EXTRA, BROKER
+    global MIRROR_EXTRA, BROKER, MAX_MBIT
     MIRROR_EXTRA = args.mirror_extra.replace("\\n", "\n")
+    MAX_MBIT = args.max_mbit or args.rate_mbit // 2
     BROKER = args.broker
     for c in args.contenders.split(","):
         if c not in ALL_CONTENDERS:

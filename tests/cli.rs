@@ -3,6 +3,7 @@
 mod common;
 
 use std::process::Command;
+use std::time::Duration;
 
 use common::*;
 
@@ -242,4 +243,81 @@ fn the_demo_mirrors_and_proves_the_copy_in_a_short_summary() {
         "{stdout}"
     );
     assert!(stdout.lines().count() < 25, "{stdout}");
+}
+
+/// On a terminal (a pseudo-terminal from `script`), `run` draws one line per topic
+/// that updates in place, and the log scrolls above; in a file, the same figures are
+/// log lines, one per topic.
+#[test]
+fn progress_is_a_line_per_topic_in_place_on_a_terminal_and_log_lines_elsewhere() {
+    let pair = Pair::start();
+    let a = pair.a.bootstrap();
+    for t in ["orders", "payments"] {
+        create_topic(&a, t, 2);
+        let p = producer(&a, "lz4", false);
+        for part in 0..2 {
+            produce(&p, t, part, &sample(300, part as u64, |i| i % 200));
+        }
+    }
+    let cfg = pair.config("m.toml", &["orders", "payments"], "");
+    let typescript = pair.dir.path().join("terminal.txt");
+    let cmd = format!(
+        "{} run --config {}",
+        env!("CARGO_BIN_EXE_wanmirror"),
+        cfg.display()
+    );
+    // `script` gives the mirror a terminal and records what it drew; killed (and the
+    // mirror with it, by the terminal's hang-up) on drop.
+    struct Script(std::process::Child);
+    impl Drop for Script {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let script = Script(
+        Command::new("script")
+            .args(["-q", "-f", "-e", "-c", &cmd])
+            .arg(&typescript)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("run script (util-linux)"),
+    );
+    let drawn = || std::fs::read_to_string(&typescript).unwrap_or_default();
+    eventually(
+        Duration::from_secs(60),
+        "both topics' lines at the end",
+        || {
+            let t = drawn();
+            t.contains("orders: 2/2 partitions at the end, lag 0 offsets")
+                && t.contains("payments: 2/2 partitions at the end, lag 0 offsets")
+        },
+    );
+    let t = drawn();
+    // Drawn in place: the cursor moves back up over the lines (an ANSI sequence)
+    // instead of appending them, and the log shows above.
+    assert!(t.contains("\u{1b}["), "no cursor movement: {t}");
+    assert!(t.contains("caught up"), "the log is not shown: {t}");
+    assert!(
+        !t.contains(" INFO progress topic="),
+        "log lines instead of drawn ones: {t}"
+    );
+    drop(script);
+    assert!(
+        end_offset(&pair.b.bootstrap(), "dc-a.orders", 1) == 300,
+        "the mirror copied under the terminal"
+    );
+    // Not a terminal: one log line per topic.
+    let (st, log) = mirror_to_end(&cfg);
+    assert!(st.success(), "{log}");
+    for topic in ["orders", "payments"] {
+        assert!(
+            log.lines()
+                .any(|l| l.contains(" progress ")
+                    && l.contains(&format!("topic={topic} partitions=2 "))),
+            "{log}"
+        );
+    }
 }

@@ -125,19 +125,21 @@ impl Cluster {
             }
         }
         let mut last = String::from("no bootstrap address");
+        let mut fatal = None;
         for addr in &self.bootstrap {
             match Connection::connect(addr, &self.opts).await {
                 Ok(c) => {
                     self.state.lock().await.bootstrap_conn = Some(c.clone());
                     return Ok(c);
                 }
-                // A TLS or login failure on the last address tried is the answer
-                // itself: "unreachable" would hide it (and be retried).
-                Err(e) if !e.is_retriable() && addr == self.bootstrap.last().unwrap_or(addr) => {
-                    return Err(e)
-                }
+                Err(e) if !e.is_retriable() && fatal.is_none() => fatal = Some(e),
                 Err(e) => last = e.to_string(),
             }
+        }
+        // A TLS or login failure is the answer itself when no address worked:
+        // "unreachable" would hide it (and be retried).
+        if let Some(e) = fatal {
+            return Err(e);
         }
         Err(KafkaError::Unreachable {
             cluster: self.name.clone(),

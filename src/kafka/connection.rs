@@ -36,6 +36,13 @@ const MAX_FRAME: usize = 256 * 1024 * 1024;
 const CLIENT_ID: &str = "wanmirror";
 /// Most bytes a read of a large response waits to gather (see `read_loop`).
 const LOW_WATER: usize = 64 * 1024;
+/// The steps of a connection's setup, as a timeout names them.
+const STAGES: [&str; 4] = [
+    "TCP connect",
+    "TLS handshake",
+    "version handshake",
+    "SASL login",
+];
 /// Largest single read under a bandwidth cap (see `read_loop`).
 const CAPPED_READ: usize = 64 * 1024;
 
@@ -120,59 +127,70 @@ impl Default for SocketOptions {
 }
 
 impl Connection {
-    /// Connects, starts the I/O tasks and negotiates API versions.
+    /// Connects, starts the I/O tasks, negotiates API versions and logs in: all of it
+    /// within `connect_timeout`, so that no listener can hold a connect longer.
     pub async fn connect(addr: &str, opts: &SocketOptions) -> Result<Connection> {
         let connect_err = |source| KafkaError::Connect {
             addr: addr.to_string(),
             source,
         };
-        let stream = tokio::time::timeout(opts.connect_timeout, TcpStream::connect(addr))
-            .await
-            .map_err(|_| {
-                connect_err(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    "connect timed out",
-                ))
-            })?
-            .map_err(connect_err)?;
-        // Small requests (fetch, acks) must not wait for Nagle.
-        stream.set_nodelay(true).map_err(connect_err)?;
-        let sock = socket2::SockRef::from(&stream);
-        if let Some(size) = opts.recv_buffer {
-            sock.set_recv_buffer_size(size).map_err(connect_err)?;
-        }
-        if let Some(cc) = &opts.congestion {
-            sock.set_tcp_congestion(cc.as_bytes()).map_err(|e| {
-                connect_err(std::io::Error::new(
-                    e.kind(),
-                    format!("congestion control {cc:?}: {e}"),
-                ))
-            })?;
-        }
-        // A stall must be noticed within the retry window, or a retried operation
-        // hangs on a dead connection past it instead of being retried elsewhere.
-        let stall = opts.request_timeout.min(opts.retry_deadline);
-        let io = match &opts.security.tls {
-            None => Io::Plain(stream),
-            Some(tls) => Io::Tls(Box::new(
-                tls.handshake(addr, stream, opts.connect_timeout).await?,
-            )),
+        // Which step the setup is in, for the timeout's message (see STAGES).
+        let stage = std::sync::atomic::AtomicUsize::new(0);
+        let setup = async {
+            let stream = TcpStream::connect(addr).await.map_err(connect_err)?;
+            // Small requests (fetch, acks) must not wait for Nagle.
+            stream.set_nodelay(true).map_err(connect_err)?;
+            let sock = socket2::SockRef::from(&stream);
+            if let Some(size) = opts.recv_buffer {
+                sock.set_recv_buffer_size(size).map_err(connect_err)?;
+            }
+            if let Some(cc) = &opts.congestion {
+                sock.set_tcp_congestion(cc.as_bytes()).map_err(|e| {
+                    connect_err(std::io::Error::new(
+                        e.kind(),
+                        format!("congestion control {cc:?}: {e}"),
+                    ))
+                })?;
+            }
+            // A stall must be noticed within the retry window, or a retried operation
+            // hangs on a dead connection past it instead of being retried elsewhere.
+            let stall = opts.request_timeout.min(opts.retry_deadline);
+            let io = match &opts.security.tls {
+                None => Io::Plain(stream),
+                Some(tls) => {
+                    stage.store(1, Ordering::Relaxed);
+                    Io::Tls(Box::new(tls.handshake(addr, stream).await?))
+                }
+            };
+            let mut conn =
+                Connection::start_io(io, addr, opts.request_timeout, stall, opts.limit.clone());
+            stage.store(2, Ordering::Relaxed);
+            conn.versions = Arc::new(conn.negotiate(opts.security.tls.is_some()).await?);
+            if let Some(l) = &opts.security.sasl {
+                stage.store(3, Ordering::Relaxed);
+                login(&conn, l.clone()).await?;
+            }
+            Ok(conn)
         };
-        let mut conn =
-            Connection::start_io(io, addr, opts.request_timeout, stall, opts.limit.clone());
-        conn.versions = Arc::new(conn.negotiate().await?);
-        if let Some(l) = &opts.security.sasl {
-            // A listener that never answers the login must not hold the connect.
-            tokio::time::timeout(opts.connect_timeout, login(&conn, l))
-                .await
-                .map_err(|_| KafkaError::Auth {
-                    addr: addr.to_string(),
-                    mechanism: l.mechanism.name(),
-                    user: l.username.clone(),
-                    reason: format!("no answer within {} s", opts.connect_timeout.as_secs()),
-                })??;
+        match tokio::time::timeout(opts.connect_timeout, setup).await {
+            Ok(r) => r,
+            // Retriable: a slow path or a busy broker may answer next time. At start
+            // the error is final all the same, and says what did not answer.
+            Err(_) => {
+                let at = STAGES[stage.load(Ordering::Relaxed).min(STAGES.len() - 1)];
+                let hint = match at {
+                    "TLS handshake" => " (is this a plaintext listener?)",
+                    _ => "",
+                };
+                Err(connect_err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!(
+                        "no answer to the {at} within {} s{hint}",
+                        opts.connect_timeout.as_secs()
+                    ),
+                )))
+            }
         }
-        Ok(conn)
     }
 
     /// Starts the I/O tasks on a connected socket, before any version handshake.
@@ -267,7 +285,9 @@ impl Connection {
         !self.dead.load(Ordering::Relaxed) && !self.tx.is_closed()
     }
 
-    async fn negotiate(&self) -> Result<Versions> {
+    /// `tls`: whether this connection speaks TLS (a plaintext one that a listener
+    /// drops is told to).
+    async fn negotiate(&self, tls: bool) -> Result<Versions> {
         // v3 is flexible and carries our client name; brokers that do not know it answer
         // UNSUPPORTED_VERSION in a v0 body, after which v0 is asked.
         let req = ApiVersionsRequest::default()
@@ -279,12 +299,15 @@ impl Connection {
             // what that most likely means (the error stays retriable: a broker going
             // down closes connections too).
             Err(KafkaError::ConnectionLost { addr, reason }) => {
+                let hint = if tls {
+                    ""
+                } else {
+                    " (a TLS listener does this to a plaintext client: configure TLS for this cluster, [source.tls] or [destination.tls])"
+                };
                 return Err(KafkaError::ConnectionLost {
                     addr,
-                    reason: format!(
-                        "{reason} during the version handshake (a TLS listener does this to a plaintext client: configure TLS for this cluster, [source.tls] or [destination.tls])"
-                    ),
-                })
+                    reason: format!("{reason} during the version handshake{hint}"),
+                });
             }
             // Only an answer that says "not this version" (an error code, or a v0
             // body that does not decode as v3) is worth asking again at v0.
@@ -779,6 +802,11 @@ impl Probe {
     /// SO_RCVLOWAT: the socket reads as ready only once `bytes` are buffered (or the
     /// connection ends). Best effort: without it reads just wake more often.
     fn set_low_water(&self, bytes: usize) {
+        // Never on TLS (see `start_io`): the head of an answer would wait for
+        // ciphertext that rustls may already hold.
+        if !self.low_water {
+            return;
+        }
         let v = bytes.min(i32::MAX as usize) as libc::c_int;
         // SAFETY: setsockopt reads `len` bytes from a live c_int; the fd is open while
         // the read loop holds its stream (see `Probe`).
@@ -850,11 +878,14 @@ impl Dead {
         self.flag.load(order)
     }
 
-    /// Marks the connection dead with its cause (the first one stays).
+    /// Marks the connection dead with its cause. The first cause stays, except that
+    /// a TLS or protocol verdict replaces a plain loss: a write that failed with a
+    /// broken pipe must not hide the alert the read side got just after.
     fn die(&self, cause: KafkaError) {
         self.flag.store(true, Ordering::Relaxed);
         let mut c = self.cause.lock().unwrap_or_else(|p| p.into_inner());
-        if c.is_none() {
+        let telling = matches!(cause, KafkaError::Tls { .. } | KafkaError::NotKafka { .. });
+        if c.is_none() || (telling && matches!(*c, Some(KafkaError::ConnectionLost { .. }))) {
             *c = Some(cause);
         }
     }
@@ -890,11 +921,7 @@ impl Dead {
 /// Fails every request after an I/O error. A TLS failure (an alert from the broker,
 /// a record that does not verify) is not a lost connection to retry but a `Tls` error.
 fn fail_io(addr: &str, pending: &Pending, dead: &Dead, e: &std::io::Error) {
-    let tls = e
-        .get_ref()
-        .and_then(|i| i.downcast_ref::<rustls::Error>())
-        .is_some();
-    if tls {
+    if super::security::tls::is_tls_failure(e) {
         let reason = super::security::tls::explain(e, None);
         fail_all_with(pending, dead, || KafkaError::Tls {
             addr: addr.to_string(),
@@ -1331,5 +1358,122 @@ mod tests {
             .await
             .expect("the stalled socket was left open")
             .unwrap();
+    }
+
+    /// A TLS verdict that arrives after a plain loss is what later requests see; a
+    /// later plain loss does not hide an earlier verdict.
+    #[test]
+    fn a_tls_verdict_is_the_cause_of_death_over_a_plain_loss() {
+        let lost = || KafkaError::ConnectionLost {
+            addr: "a".into(),
+            reason: "broken pipe".into(),
+        };
+        let tls = || KafkaError::Tls {
+            addr: "a".into(),
+            reason: "alert BadCertificate".into(),
+        };
+        for order in [[lost(), tls()], [tls(), lost()]] {
+            let d = Dead::default();
+            assert!(matches!(d.error("a"), KafkaError::ConnectionLost { .. }));
+            for c in order {
+                d.die(c);
+            }
+            assert!(d.load(Ordering::Relaxed));
+            assert!(
+                matches!(d.error("a"), KafkaError::Tls { ref reason, .. } if reason.contains("BadCertificate")),
+                "{}",
+                d.error("a")
+            );
+        }
+    }
+
+    /// The low-water mark is never set on a TLS connection's socket.
+    #[tokio::test]
+    async fn no_low_water_mark_on_tls_sockets() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let stream = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let lowat = |fd: RawFd| {
+            let mut v: libc::c_int = 0;
+            let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+            // SAFETY: getsockopt writes at most `len` bytes into a live c_int; the
+            // stream owning the fd lives for the whole test.
+            unsafe {
+                libc::getsockopt(
+                    fd,
+                    libc::SOL_SOCKET,
+                    libc::SO_RCVLOWAT,
+                    &mut v as *mut _ as *mut libc::c_void,
+                    &mut len,
+                );
+            }
+            v
+        };
+        let fd = stream.as_raw_fd();
+        Probe {
+            fd,
+            low_water: false,
+        }
+        .set_low_water(500);
+        assert_eq!(lowat(fd), 1);
+        Probe {
+            fd,
+            low_water: true,
+        }
+        .set_low_water(500);
+        assert_eq!(lowat(fd), 500);
+    }
+
+    /// Under a bandwidth cap the read loop takes from the bucket for what it reads
+    /// (reads held back are counted), and the answer still arrives whole.
+    #[tokio::test]
+    async fn a_capped_read_loop_takes_from_the_bucket() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let body: Vec<u8> = (0..400 * 1024).map(|i| (i % 253) as u8).collect();
+        let sent = body.clone();
+        tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            s.write_all(&((4 + sent.len()) as i32).to_be_bytes())
+                .await
+                .unwrap();
+            s.write_all(&1i32.to_be_bytes()).await.unwrap();
+            s.write_all(&sent).await.unwrap();
+            tokio::time::sleep(Duration::from_secs(30)).await;
+        });
+        let stream = TcpStream::connect(addr).await.unwrap();
+        let probe = Probe {
+            fd: stream.as_raw_fd(),
+            low_water: true,
+        };
+        let (rd, _wr) = stream.into_split();
+        let pending: Pending = Arc::new(Mutex::new(HashMap::new()));
+        let (tx, rx) = oneshot::channel();
+        pending.lock().unwrap().insert(
+            1,
+            Waiter {
+                reply: tx,
+                head: None,
+                expect: 1 << 20,
+            },
+        );
+        // 8 Mbit/s: 1 MB/s with a 64 KiB burst, far less than the answer.
+        let limit = Arc::new(Limit::new(8));
+        let sh = Shared {
+            addr: Arc::from("test"),
+            pending,
+            dead: Arc::new(Dead::default()),
+            limit: Some(limit.clone()),
+        };
+        let reader = tokio::spawn(read_loop(sh, rd, probe, Arc::new(ConnStats::default())));
+        let frame = tokio::time::timeout(Duration::from_secs(20), rx)
+            .await
+            .expect("answer read")
+            .unwrap()
+            .unwrap();
+        assert_eq!(&frame[4..], &body[..]);
+        assert!(limit.waits() > 0, "the cap never held a read back");
+        reader.abort();
     }
 }

@@ -441,9 +441,10 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<Outcome, StartError
         }
     }
     background.abort_all();
-    // The whole run per topic in the log (a terminal's lines already show it).
+    // The whole run per topic in the log (a terminal's lines already show it), with
+    // the latency of the last 30-60 s (the periodic lines took the rest).
     if !progress::Shown::on_terminal() {
-        let latency = shared.stats.latency.take();
+        let latency = shared.stats.latency.window(offset_map::now_ms());
         progress::log(&progress::Progress::default().lines(
             &shared.stats.partitions(),
             &latency,

@@ -1,6 +1,8 @@
 //! The SASL login of one connection: SaslHandshake, then SaslAuthenticate carrying the
 //! exchange of `sasl.rs` until it ends. A failure fails the connection for good.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use kafka_protocol::messages::{SaslAuthenticateRequest, SaslHandshakeRequest};
 use kafka_protocol::protocol::StrBytes;
@@ -12,7 +14,7 @@ use crate::kafka::connection::Connection;
 use crate::kafka::error::{KafkaError, Result};
 
 /// Logs `conn` in. Kafka takes only ApiVersions before this on a SASL listener.
-pub async fn login(conn: &Connection, login: &Login) -> Result<()> {
+pub async fn login(conn: &Connection, login: Arc<Login>) -> Result<()> {
     let fail = |reason: String| KafkaError::Auth {
         addr: conn.addr().to_string(),
         mechanism: login.mechanism.name(),
@@ -72,7 +74,18 @@ pub async fn login(conn: &Connection, login: &Login) -> Result<()> {
                 .unwrap_or_default();
             return Err(fail(format!("{code}{said}")));
         }
-        match exchange.next(&resp.auth_bytes, &login.keys) {
+        // The first SCRAM step salts the password (PBKDF2, up to a second at the
+        // largest iteration count we accept): off the runtime's threads.
+        let keys = login.clone();
+        let answer = resp.auth_bytes;
+        let (back, step) = tokio::task::spawn_blocking(move || {
+            let step = exchange.next(&answer, &keys.keys);
+            (exchange, step)
+        })
+        .await
+        .map_err(|e| fail(format!("the login task failed: {e}")))?;
+        exchange = back;
+        match step {
             Ok(Some(next)) => msg = next,
             Ok(None) => return Ok(()),
             Err(e) => return Err(fail(e.to_string())),

@@ -83,12 +83,18 @@ const MIN_ITERATIONS: u32 = 4096;
 const MAX_ITERATIONS: u32 = 1_000_000;
 
 /// PBKDF2 results by salt and iteration count. Every pooled connection logs in; the
-/// salted password is the expensive part and is the same for all of them.
-#[derive(Debug, Default)]
+/// salted password is the expensive part and is the same for all of them. It is as
+/// good as the password for logging in, so `Debug` never shows it.
+#[derive(Default)]
 pub struct KeyCache(Mutex<Option<Salted>>);
 
+impl fmt::Debug for KeyCache {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("KeyCache(***)")
+    }
+}
+
 /// A salt, an iteration count, and the salted password they give.
-#[derive(Debug)]
 struct Salted {
     salt: Vec<u8>,
     iterations: u32,
@@ -331,9 +337,13 @@ fn utf8(b: &[u8]) -> Result<&str, SaslError> {
 fn attributes(text: &str) -> Vec<(char, &str)> {
     text.split(',')
         .filter_map(|a| {
-            let mut c = a.chars();
-            let k = c.next()?;
-            (c.next() == Some('=')).then(|| (k, &a[2..]))
+            // Keys are one ASCII letter; anything else is not an attribute.
+            let (k, v) = a.split_once('=')?;
+            let mut c = k.chars();
+            match (c.next(), c.next()) {
+                (Some(k), None) if k.is_ascii_alphabetic() => Some((k, v)),
+                _ => None,
+            }
         })
         .collect()
 }

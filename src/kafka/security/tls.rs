@@ -3,7 +3,6 @@
 //! for the operator (an untrusted CA, a name mismatch, a plaintext port).
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
@@ -104,12 +103,13 @@ impl Tls {
         })
     }
 
-    /// The TLS handshake on a connected socket, within `limit`.
+    /// The TLS handshake on a connected socket (the caller bounds its time). A
+    /// certificate or protocol failure is a `Tls` error; a connection closed during
+    /// the handshake is a lost connection, retriable, with a hint.
     pub async fn handshake(
         &self,
         addr: &str,
         tcp: TcpStream,
-        limit: Duration,
     ) -> Result<TlsStream<TcpStream>, KafkaError> {
         let fail = |reason: String| KafkaError::Tls {
             addr: addr.to_string(),
@@ -124,15 +124,27 @@ impl Tls {
                 ))
             })?,
         };
-        match tokio::time::timeout(limit, self.connector.connect(name.clone(), tcp)).await {
-            Ok(Ok(s)) => Ok(s),
-            Ok(Err(e)) => Err(fail(explain(&e, Some(&name)))),
-            Err(_) => Err(fail(format!(
-                "no TLS answer within {} s (is this a plaintext listener?)",
-                limit.as_secs()
-            ))),
-        }
+        self.connector.connect(name.clone(), tcp).await.map_err(|e| {
+            if is_tls_failure(&e) {
+                fail(explain(&e, Some(&name)))
+            } else {
+                KafkaError::ConnectionLost {
+                    addr: addr.to_string(),
+                    reason: format!(
+                        "the broker closed the connection during the TLS handshake ({e}): is this a plaintext listener?"
+                    ),
+                }
+            }
+        })
     }
+}
+
+/// Whether an I/O error carries a rustls error (a certificate, an alert, a record
+/// that does not verify), not a plain loss of the connection.
+pub fn is_tls_failure(e: &std::io::Error) -> bool {
+    e.get_ref()
+        .and_then(|i| i.downcast_ref::<rustls::Error>())
+        .is_some()
 }
 
 /// The host part of `host:port` (brackets of an IPv6 literal removed).
@@ -154,12 +166,7 @@ fn pem_error(e: &rustls::pki_types::pem::Error) -> String {
 pub fn explain(e: &std::io::Error, name: Option<&ServerName<'_>>) -> String {
     use rustls::{CertificateError as C, Error as R};
     let Some(r) = e.get_ref().and_then(|i| i.downcast_ref::<R>()) else {
-        return match e.kind() {
-            std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset => format!(
-                "the broker closed the connection during the TLS handshake ({e}): is this a plaintext listener?"
-            ),
-            _ => format!("{e}"),
-        };
+        return e.to_string();
     };
     match r {
         R::InvalidCertificate(C::UnknownIssuer) => format!(
@@ -173,7 +180,7 @@ pub fn explain(e: &std::io::Error, name: Option<&ServerName<'_>>) -> String {
             "the broker did not answer with TLS ({r}): is this a plaintext listener?"
         ),
         R::AlertReceived(a) => format!(
-            "the broker refused the TLS session with alert {a:?} (a listener that requires a client certificate says this to a client without one; see tls.cert and tls.key)"
+            "the broker refused the TLS session with alert {a:?} (a listener that requires a client certificate sends BadCertificate or CertificateRequired to a client without one; see tls.cert and tls.key)"
         ),
         _ => format!("{r}"),
     }

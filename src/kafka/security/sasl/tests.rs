@@ -29,6 +29,39 @@ fn scram_sha_256_follows_the_rfc_7677_example() {
     );
 }
 
+/// RFC 7677's exchange with SHA-512 instead of SHA-256. The expected messages were
+/// computed with Python's hashlib and hmac (an implementation of its own), whose same
+/// script reproduces RFC 7677's SHA-256 figures above exactly.
+#[test]
+fn scram_sha_512_matches_an_independent_computation() {
+    let mut x = scram(
+        Mechanism::ScramSha512,
+        "user",
+        "pencil",
+        "rOprNGfwEbeRWgbNEkqO",
+    );
+    x.first().unwrap();
+    let keys = KeyCache::default();
+    let client_final = x
+        .next(
+            b"r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096",
+            &keys,
+        )
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8(client_final).unwrap(),
+        "c=biws,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,p=gMGXRcevScNtxZ6/8lQYpGtnsNAc3mGcmNomv+xnoOMw+3R2xNJdMNnzMlTN8PPC6wdp6dybEmDYXYTxwnYPJQ=="
+    );
+    assert_eq!(
+        x.next(
+            b"v=ZQnYEgWQMFmmsM8aQMF0nDDCy/AgCzkwk8CmMZYcMg0vSVlKDanekLtifDSeVGT4+5ZxXnJq199RVG2rR7N7Zw==",
+            &keys
+        ),
+        Ok(None)
+    );
+}
+
 /// The server side of SCRAM, written out from RFC 5802 section 3 for the test: what a
 /// broker holding `password` answers.
 fn server_answers(
@@ -221,7 +254,34 @@ fn the_key_cache_reuses_the_salted_password_for_the_same_salt() {
     assert_ne!(a, b);
 }
 
+/// Attribute keys must be one ASCII letter; others (a multi-byte character, two
+/// letters) are not attributes, and never panic the parse.
+#[test]
+fn odd_attribute_keys_are_ignored() {
+    assert_eq!(attributes("€=x,ab=y,=z,r=ok"), vec![('r', "ok")]);
+    let mut x = scram(Mechanism::ScramSha256, "u", "p", "abc");
+    x.first().unwrap();
+    assert!(x
+        .next("€=x,r=abcd,s=AAAA,i=4096".as_bytes(), &KeyCache::default())
+        .is_ok());
+}
+
 proptest! {
+    /// Any text as a server message (multi-byte characters included): an answer or
+    /// an error, never a panic.
+    #[test]
+    fn arbitrary_text_never_panics(
+        text in "[^,]{0,4}=[^,]{0,12}(,[^,]{0,4}=[^,]{0,12}){0,6}",
+        last in "\\PC{0,40}",
+    ) {
+        let keys = KeyCache::default();
+        let mut x = scram(Mechanism::ScramSha256, "u", "p", "abc");
+        x.first().unwrap();
+        if x.next(text.as_bytes(), &keys).is_ok() {
+            let _ = x.next(last.as_bytes(), &keys);
+        }
+    }
+
     /// Whatever the server sends, at either step, the exchange answers or fails; it
     /// never panics.
     #[test]
