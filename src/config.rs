@@ -194,6 +194,13 @@ pub struct Config {
     /// Prometheus endpoint; none without this section.
     #[serde(default)]
     pub metrics: Option<MetricsConfig>,
+    /// Consumer-group offset sync; none without this section.
+    #[serde(default)]
+    pub groups: Option<GroupsConfig>,
+    /// Mirror workers sharing the partitions as a group; one process mirrors
+    /// everything without this section.
+    #[serde(default)]
+    pub group: Option<GroupConfig>,
     /// The file this came from, for errors found after parsing.
     #[serde(skip)]
     pub path: String,
@@ -205,6 +212,37 @@ pub struct Config {
 pub struct MetricsConfig {
     /// Address and port to listen on, e.g. "127.0.0.1:9464".
     pub listen: String,
+}
+
+/// `[group]`: every process with the same `id` shares the partitions, through a group
+/// on the destination cluster's coordinator (docs/configuration.md, "Several workers").
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupConfig {
+    pub id: String,
+    /// A member silent this long is removed and its partitions go to the others.
+    #[serde(default = "default_session_timeout")]
+    pub session_timeout_ms: u64,
+}
+
+fn default_session_timeout() -> u64 {
+    10_000
+}
+
+/// `[groups]`: which applications' consumer groups have their committed offsets
+/// copied into the destination (docs/offsets.md, "Consumer group offsets").
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupsConfig {
+    /// Group ids or regular expressions (anchored: the whole id must match).
+    pub sync: Vec<String>,
+    /// Seconds between two rounds of the sync.
+    #[serde(default = "default_groups_interval")]
+    pub interval_secs: u64,
+}
+
+fn default_groups_interval() -> u64 {
+    10
 }
 
 /// How data crosses the WAN: the fetch connection pool and socket settings.
@@ -277,6 +315,18 @@ impl TopicFilter {
     pub fn matches(&self, topic: &str) -> bool {
         self.include.iter().any(|r| r.is_match(topic))
             && !self.exclude.iter().any(|r| r.is_match(topic))
+    }
+}
+
+/// The group selection compiled from `[groups] sync`.
+#[derive(Debug, Clone)]
+pub struct GroupFilter {
+    sync: Vec<Regex>,
+}
+
+impl GroupFilter {
+    pub fn matches(&self, group: &str) -> bool {
+        self.sync.iter().any(|r| r.is_match(group))
     }
 }
 
@@ -468,6 +518,37 @@ impl Config {
                 "must be -1 (broker default) or at least 1".into(),
             ));
         }
+        if let Some(g) = &self.group {
+            if g.id.trim().is_empty() || g.id.len() > 200 {
+                return Err(bad(
+                    "group.id",
+                    "must be a non-empty name of at most 200 characters".into(),
+                ));
+            }
+            // Kafka's coordinator accepts 6 s to 30 min by default
+            // (group.min/max.session.timeout.ms); a broker set narrower refuses at join.
+            if !(1_000..=1_800_000).contains(&g.session_timeout_ms) {
+                return Err(bad(
+                    "group.session_timeout_ms",
+                    "must be between 1000 and 1800000".into(),
+                ));
+            }
+        }
+        if let Some(g) = &self.groups {
+            if g.sync.is_empty() {
+                return Err(bad(
+                    "groups.sync",
+                    "list at least one group id or pattern (or leave out [groups])".into(),
+                ));
+            }
+            compile(path, "groups.sync", &g.sync)?;
+            if !(1..=86_400).contains(&g.interval_secs) {
+                return Err(bad(
+                    "groups.interval_secs",
+                    "must be between 1 and 86400 seconds".into(),
+                ));
+            }
+        }
         if let Some(mc) = &self.metrics {
             if mc.listen.parse::<std::net::SocketAddr>().is_err() {
                 return Err(bad(
@@ -487,6 +568,18 @@ impl Config {
             include: compile(path, "mirror.topics", &self.mirror.topics)?,
             exclude: compile(path, "mirror.exclude", &self.mirror.exclude)?,
         })
+    }
+
+    /// The groups whose offsets are synced, compiled; `None` without `[groups]`.
+    pub fn group_filter(&self) -> Result<Option<GroupFilter>, ConfigError> {
+        self.groups
+            .as_ref()
+            .map(|g| {
+                Ok(GroupFilter {
+                    sync: compile(&self.path, "groups.sync", &g.sync)?,
+                })
+            })
+            .transpose()
     }
 
     /// Both clusters' security, loaded (files read, passwords taken).
@@ -594,6 +687,40 @@ topics = ["orders", "payments\\..*"]
         assert_eq!(capped.transport.max_mbit, Some(400));
         let c = Config::parse("t", &with("pool_max = 8\npool_initial = 4")).unwrap();
         assert_eq!((c.transport.pool_max, c.transport.pool_initial), (8, 4));
+    }
+
+    #[test]
+    fn group_section_defaults_and_bounds() {
+        assert!(Config::parse("t", GOOD).unwrap().group.is_none());
+        let with = |t: &str| format!("{GOOD}[group]\n{t}\n");
+        let c = Config::parse("t", &with("id = \"wanmirror.dc-a.dc-b\"")).unwrap();
+        assert_eq!(c.group.unwrap().session_timeout_ms, 10_000);
+        assert!(err(&with("id = \"\"")).contains("group.id"));
+        assert!(
+            err(&with("id = \"g\"\nsession_timeout_ms = 10")).contains("group.session_timeout_ms")
+        );
+        assert!(err(&with("session_timeout_ms = 6000")).contains("id"));
+    }
+
+    #[test]
+    fn groups_section_defaults_and_bad_input() {
+        assert!(Config::parse("t", GOOD)
+            .unwrap()
+            .group_filter()
+            .unwrap()
+            .is_none());
+        let with = |t: &str| format!("{GOOD}[groups]\n{t}\n");
+        let c = Config::parse("t", &with("sync = [\"app-.*\", \"billing\"]")).unwrap();
+        assert_eq!(c.groups.as_ref().unwrap().interval_secs, 10);
+        let f = c.group_filter().unwrap().unwrap();
+        assert!(f.matches("app-1") && f.matches("billing"));
+        assert!(!f.matches("billing2") && !f.matches("xapp-1"));
+        let e = err(&with("sync = [\"app-(\"]"));
+        assert!(e.contains("groups.sync") && e.contains("app-("), "{e}");
+        assert!(!e.contains('\n'), "{e}");
+        assert!(err(&with("sync = []")).contains("groups.sync"));
+        assert!(err(&with("sync = [\"a\"]\ninterval_secs = 0")).contains("groups.interval_secs"));
+        assert!(err(&with("sync = [\"a\"]\nintervall = 3")).contains("unknown field"));
     }
 
     #[test]

@@ -128,7 +128,10 @@ struct DiffArgs {
 }
 
 fn status(path: &std::path::Path, json: bool, rt: &tokio::runtime::Runtime) -> ExitCode {
+    use wanmirror::groups::status::reports;
+    use wanmirror::groups::sync::Syncer;
     use wanmirror::verify::command::config_pairs;
+    use wanmirror::verify::error::VerifyError;
     use wanmirror::verify::status::status;
     let cfg = match Config::load(path) {
         Ok(c) => c,
@@ -140,7 +143,13 @@ fn status(path: &std::path::Path, json: bool, rt: &tokio::runtime::Runtime) -> E
     };
     let found = rt.block_on(async {
         let (s, d, pairs) = config_pairs(&cfg, None, sock).await?;
-        status(s, d, pairs, &cfg.mirror.offset_map_topic).await
+        let mut st = status(s.clone(), d.clone(), pairs, &cfg.mirror.offset_map_topic).await?;
+        let syncer = Syncer::from_config(&cfg, s, d, Default::default())
+            .map_err(|e| VerifyError::Usage(e.to_string()))?;
+        if let Some(syncer) = syncer {
+            st.groups = Some(reports(&syncer).await.map_err(VerifyError::Usage)?);
+        }
+        Ok::<_, VerifyError>(st)
     });
     match found {
         Ok(st) => {
@@ -283,7 +292,9 @@ fn main() -> ExitCode {
                 }
                 Err(StartError::Config(e)) => fail(&e.to_string()),
                 Err(StartError::Mirror(e)) => fail(&e.to_string()),
-                Err(e @ (StartError::Limits(_) | StartError::Metrics(_))) => fail(&e.to_string()),
+                Err(
+                    e @ (StartError::Limits(_) | StartError::Metrics(_) | StartError::Group(_)),
+                ) => fail(&e.to_string()),
             }
         }
         Cmd::Diff(a) => diff(a, &rt),

@@ -874,3 +874,35 @@ fn mm2_does_not_keep_offsets_and_diff_names_where() {
         "{part}"
     );
 }
+
+/// Consumer-group offset sync on Kafka: the metadata is kept (tansu keeps none), and a
+/// librdkafka consumer of the group in the destination reads first exactly the record
+/// at its committed offset (on tansu it does not start from committed offsets).
+#[test]
+fn a_synced_group_resumes_in_the_destination_at_its_offsets() {
+    use common::apps::{commit_as_member, committed, first_reads};
+    let pair = kafka_pair();
+    let (a, b) = (pair.a.bootstrap(), pair.b.bootstrap());
+    topic(&pair.a, "orders", 2);
+    let p = producer(&a, "lz4", true);
+    let recs: Vec<Vec<Rec>> = (0..2).map(|i| sample(100, 20 + i, |_| 30)).collect();
+    for (part, r) in recs.iter().enumerate() {
+        produce(&p, "orders", part as i32, r);
+    }
+    commit_as_member(&a, "app-1", "orders", &[(0, 37, "m-37"), (1, 64, "m-64")]);
+    let cfg = pair.config(
+        "g.toml",
+        &["orders"],
+        "\n[groups]\nsync = [\"app-.*\"]\ninterval_secs = 1",
+    );
+    let (st, log) = mirror_to_end(&cfg);
+    assert!(st.success(), "{log}");
+    assert_eq!(
+        committed(&b, "app-1", "dc-a.orders", &[0, 1]),
+        vec![Some((37, "m-37".into())), Some((64, "m-64".into()))],
+        "{log}"
+    );
+    let reads = first_reads(&b, "app-1", "dc-a.orders", &[0, 1]);
+    assert_eq!(reads[0], (37, recs[0][37].value.clone()));
+    assert_eq!(reads[1], (64, recs[1][64].value.clone()));
+}

@@ -272,6 +272,18 @@ fn plain_and_scram_sha_256_over_tls_on_kafka() {
     }
 }
 
+/// The one `error:` line of a failed run. With debug logging on, a connection's close
+/// may be logged after it, so it need not be the last line.
+fn error_line(ran: &Ran) -> &str {
+    let errors: Vec<&str> = ran
+        .out
+        .lines()
+        .filter(|l| l.starts_with("error:"))
+        .collect();
+    assert_eq!(errors.len(), 1, "one error line expected: {}", ran.out);
+    errors[0]
+}
+
 /// A bad setting: exit 2 quickly, one line naming the cluster and `says`, the password
 /// never shown, nothing created in the destination.
 fn refused(ran: &Ran, says: &[&str], dest: &str) {
@@ -281,7 +293,7 @@ fn refused(ran: &Ran, says: &[&str], dest: &str) {
 /// [`refused`] for a destination reached through `access`.
 fn refused_at(ran: &Ran, says: &[&str], dest: &str, access: &Access) {
     assert_eq!(ran.code, Some(2), "{}", ran.out);
-    let last = ran.out.lines().last().unwrap_or_default();
+    let last = error_line(ran);
     for s in says {
         assert!(
             last.contains(s),
@@ -430,10 +442,7 @@ fn bad_security_settings_fail_fast_with_one_clear_line() {
         let cfg_s = cfg.display().to_string();
         let run = run_to_end(&cfg_s, password);
         refused(&run, says, &b.bootstrap());
-        seen.push(format!(
-            "{name}: {}",
-            run.out.lines().last().unwrap_or_default()
-        ));
+        seen.push(format!("{name}: {}", error_line(&run)));
         // diff and status reach the clusters the same way and fail the same way.
         if *name == "wrong password" {
             for cmd in ["diff", "status"] {
@@ -565,7 +574,7 @@ fn scram_on_tansu_and_its_error_code_0_refusals() {
         .expect("config");
         let ran = run_to_end(&bad.display().to_string(), password);
         // What it printed, for the record (--nocapture).
-        println!("{}", ran.out.lines().last().unwrap_or_default());
+        println!("{}", error_line(&ran));
         refused_at(
             &ran,
             &[

@@ -13,6 +13,13 @@ use super::client::{throttle, Cluster};
 use super::connection::{broker_err, Connection};
 use super::error::Result;
 
+/// What FindCoordinator looks up (its `key_type`).
+#[derive(Debug, Clone, Copy)]
+pub(super) enum CoordinatorKind {
+    Group = 0,
+    Transaction = 1,
+}
+
 impl Cluster {
     /// A topic's effective configs (explicit and inherited; sensitive ones left out).
     pub async fn topic_configs(&self, topic: &str) -> Result<BTreeMap<String, String>> {
@@ -159,10 +166,20 @@ impl Cluster {
     }
 
     async fn coordinator(&self, transactional_id: &str) -> Result<Connection> {
+        self.coordinator_of(transactional_id, CoordinatorKind::Transaction)
+            .await
+    }
+
+    /// The connection to the coordinator of a group or a transactional id.
+    pub(super) async fn coordinator_of(
+        &self,
+        key: &str,
+        kind: CoordinatorKind,
+    ) -> Result<Connection> {
         let conn = self.any_conn().await?;
         let req = FindCoordinatorRequest::default()
-            .with_key(StrBytes::from_string(transactional_id.to_string()))
-            .with_key_type(1);
+            .with_key(StrBytes::from_string(key.to_string()))
+            .with_key_type(kind as i8);
         let resp = conn.send(&req).await?;
         throttle(resp.throttle_time_ms).await;
         if resp.error_code != 0 {

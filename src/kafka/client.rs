@@ -113,6 +113,11 @@ impl Cluster {
         &self.name
     }
 
+    /// How this cluster's connections are set up (security included).
+    pub(super) fn socket_options(&self) -> &SocketOptions {
+        &self.opts
+    }
+
     /// Any live connection: a known broker, else a bootstrap address.
     pub(super) async fn any_conn(&self) -> Result<Connection> {
         {
@@ -229,6 +234,13 @@ impl Cluster {
     /// Brokers known from the last metadata answer.
     pub async fn broker_count(&self) -> usize {
         self.state.lock().await.brokers.len()
+    }
+
+    /// Ids of the brokers known from the last metadata answer, in order.
+    pub async fn broker_ids(&self) -> Vec<i32> {
+        let mut ids: Vec<i32> = self.state.lock().await.brokers.keys().copied().collect();
+        ids.sort_unstable();
+        ids
     }
 
     pub async fn refresh(&self, topics: Option<&[String]>) -> Result<Vec<TopicMeta>> {

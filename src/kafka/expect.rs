@@ -10,9 +10,11 @@
 
 use kafka_protocol::messages::{
     ApiVersionsRequest, CreatePartitionsRequest, CreateTopicsRequest, DescribeConfigsRequest,
-    DescribeTransactionsRequest, FetchRequest, FindCoordinatorRequest, InitProducerIdRequest,
-    ListOffsetsRequest, MetadataRequest, ProduceRequest, SaslAuthenticateRequest,
-    SaslHandshakeRequest,
+    DescribeGroupsRequest, DescribeTransactionsRequest, FetchRequest, FindCoordinatorRequest,
+    HeartbeatRequest, InitProducerIdRequest, JoinGroupRequest, LeaveGroupRequest,
+    ListGroupsRequest, ListOffsetsRequest, MetadataRequest, OffsetCommitRequest,
+    OffsetFetchRequest, ProduceRequest, SaslAuthenticateRequest, SaslHandshakeRequest,
+    SyncGroupRequest,
 };
 
 /// Bytes a control answer (metadata, offsets, configs) is allocated up front; larger
@@ -35,7 +37,15 @@ impl Expect for ApiVersionsRequest {}
 impl Expect for CreatePartitionsRequest {}
 impl Expect for CreateTopicsRequest {}
 impl Expect for DescribeConfigsRequest {}
+impl Expect for DescribeGroupsRequest {}
 impl Expect for DescribeTransactionsRequest {}
+impl Expect for HeartbeatRequest {}
+impl Expect for JoinGroupRequest {}
+impl Expect for LeaveGroupRequest {}
+impl Expect for ListGroupsRequest {}
+impl Expect for OffsetCommitRequest {}
+impl Expect for OffsetFetchRequest {}
+impl Expect for SyncGroupRequest {}
 impl Expect for FindCoordinatorRequest {}
 impl Expect for InitProducerIdRequest {}
 impl Expect for ListOffsetsRequest {}

@@ -8,6 +8,8 @@ pub mod connection;
 pub mod error;
 pub mod expect;
 pub mod fetch_mux;
+pub mod groups;
+pub mod membership;
 pub mod peek;
 pub mod reader;
 pub mod records;

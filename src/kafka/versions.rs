@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use kafka_protocol::messages::{
     ApiVersionsResponse, CreatePartitionsRequest, CreateTopicsRequest, DescribeConfigsRequest,
     FetchRequest, FindCoordinatorRequest, InitProducerIdRequest, ListOffsetsRequest,
-    MetadataRequest, ProduceRequest,
+    MetadataRequest, OffsetCommitRequest, OffsetFetchRequest, ProduceRequest,
 };
 use kafka_protocol::protocol::Request;
 
@@ -28,6 +28,12 @@ fn our_cap(key: i16) -> Option<i16> {
         k if k == DescribeConfigsRequest::KEY => Some(4),
         k if k == InitProducerIdRequest::KEY => Some(4),
         k if k == CreatePartitionsRequest::KEY => Some(3),
+        // v8+ asks for several groups at once and v10 names topics by id; we ask for
+        // one group's offsets by topic name.
+        k if k == OffsetFetchRequest::KEY => Some(7),
+        // v9 carries a member epoch of the new consumer protocol (KIP-848), v10 topic
+        // ids; our commits are an administrator's, by topic name.
+        k if k == OffsetCommitRequest::KEY => Some(8),
         _ => None,
     }
 }

@@ -236,10 +236,47 @@ pub fn render(shared: &Shared, pools: &[Arc<Pool>]) -> String {
         rtt,
     );
 
+    register_groups(&mut reg, shared);
+
     let mut out = String::new();
     // Writing into a String cannot fail.
     let _ = encode(&mut out, &reg);
     out
+}
+
+/// The consumer-group offset sync (`[groups]`): rounds by result, offsets committed
+/// and clamped, per group.
+fn register_groups(reg: &mut Registry, shared: &Shared) {
+    let rounds = Family::<Labels, Counter>::default();
+    let committed = Family::<Labels, Counter>::default();
+    let clamped = Family::<Labels, Counter>::default();
+    for (group, t) in shared.stats.groups.snapshot() {
+        let g = || -> Labels { vec![("group".into(), group.clone())] };
+        for result in ["synced", "skipped", "failed"] {
+            let mut l = g();
+            l.push(("result".into(), result.into()));
+            rounds
+                .get_or_create(&l)
+                .inc_by(t.rounds.get(result).copied().unwrap_or(0));
+        }
+        committed.get_or_create(&g()).inc_by(t.committed);
+        clamped.get_or_create(&g()).inc_by(t.clamped);
+    }
+    reg.register(
+        "wanmirror_group_sync_rounds",
+        "Rounds of the consumer-group offset sync per group, by result: synced (in sync after the round), skipped (members in the destination, or not a consumer group), failed (a cluster error; retried next round)",
+        rounds,
+    );
+    reg.register(
+        "wanmirror_group_offsets_committed",
+        "Offsets the sync committed in the destination for the group",
+        committed,
+    );
+    reg.register(
+        "wanmirror_group_offsets_clamped",
+        "Offsets committed at the destination end because the source's committed offset was above it",
+        clamped,
+    );
 }
 
 /// Binds the endpoint; the caller reports a failure before anything is mirrored.

@@ -16,6 +16,7 @@ pub mod offset_map;
 pub mod partition;
 pub mod pieces;
 pub mod progress;
+mod running;
 pub mod sink;
 pub mod tail;
 mod tasks;
@@ -31,6 +32,7 @@ use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::config::{Config, TopicFilter};
+use crate::groups::member;
 use crate::kafka::client::Cluster;
 use crate::kafka::connection::SocketOptions;
 use crate::transport::limit::Limit;
@@ -46,8 +48,8 @@ pub struct Shared {
     pub source: Arc<Cluster>,
     pub dest: Arc<Cluster>,
     pub map: Arc<OffsetMap>,
-    /// Producer id and epoch from the fencing lock.
-    pub producer: (i64, i16),
+    /// How partitions are fenced against other writers.
+    pub fencing: Fencing,
     /// In-flight byte budget, in KiB permits.
     pub budget: Arc<Semaphore>,
     pub shutdown: watch::Receiver<bool>,
@@ -55,6 +57,16 @@ pub struct Shared {
     pub stats: Stats,
     /// Partitions catching up in pieces right now; they share the memory budget.
     pub catch_ups: AtomicUsize,
+}
+
+/// How partitions are fenced against other writers (docs/offsets.md, "Fencing").
+#[derive(Debug, Clone)]
+pub enum Fencing {
+    /// One lock for the whole instance (`mirror.fence_id`): its producer id and epoch.
+    Instance((i64, i16)),
+    /// A lock per partition, `{prefix}.{topic}.{partition}`, taken when the partition
+    /// comes to this member: mirror workers in a group (`[group]`).
+    PerPartition(String),
 }
 
 /// Progress counters read by the periodic progress log and the metrics endpoint.
@@ -68,6 +80,8 @@ pub struct Stats {
     /// Produce latency (request sent to acknowledgement, retries included), keyed by
     /// the destination cluster's name, for the metrics endpoint.
     pub produce: latency::Latencies,
+    /// The consumer-group offset sync's outcomes, by group.
+    pub groups: Arc<crate::groups::sync::Tally>,
 }
 
 /// One partition as last seen by its writer.
@@ -181,6 +195,35 @@ impl Stats {
         }
     }
 
+    /// Each partition's weight for the group's assignment (`groups/assign.rs`): its
+    /// backlog in bytes (lag times bytes per offset so far) plus a minute of what it
+    /// wrote over the last `over`; `written` keeps the byte counts between calls.
+    pub fn weights(&self, written: &mut BTreeMap<Job, u64>, over: Duration) -> BTreeMap<Job, u64> {
+        let parts = self.parts.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out = BTreeMap::new();
+        for (job, s) in parts.iter() {
+            let per_offset = if s.records > 0 {
+                s.bytes as f64 / s.records as f64
+            } else {
+                0.0
+            };
+            let backlog = ((s.high_watermark - s.end).max(0) as f64 * per_offset) as u64;
+            let before = written.insert(job.clone(), s.bytes).unwrap_or(s.bytes);
+            let minute =
+                (s.bytes.saturating_sub(before) as f64 * 60.0 / over.as_secs_f64().max(1.0)) as u64;
+            out.insert(job.clone(), backlog.saturating_add(minute));
+        }
+        out
+    }
+
+    /// Drops a partition's figures: another member mirrors it now.
+    pub fn forget(&self, job: &Job) {
+        self.parts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(job);
+    }
+
     /// Every partition seen, in order.
     pub fn partitions(&self) -> Vec<(Job, PartStats)> {
         let parts = self.parts.lock().unwrap_or_else(|p| p.into_inner());
@@ -221,6 +264,9 @@ pub enum StartError {
     /// The metrics endpoint cannot listen where configured.
     #[error("{0}")]
     Metrics(String),
+    /// The mirror group (`[group]`) cannot be joined.
+    #[error(transparent)]
+    Group(#[from] crate::groups::error::GroupError),
 }
 
 pub struct RunOptions {
@@ -230,6 +276,13 @@ pub struct RunOptions {
 /// Runs the mirror until a signal or, with `stop_at_end`, until it caught up.
 pub async fn run(config: Config, opts: RunOptions) -> Result<Outcome, StartError> {
     let started = std::time::Instant::now();
+    if opts.stop_at_end && config.group.is_some() {
+        return Err(StartError::Config(crate::config::ConfigError::Invalid {
+            path: config.path.clone(),
+            field: "group",
+            message: "--stop-at-end cannot be used with [group]: a member's partitions change with the group; run one process without [group] to copy to the end".into(),
+        }));
+    }
     let filter = config.filter("config")?;
     let (source_security, dest_security) = config.securities()?;
     for (side, c, sec) in [
@@ -316,12 +369,17 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<Outcome, StartError
     ));
     let (shutdown_tx, shutdown) = watch::channel(false);
     let budget_kib = (config.mirror.in_flight_bytes / 1024).min(Semaphore::MAX_PERMITS);
+    let group_settings = config.group.as_ref().map(|g| member::Settings {
+        id: g.id.clone(),
+        session: Duration::from_millis(g.session_timeout_ms),
+        rebalance: Duration::from_millis(g.session_timeout_ms),
+    });
     let mut shared = Shared {
         filter,
         source,
         dest,
         map,
-        producer: (-1, -1),
+        fencing: Fencing::PerPartition(config.fence_id()),
         budget: Arc::new(Semaphore::new(budget_kib)),
         shutdown,
         stop_at_end: opts.stop_at_end,
@@ -337,25 +395,41 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<Outcome, StartError
     if plans.is_empty() {
         tracing::warn!(patterns = ?shared.config.mirror.topics, "no source topic matches; waiting for one to appear");
     }
-    // Fencing: bumping the epoch of our transactional id makes every earlier instance's
-    // writes fail with PRODUCER_FENCED.
-    let fence = shared.config.fence_id();
-    let dst = shared.dest.clone();
-    shared.producer = dst
-        .retry("init producer id", || dst.init_producer_id(&fence))
-        .await
-        .map_err(|e| MirrorError::kafka(dst.name(), e))?;
-    tracing::info!(fence_id = %fence, producer_id = shared.producer.0, epoch = shared.producer.1, "holding the fencing lock");
+    let roster = Arc::new(std::sync::Mutex::new(member::Roster::default()));
+    // A group member joins before anything is written: a group id taken by another
+    // client, or a coordinator out of reach, is an error at start.
+    let mut group = None;
+    if let Some(settings) = group_settings {
+        roster.lock().unwrap_or_else(|e| e.into_inner()).topics = plans
+            .iter()
+            .map(|p| known(&p.source.name, &p.dest_topic, p.source.partitions.len()))
+            .collect();
+        let mut m = member::Member::new(shared.dest.clone(), settings.clone(), roster.clone());
+        let first = m.join(settings.session).await?;
+        tracing::info!(group = %settings.id, partitions = first.len(), "joined the mirror group");
+        group = Some((m, first));
+    } else {
+        // Fencing: bumping the epoch of our transactional id makes every earlier
+        // instance's writes fail with PRODUCER_FENCED.
+        let fence = shared.config.fence_id();
+        let dst = shared.dest.clone();
+        let producer = dst
+            .retry("init producer id", || dst.init_producer_id(&fence))
+            .await
+            .map_err(|e| MirrorError::kafka(dst.name(), e))?;
+        tracing::info!(fence_id = %fence, producer_id = producer.0, epoch = producer.1, "holding the fencing lock");
+        shared.fencing = Fencing::Instance(producer);
+    }
     shared
         .map
         .ensure(shared.config.mirror.replication_factor)
         .await?;
 
-    let mut known: BTreeMap<String, (String, usize)> = BTreeMap::new();
+    let mut known_topics: BTreeMap<String, (String, usize)> = BTreeMap::new();
     let mut jobs = Vec::new();
     for plan in &plans {
         jobs.extend(topics::prepare(&shared, plan).await?);
-        known.insert(
+        known_topics.insert(
             plan.source.name.clone(),
             (plan.dest_topic.clone(), plan.source.partitions.len()),
         );
@@ -364,9 +438,6 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<Outcome, StartError
     // Unbounded in type only: it carries one job per partition, ever (discovery sends
     // new partitions once).
     let (job_tx, mut job_rx) = mpsc::unbounded_channel::<Job>();
-    for j in jobs {
-        let _ = job_tx.send(j);
-    }
     let mut background = JoinSet::new();
     background.spawn(progress_loop(shared.clone()));
     if let Some(l) = metrics_listener {
@@ -374,22 +445,75 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<Outcome, StartError
         background.spawn(metrics::serve(l, shared.clone()));
     }
     if !opts.stop_at_end {
-        background.spawn(discovery_loop(shared.clone(), known, job_tx.clone()));
+        background.spawn(discovery_loop(shared.clone(), known_topics, job_tx.clone()));
+    }
+    // In stop-at-end mode the groups are synced once, after the copy caught up.
+    let syncer = crate::groups::sync::Syncer::from_config(
+        &shared.config,
+        shared.source.clone(),
+        shared.dest.clone(),
+        shared.stats.groups.clone(),
+    )?;
+    let syncer = match syncer {
+        Some(s) if !opts.stop_at_end => {
+            let every = Duration::from_secs(
+                shared
+                    .config
+                    .groups
+                    .as_ref()
+                    .map_or(10, |g| g.interval_secs),
+            );
+            tracing::info!(patterns = ?shared.config.groups.as_ref().map(|g| &g.sync), every_secs = every.as_secs(), "syncing consumer-group offsets");
+            background.spawn(s.run(every, shared.shutdown.clone()));
+            None
+        }
+        other => other,
+    };
+
+    let mut running = running::Running::default();
+    // A member mirrors what the group assigns; an instance alone, every partition.
+    let (events_tx, mut events) = mpsc::channel::<member::Event>(8);
+    let rejoin = Arc::new(tokio::sync::Notify::new());
+    let (leave_tx, leave_rx) = watch::channel(false);
+    let mut membership = None;
+    match group {
+        Some((m, first)) => {
+            for j in first {
+                running.start(&shared, j);
+            }
+            membership = Some(tokio::spawn(m.run(events_tx, rejoin.clone(), leave_rx)));
+        }
+        None => {
+            for j in jobs {
+                let _ = job_tx.send(j);
+            }
+        }
     }
     drop(job_tx);
 
-    let mut set: JoinSet<(Job, Result<(), MirrorError>)> = JoinSet::new();
     let mut failed = false;
     let mut fenced = false;
     let mut signals = Signals::new();
     let mut receiving = true;
-    let fence_watch = fence::fenced(
-        shared.dest.clone(),
-        fence.clone(),
-        shared.producer,
-        fence::CHECK_EVERY,
-    );
+    let fence_watch = async {
+        match shared.fencing.clone() {
+            Fencing::Instance(producer) => {
+                fence::fenced(
+                    shared.dest.clone(),
+                    shared.config.fence_id(),
+                    producer,
+                    fence::CHECK_EVERY,
+                )
+                .await
+            }
+            // In a group each partition's lock fences its writes itself.
+            Fencing::PerPartition(_) => std::future::pending().await,
+        }
+    };
     tokio::pin!(fence_watch);
+    let in_group = membership.is_some();
+    let mut weigh = tokio::time::interval(WEIGH_EVERY);
+    let mut written = BTreeMap::new();
     loop {
         tokio::select! {
             detail = &mut fence_watch => {
@@ -402,37 +526,71 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<Outcome, StartError
                 break;
             }
             j = job_rx.recv(), if receiving => match j {
-                Some(job) => {
-                    let s = shared.clone();
-                    set.spawn(async move { let r = supervise(s, job.clone()).await; (job, r) });
+                Some(job) if in_group => {
+                    // Discovery found a topic or partitions: the group assigns them.
+                    if grown(&roster, &job) {
+                        rejoin.notify_one();
+                    }
                 }
+                Some(job) => running.start(&shared, job),
                 None => {
                     receiving = false;
-                    if set.is_empty() && opts.stop_at_end {
+                    if running.is_empty() && opts.stop_at_end {
                         break;
                     }
                 }
             },
-            Some(done) = set.join_next() => {
-                if let Ok((job, Err(e))) = done {
-                    if matches!(e, MirrorError::Fenced { .. }) {
+            Some(ev) = events.recv() => match ev {
+                member::Event::Assigned { jobs, .. } => {
+                    for j in running.jobs().difference(&jobs) {
+                        running.stop(j, true);
+                    }
+                    for j in jobs {
+                        running.start(&shared, j);
+                    }
+                }
+                member::Event::Lost { .. } => running.stop_all(true),
+            },
+            _ = weigh.tick(), if in_group => {
+                let w = shared.stats.weights(&mut written, WEIGH_EVERY);
+                roster.lock().unwrap_or_else(|e| e.into_inner()).weights = w;
+            }
+            Some((job, r)) = running.next_done(&shared) => {
+                match r {
+                    Ok(()) => {}
+                    // Another member owns it now; the group says so soon.
+                    Err(MirrorError::Fenced { .. }) if in_group => shared.stats.forget(&job),
+                    Err(e @ MirrorError::Fenced { .. }) => {
                         tracing::error!(error = %e, "stopping");
                         fenced = true;
                         break;
                     }
-                    tracing::error!(topic = %job.source_topic, partition = job.partition, error = %e, "partition stopped");
-                    failed = true;
+                    Err(e) => {
+                        tracing::error!(topic = %job.source_topic, partition = job.partition, error = %e, "partition stopped");
+                        failed = true;
+                    }
                 }
-                if set.is_empty() && !receiving && opts.stop_at_end {
+                if running.is_empty() && !receiving && opts.stop_at_end {
+                    break;
+                }
+            }
+            done = ended(&mut membership) => {
+                membership = None;
+                if let Ok(Err(e)) = done {
+                    tracing::error!(error = %e, "left the mirror group");
+                    failed = true;
                     break;
                 }
             }
         }
     }
+    running.stop_all(false);
     let _ = shutdown_tx.send(true);
-    while let Some(done) = set.join_next().await {
-        if let Ok((job, Err(e))) = done {
-            if matches!(e, MirrorError::Fenced { .. }) {
+    while let Some((job, r)) = running.next_done(&shared).await {
+        if let Err(e) = r {
+            if matches!(e, MirrorError::Fenced { .. }) && in_group {
+                shared.stats.forget(&job);
+            } else if matches!(e, MirrorError::Fenced { .. }) {
                 fenced = true;
             } else {
                 tracing::error!(topic = %job.source_topic, partition = job.partition, error = %e, "partition stopped");
@@ -440,7 +598,15 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<Outcome, StartError
             }
         }
     }
+    // The group hears of our leaving once our writes are done.
+    let _ = leave_tx.send(true);
+    if let Some(h) = membership {
+        let _ = tokio::time::timeout(Duration::from_secs(10), h).await;
+    }
     background.abort_all();
+    if let Some(s) = syncer.filter(|_| !fenced && !failed) {
+        s.round().await;
+    }
     // The whole run per topic in the log (a terminal's lines already show it), with
     // the latency of the last 30-60 s (the periodic lines took the rest).
     if !progress::Shown::on_terminal() {
@@ -462,40 +628,44 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<Outcome, StartError
     })
 }
 
-/// Restarts a partition after transient failures (a cluster unreachable for longer than
-/// the retry helper's deadline, a TLS or login failure of a new connection, or another
-/// instance of our producer lineage that wrote first and is about to be fenced); stops
-/// it for good on anything else.
-async fn supervise(shared: Arc<Shared>, job: Job) -> Result<(), MirrorError> {
-    loop {
-        let why = match partition::run(shared.clone(), job.clone()).await {
-            Err(MirrorError::Kafka { cluster, source })
-                if source.is_retriable() || source.is_security() =>
-            {
-                let kind = if source.is_security() {
-                    "security"
-                } else {
-                    "kafka"
-                };
-                shared.stats.error(&job, kind, false);
-                format!("{cluster}: {source}")
-            }
-            Err(e @ MirrorError::Raced { .. }) => {
-                shared.stats.error(&job, e.kind(), false);
-                e.to_string()
-            }
-            Err(e) => {
-                shared.stats.error(&job, e.kind(), true);
-                return Err(e);
-            }
-            Ok(()) => return Ok(()),
-        };
-        tracing::warn!(topic = %job.source_topic, partition = job.partition, error = %why, "partition interrupted; restarting in 5 s");
-        let mut sd = shared.shutdown.clone();
-        tokio::select! {
-            _ = sd.changed() => return Ok(()),
-            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
-        }
+/// How often a group member updates the weights it reports at the next rebalance.
+const WEIGH_EVERY: Duration = Duration::from_secs(5);
+
+/// Waits for the membership task to end; never without one.
+async fn ended<T>(h: &mut Option<tokio::task::JoinHandle<T>>) -> Result<T, tokio::task::JoinError> {
+    match h {
+        Some(h) => h.await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Adds a partition found by discovery to what this member reports; whether it is
+/// new to the group (a rebalance assigns it).
+fn grown(roster: &std::sync::Mutex<member::Roster>, job: &Job) -> bool {
+    let mut r = roster.lock().unwrap_or_else(|e| e.into_inner());
+    let n = job.partition + 1;
+    if r.topics
+        .iter()
+        .any(|t| t.dest_topic == job.dest_topic && t.partitions >= n)
+    {
+        return false;
+    }
+    r.topics.retain(|t| t.dest_topic != job.dest_topic);
+    r.topics
+        .insert(known(&job.source_topic, &job.dest_topic, n as usize));
+    true
+}
+
+/// A topic as a group member reports it.
+fn known(
+    source_topic: &str,
+    dest_topic: &str,
+    partitions: usize,
+) -> crate::groups::protocol::Known {
+    crate::groups::protocol::Known {
+        source_topic: source_topic.to_string(),
+        dest_topic: dest_topic.to_string(),
+        partitions: partitions as i32,
     }
 }
 

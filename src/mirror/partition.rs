@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kafka_protocol::ResponseError;
-use tokio::sync::{mpsc, OwnedSemaphorePermit};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit};
 
 use crate::config::StartPolicy;
 use crate::kafka::backoff::Backoff;
@@ -21,7 +21,9 @@ use crate::mirror::watermark::{Verdict, Watermark};
 use crate::mirror::Shared;
 
 /// One source partition and where it goes.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub struct Job {
     pub source_topic: String,
     pub dest_topic: String,
@@ -60,8 +62,18 @@ const SHARED_ASK: usize = 16 * KIB;
 /// Upper bound of a grown fetch: larger than any batch a broker accepts by default.
 pub(super) const MAX_FETCH: usize = 64 << 20;
 
-/// Runs one partition until shutdown, the end (stop-at-end mode) or an error.
-pub async fn run(shared: Arc<Shared>, job: Job) -> Result<(), MirrorError> {
+/// What a partition's task holds while it runs.
+#[derive(Debug, Clone)]
+pub struct Grant {
+    /// The producer id and epoch of the fencing lock over this partition.
+    pub producer: (i64, i16),
+    /// Turns true when the partition must stop (shutdown, or lost to another member
+    /// of the group): the produce in flight finishes, nothing more is written.
+    pub stop: watch::Receiver<bool>,
+}
+
+/// Runs one partition until told to stop, the end (stop-at-end mode) or an error.
+pub async fn run(shared: Arc<Shared>, job: Job, grant: Grant) -> Result<(), MirrorError> {
     let src = &shared.source;
     let dst = &shared.dest;
     let (st, p) = (&job.source_topic, job.partition);
@@ -72,7 +84,9 @@ pub async fn run(shared: Arc<Shared>, job: Job) -> Result<(), MirrorError> {
         .retry("end offset", || dst.end_offset(dt, p))
         .await
         .map_err(derr)?;
-    let Some((src_start, src_end)) = source_bounds_reaching(&shared, &job, dest_end).await? else {
+    let Some((src_start, src_end)) =
+        source_bounds_reaching(&shared, &job, dest_end, &grant.stop).await?
+    else {
         return Ok(()); // shut down while waiting
     };
     tracing::info!(
@@ -85,7 +99,7 @@ pub async fn run(shared: Arc<Shared>, job: Job) -> Result<(), MirrorError> {
     }
 
     let cfg = &shared.config.mirror;
-    let (producer_id, own_epoch) = shared.producer;
+    let (producer_id, own_epoch) = grant.producer;
     // Continue the producer sequence of the partition's last batch where it is ours:
     // every write is then conditional on nobody having written since (sink::lineage).
     let last = last_batch(dst, dt, p, dest_end, cfg.fetch_bytes).await?;
@@ -121,11 +135,11 @@ pub async fn run(shared: Arc<Shared>, job: Job) -> Result<(), MirrorError> {
         tx,
     ));
     let _abort = AbortOnDrop(fetcher);
-    let mut shutdown = shared.shutdown.clone();
+    let mut shutdown = grant.stop.clone();
     let mut caught_up = false;
     loop {
         let chunk = tokio::select! {
-            _ = shutdown.changed() => return Ok(()),
+            _ = shutdown.wait_for(|s| *s) => return Ok(()),
             c = rx.recv() => c,
         };
         match chunk {
@@ -498,6 +512,7 @@ async fn source_bounds_reaching(
     shared: &Shared,
     job: &Job,
     dest_end: i64,
+    stop: &watch::Receiver<bool>,
 ) -> Result<Option<(i64, i64)>, MirrorError> {
     let src = &shared.source;
     let (st, p) = (&job.source_topic, job.partition);
@@ -519,9 +534,9 @@ async fn source_bounds_reaching(
                     );
                 }
                 // The grace can be a minute: a shutdown must not wait for it.
-                let mut sd = shared.shutdown.clone();
+                let mut sd = stop.clone();
                 tokio::select! {
-                    _ = sd.changed() => return Ok(None),
+                    _ = sd.wait_for(|s| *s) => return Ok(None),
                     _ = tokio::time::sleep(below.next_delay()) => {}
                 }
             }

@@ -56,6 +56,9 @@ pub struct Status {
     /// copy holds (a mirror stops such a partition as diverged).
     pub ahead: usize,
     pub partitions: Vec<PartitionStatus>,
+    /// With `[groups]`: whether each synced consumer group is ready to fail over.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub groups: Option<Vec<crate::groups::status::GroupReport>>,
 }
 
 /// Reads every partition of `pairs` (source topic, destination topic) on both sides,
@@ -186,6 +189,7 @@ impl Status {
             lag: partitions.iter().map(|r| r.lag.max(0)).sum(),
             ahead: partitions.iter().filter(|r| r.lag < 0).count(),
             partitions,
+            groups: None,
         }
     }
 
@@ -261,6 +265,10 @@ impl Status {
                 "; {} ahead of the source (the source lost records the copy holds)",
                 self.ahead
             );
+        }
+        if let Some(g) = &self.groups {
+            out.push('\n');
+            out.push_str(&crate::groups::status::table(g));
         }
         out
     }

@@ -4,6 +4,7 @@
 //! a test fails.
 #![allow(dead_code)]
 
+pub mod apps;
 pub mod kafka;
 pub mod kafka_security;
 pub mod pki;

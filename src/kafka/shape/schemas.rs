@@ -49,7 +49,15 @@ pub fn schema(key: i16) -> Option<&'static Message> {
         1 => &FETCH,
         2 => &LIST_OFFSETS,
         3 => &METADATA,
+        8 => &OFFSET_COMMIT,
+        9 => &OFFSET_FETCH,
         10 => &FIND_COORDINATOR,
+        11 => &JOIN_GROUP,
+        12 => &HEARTBEAT,
+        13 => &LEAVE_GROUP,
+        14 => &SYNC_GROUP,
+        15 => &DESCRIBE_GROUPS,
+        16 => &LIST_GROUPS,
         17 => &SASL_HANDSHAKE,
         18 => &API_VERSIONS,
         19 => &CREATE_TOPICS,
@@ -63,7 +71,9 @@ pub fn schema(key: i16) -> Option<&'static Message> {
 }
 
 /// The API keys [`schema`] knows.
-pub const KEYS: &[i16] = &[0, 1, 2, 3, 10, 17, 18, 19, 22, 32, 36, 37, 65];
+pub const KEYS: &[i16] = &[
+    0, 1, 2, 3, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 22, 32, 36, 37, 65,
+];
 
 // Produce: topics, partitions, record errors; v10+ tags a new leader and endpoints.
 static PRODUCE_RECORD_ERROR: Struct = plain(&[since(8, I32), since(8, STR)]);
@@ -199,6 +209,143 @@ static FIND_COORDINATOR: Message = Message {
         until(3, STR),
         until(3, I32),
         since(4, Ty::Array(&Ty::Struct(&COORDINATOR))),
+    ]),
+};
+
+// OffsetCommit: an error code per topic and partition; topics by id from v10.
+static OFFSET_COMMIT_PARTITION: Struct = plain(&[f(I32), f(I16)]);
+static OFFSET_COMMIT_TOPIC: Struct = plain(&[
+    until(9, STR),
+    since(10, UUID),
+    f(Ty::Array(&Ty::Struct(&OFFSET_COMMIT_PARTITION))),
+]);
+static OFFSET_COMMIT: Message = Message {
+    versions: (2, 10),
+    flexible_from: 8,
+    body: plain(&[
+        since(3, I32),
+        f(Ty::Array(&Ty::Struct(&OFFSET_COMMIT_TOPIC))),
+    ]),
+};
+
+// OffsetFetch: committed offsets (with leader epoch from v5, nullable metadata) per
+// topic and partition, and a top-level error from v2; from v8 the same per group,
+// each with its own error code, topics by id from v10.
+static OFFSET_FETCH_PARTITION: Struct = plain(&[f(I32), f(I64), since(5, I32), f(STR), f(I16)]);
+static OFFSET_FETCH_TOPIC: Struct =
+    plain(&[f(STR), f(Ty::Array(&Ty::Struct(&OFFSET_FETCH_PARTITION)))]);
+static OFFSET_FETCH_GROUP_PARTITION: Struct = plain(&[f(I32), f(I64), f(I32), f(STR), f(I16)]);
+static OFFSET_FETCH_GROUP_TOPIC: Struct = plain(&[
+    until(9, STR),
+    since(10, UUID),
+    f(Ty::Array(&Ty::Struct(&OFFSET_FETCH_GROUP_PARTITION))),
+]);
+static OFFSET_FETCH_GROUP: Struct = plain(&[
+    f(STR),
+    f(Ty::Array(&Ty::Struct(&OFFSET_FETCH_GROUP_TOPIC))),
+    f(I16),
+]);
+static OFFSET_FETCH: Message = Message {
+    versions: (1, 10),
+    flexible_from: 6,
+    body: plain(&[
+        since(3, I32),
+        until(7, Ty::Array(&Ty::Struct(&OFFSET_FETCH_TOPIC))),
+        Field {
+            ty: I16,
+            from: 2,
+            to: 7,
+        },
+        since(8, Ty::Array(&Ty::Struct(&OFFSET_FETCH_GROUP))),
+    ]),
+};
+
+// JoinGroup: generation, protocol type (v7+) and name (both nullable), leader, own
+// member id, and the members with their metadata (static instance id from v5).
+static JOIN_GROUP_MEMBER: Struct = plain(&[f(STR), since(5, STR), f(Ty::Bytes)]);
+static JOIN_GROUP: Message = Message {
+    versions: (0, 9),
+    flexible_from: 6,
+    body: plain(&[
+        since(2, I32),
+        f(I16),
+        f(I32),
+        since(7, STR),
+        f(STR),
+        f(STR),
+        since(9, BOOL),
+        f(STR),
+        f(Ty::Array(&Ty::Struct(&JOIN_GROUP_MEMBER))),
+    ]),
+};
+
+// Heartbeat: an error code, throttle time from v1.
+static HEARTBEAT: Message = Message {
+    versions: (0, 4),
+    flexible_from: 4,
+    body: plain(&[since(1, I32), f(I16)]),
+};
+
+// LeaveGroup: an error code, and from v3 one per member that left.
+static LEAVE_GROUP_MEMBER: Struct = plain(&[f(STR), f(STR), f(I16)]);
+static LEAVE_GROUP: Message = Message {
+    versions: (0, 5),
+    flexible_from: 4,
+    body: plain(&[
+        since(1, I32),
+        f(I16),
+        since(3, Ty::Array(&Ty::Struct(&LEAVE_GROUP_MEMBER))),
+    ]),
+};
+
+// SyncGroup: the member's assignment; protocol type and name (nullable) from v5.
+static SYNC_GROUP: Message = Message {
+    versions: (0, 5),
+    flexible_from: 4,
+    body: plain(&[
+        since(1, I32),
+        f(I16),
+        since(5, STR),
+        since(5, STR),
+        f(Ty::Bytes),
+    ]),
+};
+
+// DescribeGroups: per group its state, protocol and members (metadata, assignment);
+// authorized operations from v3, an error message from v6.
+static DESCRIBED_GROUP_MEMBER: Struct = plain(&[
+    f(STR),
+    since(4, STR),
+    f(STR),
+    f(STR),
+    f(Ty::Bytes),
+    f(Ty::Bytes),
+]);
+static DESCRIBED_GROUP: Struct = plain(&[
+    f(I16),
+    since(6, STR),
+    f(STR),
+    f(STR),
+    f(STR),
+    f(STR),
+    f(Ty::Array(&Ty::Struct(&DESCRIBED_GROUP_MEMBER))),
+    since(3, I32),
+]);
+static DESCRIBE_GROUPS: Message = Message {
+    versions: (0, 6),
+    flexible_from: 5,
+    body: plain(&[since(1, I32), f(Ty::Array(&Ty::Struct(&DESCRIBED_GROUP)))]),
+};
+
+// ListGroups: the groups with their protocol type; state from v4, type from v5.
+static LISTED_GROUP: Struct = plain(&[f(STR), f(STR), since(4, STR), since(5, STR)]);
+static LIST_GROUPS: Message = Message {
+    versions: (0, 5),
+    flexible_from: 3,
+    body: plain(&[
+        since(1, I32),
+        f(I16),
+        f(Ty::Array(&Ty::Struct(&LISTED_GROUP))),
     ]),
 };
 

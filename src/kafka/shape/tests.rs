@@ -12,16 +12,27 @@ use kafka_protocol::messages::create_topics_response::{
 use kafka_protocol::messages::describe_configs_response::{
     DescribeConfigsResourceResult, DescribeConfigsResult, DescribeConfigsSynonym,
 };
+use kafka_protocol::messages::describe_groups_response::{DescribedGroup, DescribedGroupMember};
 use kafka_protocol::messages::describe_transactions_response::{TopicData, TransactionState};
 use kafka_protocol::messages::fetch_response::{
     AbortedTransaction, EpochEndOffset, FetchableTopicResponse, SnapshotId,
 };
 use kafka_protocol::messages::find_coordinator_response::Coordinator;
+use kafka_protocol::messages::join_group_response::JoinGroupResponseMember;
+use kafka_protocol::messages::leave_group_response::MemberResponse;
+use kafka_protocol::messages::list_groups_response::ListedGroup;
 use kafka_protocol::messages::list_offsets_response::{
     ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
 };
 use kafka_protocol::messages::metadata_response::{
     MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
+};
+use kafka_protocol::messages::offset_commit_response::{
+    OffsetCommitResponsePartition, OffsetCommitResponseTopic,
+};
+use kafka_protocol::messages::offset_fetch_response::{
+    OffsetFetchResponseGroup, OffsetFetchResponsePartition, OffsetFetchResponsePartitions,
+    OffsetFetchResponseTopic, OffsetFetchResponseTopics,
 };
 use kafka_protocol::messages::produce_response::{
     BatchIndexAndErrorMessage, PartitionProduceResponse, TopicProduceResponse,
@@ -157,6 +168,169 @@ fn filled(key: i16, v: i16) -> Vec<u8> {
                     r
                 }
             };
+            frame(&r, v)
+        }
+        8 => {
+            let p = OffsetCommitResponsePartition::default()
+                .with_partition_index(1)
+                .with_error_code(2);
+            let mut t = OffsetCommitResponseTopic::default().with_partitions(vec![p.clone(), p]);
+            if v <= 9 {
+                t = t.with_name(topic("orders"));
+            }
+            frame(
+                &OffsetCommitResponse::default()
+                    .with_throttle_time_ms(if v >= 3 { 5 } else { 0 })
+                    .with_topics(vec![t.clone(), t]),
+                v,
+            )
+        }
+        9 => {
+            let mut r = OffsetFetchResponse::default();
+            if v >= 3 {
+                r = r.with_throttle_time_ms(5);
+            }
+            if v <= 7 {
+                let mut p = OffsetFetchResponsePartition::default()
+                    .with_partition_index(1)
+                    .with_committed_offset(42)
+                    .with_metadata(Some(s("meta")))
+                    .with_error_code(3);
+                if v >= 5 {
+                    p = p.with_committed_leader_epoch(4);
+                }
+                let t = OffsetFetchResponseTopic::default()
+                    .with_name(topic("orders"))
+                    .with_partitions(vec![p.clone(), p]);
+                r = r.with_topics(vec![t.clone(), t]);
+                if v >= 2 {
+                    r = r.with_error_code(6);
+                }
+            } else {
+                let p = OffsetFetchResponsePartitions::default()
+                    .with_partition_index(1)
+                    .with_committed_offset(42)
+                    .with_committed_leader_epoch(4)
+                    .with_metadata(Some(s("meta")))
+                    .with_error_code(3);
+                let mut t =
+                    OffsetFetchResponseTopics::default().with_partitions(vec![p.clone(), p]);
+                if v <= 9 {
+                    t = t.with_name(topic("orders"));
+                }
+                let g = OffsetFetchResponseGroup::default()
+                    .with_group_id(GroupId(s("g")))
+                    .with_topics(vec![t.clone(), t])
+                    .with_error_code(7);
+                r = r.with_groups(vec![g.clone(), g]);
+            }
+            frame(&r, v)
+        }
+        11 => {
+            let mut m = JoinGroupResponseMember::default()
+                .with_member_id(s("m1"))
+                .with_metadata(Bytes::from_static(b"meta"));
+            if v >= 5 {
+                m = m.with_group_instance_id(Some(s("i1")));
+            }
+            let mut r = JoinGroupResponse::default()
+                .with_error_code(1)
+                .with_generation_id(2)
+                .with_protocol_name(Some(s("range")))
+                .with_leader(s("m1"))
+                .with_member_id(s("m1"))
+                .with_members(vec![m.clone(), m]);
+            if v >= 2 {
+                r = r.with_throttle_time_ms(5);
+            }
+            if v >= 7 {
+                r = r.with_protocol_type(Some(s("consumer")));
+            }
+            if v >= 9 {
+                r = r.with_skip_assignment(true);
+            }
+            frame(&r, v)
+        }
+        12 => {
+            let mut r = HeartbeatResponse::default().with_error_code(27);
+            if v >= 1 {
+                r = r.with_throttle_time_ms(5);
+            }
+            frame(&r, v)
+        }
+        13 => {
+            let mut r = LeaveGroupResponse::default().with_error_code(1);
+            if v >= 1 {
+                r = r.with_throttle_time_ms(5);
+            }
+            if v >= 3 {
+                let m = MemberResponse::default()
+                    .with_member_id(s("m1"))
+                    .with_group_instance_id(Some(s("i1")))
+                    .with_error_code(2);
+                r = r.with_members(vec![m.clone(), m]);
+            }
+            frame(&r, v)
+        }
+        14 => {
+            let mut r = SyncGroupResponse::default()
+                .with_error_code(1)
+                .with_assignment(Bytes::from_static(b"assignment"));
+            if v >= 1 {
+                r = r.with_throttle_time_ms(5);
+            }
+            if v >= 5 {
+                r = r
+                    .with_protocol_type(Some(s("consumer")))
+                    .with_protocol_name(Some(s("range")));
+            }
+            frame(&r, v)
+        }
+        15 => {
+            let mut m = DescribedGroupMember::default()
+                .with_member_id(s("m1"))
+                .with_client_id(s("c"))
+                .with_client_host(s("/10.0.0.1"))
+                .with_member_metadata(Bytes::from_static(b"meta"))
+                .with_member_assignment(Bytes::from_static(b"assignment"));
+            if v >= 4 {
+                m = m.with_group_instance_id(Some(s("i1")));
+            }
+            let mut g = DescribedGroup::default()
+                .with_error_code(1)
+                .with_group_id(GroupId(s("g")))
+                .with_group_state(s("Stable"))
+                .with_protocol_type(s("consumer"))
+                .with_protocol_data(s("range"))
+                .with_members(vec![m.clone(), m]);
+            if v >= 3 {
+                g = g.with_authorized_operations(0x0f);
+            }
+            if v >= 6 {
+                g = g.with_error_message(Some(s("err")));
+            }
+            let mut r = DescribeGroupsResponse::default().with_groups(vec![g.clone(), g]);
+            if v >= 1 {
+                r = r.with_throttle_time_ms(5);
+            }
+            frame(&r, v)
+        }
+        16 => {
+            let mut g = ListedGroup::default()
+                .with_group_id(GroupId(s("g")))
+                .with_protocol_type(s("consumer"));
+            if v >= 4 {
+                g = g.with_group_state(s("Stable"));
+            }
+            if v >= 5 {
+                g = g.with_group_type(s("classic"));
+            }
+            let mut r = ListGroupsResponse::default()
+                .with_error_code(1)
+                .with_groups(vec![g.clone(), g]);
+            if v >= 1 {
+                r = r.with_throttle_time_ms(5);
+            }
             frame(&r, v)
         }
         18 => {

@@ -1,0 +1,420 @@
+//! Several mirror workers as one group on the destination cluster (`[group]`), against
+//! real tansu brokers while records keep arriving: every partition mirrored by exactly
+//! one member, a killed member's partitions taken over within its session, a returning
+//! member given back its share with as few moves as possible, a stopped (zombie)
+//! member's writes refused after it wakes, and the copy exact throughout.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::proxy::Proxy;
+use common::*;
+use rdkafka::consumer::Consumer;
+use rdkafka::producer::{BaseRecord, Producer};
+use wanmirror::demo::broker::{free_port, TansuBroker};
+use wanmirror::kafka::client::Cluster;
+use wanmirror::kafka::connection::SocketOptions;
+use wanmirror::kafka::reader::PartitionReader;
+
+const TOPICS: [&str; 3] = ["t0", "t1", "t2"];
+const SESSION_MS: u64 = 6000;
+
+/// Writes one small record to every partition of every topic every 50 ms until
+/// dropped.
+struct Traffic {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<u64>>,
+}
+
+impl Traffic {
+    fn start(bootstrap: &str) -> Traffic {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (s, b) = (stop.clone(), bootstrap.to_string());
+        let thread = std::thread::spawn(move || {
+            let p = producer(&b, "none", false);
+            let mut n = 0u64;
+            while !s.load(Ordering::Relaxed) {
+                for t in TOPICS {
+                    for part in 0..4 {
+                        let v = format!("{t}-{part}-{n}");
+                        let _ = p.send(BaseRecord::<(), str>::to(t).partition(part).payload(&v));
+                    }
+                }
+                p.poll(Duration::ZERO);
+                n += 1;
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            p.flush(Duration::from_secs(30)).expect("flush");
+            n
+        });
+        Traffic {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops writing and waits for every record to be acknowledged.
+    fn finish(&mut self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread
+            .take()
+            .map_or(0, |t| t.join().expect("producer"))
+    }
+}
+
+impl Drop for Traffic {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+/// One worker's config: the shared group, its own metrics port.
+fn worker_config(dir: &Path, a: &str, b: &str, name: &str, port: u16) -> PathBuf {
+    let p = dir.join(format!("{name}.toml"));
+    write_config(&p, a, b, 1, &TOPICS, "tail_wait_ms = 100");
+    let text = std::fs::read_to_string(&p).unwrap();
+    std::fs::write(
+        &p,
+        format!(
+            "{text}[group]\nid = \"wanmirror.test\"\nsession_timeout_ms = {SESSION_MS}\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n"
+        ),
+    )
+    .unwrap();
+    p
+}
+
+type Owned = BTreeSet<(String, i32)>;
+
+/// The partitions a worker mirrors now, from its metrics: those with a running state.
+fn owned(port: u16) -> Option<Owned> {
+    std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    let body = get_http(port, "/metrics").1;
+    let mut out = BTreeSet::new();
+    for l in body.lines().filter(|l| {
+        l.starts_with("wanmirror_partition_state{")
+            && l.ends_with(" 1")
+            && !l.contains("state=\"stopped\"")
+    }) {
+        let field = |k: &str| -> String {
+            let i = l.find(&format!("{k}=\"")).expect("label") + k.len() + 2;
+            l[i..].split('"').next().unwrap().to_string()
+        };
+        out.insert((field("topic"), field("partition").parse().unwrap()));
+    }
+    Some(out)
+}
+
+/// Every partition, each owned by exactly one of `ports`' workers; the owners by port.
+fn exact_owners(ports: &[u16]) -> Option<BTreeMap<u16, Owned>> {
+    let mut by = BTreeMap::new();
+    let mut all = BTreeSet::new();
+    for p in ports {
+        let o = owned(*p)?;
+        for x in &o {
+            if !all.insert(x.clone()) {
+                return None;
+            }
+        }
+        by.insert(*p, o);
+    }
+    (all.len() == 12).then_some(by)
+}
+
+/// The (producer id, epoch) of every batch of a destination partition, in offset order.
+fn stamps(bootstrap: &str, topic: &str, partition: i32) -> Vec<(i64, i64, i16)> {
+    runtime().block_on(async {
+        let c = Cluster::new("t", bootstrap, SocketOptions::default());
+        let end = c.end_offset(topic, partition).await.expect("end");
+        let r = PartitionReader {
+            cluster: &c,
+            topic,
+            partition,
+            fetch_bytes: 1 << 20,
+        };
+        let mut out = Vec::new();
+        let mut at = 0;
+        while at < end {
+            let batches = r.fetch(at).await.expect("fetch");
+            assert!(!batches.is_empty(), "{topic}/{partition}: nothing at {at}");
+            for b in batches {
+                out.push((
+                    b.header.base_offset,
+                    b.header.producer_id,
+                    b.header.producer_epoch,
+                ));
+                at = b.header.next_offset();
+            }
+        }
+        out
+    })
+}
+
+#[test]
+fn three_workers_share_partitions_take_over_and_fence_a_zombie() {
+    let pair = Pair::start();
+    let (a, b) = (pair.a.bootstrap(), pair.b.bootstrap());
+    for t in TOPICS {
+        create_topic(&a, t, 4);
+    }
+    let mut traffic = Traffic::start(&a);
+    let ports: Vec<u16> = (0..3).map(|_| free_port().unwrap()).collect();
+    let cfgs: Vec<PathBuf> = ports
+        .iter()
+        .enumerate()
+        .map(|(i, p)| worker_config(pair.dir.path(), &a, &b, &format!("w{i}"), *p))
+        .collect();
+    let spawn = |c: &PathBuf| Mirror::spawn_logging(c, &[], "info,wanmirror::groups=debug");
+    let mut w: Vec<Mirror> = cfgs.iter().map(spawn).collect();
+    let logs = |w: &Vec<Mirror>| {
+        w.iter()
+            .map(|m| m.log_text())
+            .collect::<Vec<_>>()
+            .join("\n----\n")
+    };
+
+    // 1. Every partition owned by exactly one member, four each.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let first = loop {
+        if let Some(by) = exact_owners(&ports) {
+            if by.values().all(|o| o.len() == 4) {
+                break by;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no exact 4/4/4 ownership: {}",
+            logs(&w)
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    eprintln!("ownership: {first:?}");
+
+    // 2. kill -9 one member: the others take its partitions.
+    w[2].signal(9);
+    let killed = Instant::now();
+    let after_kill = loop {
+        if let Some(by) = exact_owners(&ports[..2]) {
+            break by;
+        }
+        assert!(
+            killed.elapsed() < Duration::from_millis(SESSION_MS) + Duration::from_secs(30),
+            "no takeover: {}",
+            logs(&w)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let takeover = killed.elapsed();
+    eprintln!(
+        "takeover after kill -9: {:.1} s (session {} ms)",
+        takeover.as_secs_f64(),
+        SESSION_MS
+    );
+    assert!(
+        takeover < Duration::from_millis(SESSION_MS) + Duration::from_secs(10),
+        "took {takeover:?}: {}",
+        logs(&w)
+    );
+
+    // 3. It comes back: it gets a third again, and only what it takes moves.
+    w[2] = spawn(&cfgs[2]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let back = loop {
+        if let Some(by) = exact_owners(&ports) {
+            if by.values().all(|o| o.len() == 4) {
+                break by;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no rebalance on return: {}",
+            logs(&w)
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    let moved: usize = ports[..2]
+        .iter()
+        .map(|p| after_kill[p].difference(&back[p]).count())
+        .sum();
+    let gained: usize = ports[..2]
+        .iter()
+        .map(|p| back[p].difference(&after_kill[p]).count())
+        .sum();
+    eprintln!("on the join: {moved} partitions moved, {gained} moved between the others");
+    assert_eq!(
+        (moved, gained),
+        (4, 0),
+        "{after_kill:?} -> {back:?}: {}",
+        logs(&w)
+    );
+
+    // 4. Zombie: stop a member past its session, let the others take over and write.
+    let zombie = 1;
+    let its: Owned = back[&ports[zombie]].clone();
+    w[zombie].signal(19); // SIGSTOP
+    let stopped = Instant::now();
+    let others = [ports[0], ports[2]];
+    loop {
+        if exact_owners(&others).is_some() {
+            break;
+        }
+        assert!(
+            stopped.elapsed() < Duration::from_secs(60),
+            "no takeover from the zombie: {}",
+            logs(&w)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The new owners write to the zombie's partitions.
+    let ends: Vec<i64> = its
+        .iter()
+        .map(|(t, p)| end_offset(&b, &format!("dc-a.{t}"), *p))
+        .collect();
+    eventually(Duration::from_secs(30), "the new owners write", || {
+        its.iter()
+            .zip(&ends)
+            .all(|((t, p), e)| end_offset(&b, &format!("dc-a.{t}"), *p) > *e)
+    });
+    let asleep = w[zombie].log_text().len();
+    w[zombie].signal(18); // SIGCONT
+                          // It wakes, finds itself out of the group, and rejoins: 4/4/4 again.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if exact_owners(&ports).is_some_and(|by| by.values().all(|o| o.len() == 4)) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the zombie never rejoined: {}",
+            logs(&w)
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    // What it logged after waking: it learnt it was out of the group, and any write
+    // it tried was refused.
+    let zlog = w[zombie].log_text()[asleep..].to_string();
+    let woke: Vec<&str> = zlog
+        .lines()
+        .filter(|l| l.contains("out of the group") || l.contains("dropping the partition"))
+        .collect();
+    eprintln!("the zombie after waking:\n{}", woke.join("\n"));
+    assert!(!woke.is_empty(), "{zlog}");
+
+    // 5. The copy is complete and exact, and no older epoch's batch follows a newer
+    // one in any partition: nothing the zombie wrote after being fenced landed.
+    let produced = traffic.finish();
+    eventually(
+        Duration::from_secs(90),
+        "the copy reaches the source end",
+        || {
+            TOPICS.iter().all(|t| {
+                (0..4).all(|p| end_offset(&b, &format!("dc-a.{t}"), p) == end_offset(&a, t, p))
+            })
+        },
+    );
+    let mut records = 0;
+    for t in TOPICS {
+        for p in 0..4 {
+            records += assert_same(&pair, t, &format!("dc-a.{t}"), p);
+            let s = stamps(&b, &format!("dc-a.{t}"), p);
+            let mut newest: BTreeMap<i64, i16> = BTreeMap::new();
+            for (offset, pid, epoch) in s {
+                let e = newest.entry(pid).or_insert(epoch);
+                assert!(
+                    epoch >= *e,
+                    "{t}/{p}: epoch {epoch} of producer {pid} at {offset} after epoch {e}"
+                );
+                *e = epoch;
+            }
+        }
+    }
+    eprintln!("{records} records in 12 partitions ({produced} rounds produced), identical");
+    for m in &mut w {
+        m.stop_cleanly();
+    }
+    assert!(
+        w.iter().all(|m| m.log_text().contains("left the group")),
+        "{}",
+        logs(&w)
+    );
+}
+
+/// What `wanmirror run` printed and how it exited.
+fn run_once(cfg: &Path) -> (Option<i32>, String, Duration) {
+    let t0 = Instant::now();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wanmirror"))
+        .args(["run", "--config", cfg.to_str().unwrap()])
+        .env("RUST_LOG", "off")
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        t0.elapsed(),
+    )
+}
+
+#[test]
+fn a_taken_group_id_and_an_unreachable_coordinator_are_one_line_and_exit_2() {
+    let pair = Pair::start();
+    let (a, b) = (pair.a.bootstrap(), pair.b.bootstrap());
+    create_topic(&a, "orders", 2);
+    create_topic(&b, "apps", 1);
+    // An application's consumer group of that id is running in the destination.
+    let app = rdkafka::config::ClientConfig::new()
+        .set("bootstrap.servers", &b)
+        .set("group.id", "taken")
+        .set("session.timeout.ms", "6000")
+        .create::<rdkafka::consumer::BaseConsumer>()
+        .unwrap();
+    app.subscribe(&["apps"]).unwrap();
+    eventually(Duration::from_secs(30), "the application joined", || {
+        let _ = app.poll(Duration::from_millis(100));
+        app.assignment().is_ok_and(|a| a.count() > 0)
+    });
+    let cfg = pair.dir.path().join("taken.toml");
+    write_config(&cfg, &a, &b, 1, &["orders"], "");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(&cfg, format!("{text}[group]\nid = \"taken\"\n")).unwrap();
+    let (code, err, _) = run_once(&cfg);
+    let _ = app.poll(Duration::from_millis(10));
+    assert_eq!(code, Some(2), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("taken") && err.contains("\"consumer\""),
+        "{err}"
+    );
+    assert!(!topic_exists(&b, "dc-a.orders"), "a topic was created");
+    eprintln!("{err}");
+
+    // A destination whose brokers are only reachable at an address nothing answers
+    // on (its advertised listener), the bootstrap address aside: the coordinator
+    // cannot be reached.
+    let dead = Proxy::start(); // never forwards: connections are dropped
+    let c = TansuBroker::start_advertising("dc-c", Some(dead.port)).expect("broker");
+    let cfg = pair.dir.path().join("unreachable.toml");
+    write_config(&cfg, &a, &c.bootstrap(), 1, &["orders"], "");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(
+        &cfg,
+        format!("{text}[group]\nid = \"g\"\nsession_timeout_ms = 3000\n"),
+    )
+    .unwrap();
+    let (code, err, took) = run_once(&cfg);
+    assert_eq!(code, Some(2), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("coordinator") && err.contains("cannot be reached"),
+        "{err}"
+    );
+    assert!(took < Duration::from_secs(30), "took {took:?}");
+    assert!(
+        !topic_exists(&c.bootstrap(), "dc-a.orders"),
+        "a topic was created"
+    );
+    eprintln!("{err}");
+}
