@@ -76,7 +76,8 @@ impl Drop for Traffic {
 /// One worker's config: the shared group, its own metrics port.
 fn worker_config(dir: &Path, a: &str, b: &str, name: &str, port: u16) -> PathBuf {
     let p = dir.join(format!("{name}.toml"));
-    write_config(&p, a, b, 1, &TOPICS, "tail_wait_ms = 100");
+    // A pattern: a topic created later (t3) is found by discovery.
+    write_config(&p, a, b, 1, &["t[0-9]"], "tail_wait_ms = 100");
     let text = std::fs::read_to_string(&p).unwrap();
     std::fs::write(
         &p,
@@ -111,6 +112,11 @@ fn owned(port: u16) -> Option<Owned> {
 
 /// Every partition, each owned by exactly one of `ports`' workers; the owners by port.
 fn exact_owners(ports: &[u16]) -> Option<BTreeMap<u16, Owned>> {
+    exactly(ports, 12)
+}
+
+/// [`exact_owners`] for `n` partitions in all.
+fn exactly(ports: &[u16], n: usize) -> Option<BTreeMap<u16, Owned>> {
     let mut by = BTreeMap::new();
     let mut all = BTreeSet::new();
     for p in ports {
@@ -122,7 +128,7 @@ fn exact_owners(ports: &[u16]) -> Option<BTreeMap<u16, Owned>> {
         }
         by.insert(*p, o);
     }
-    (all.len() == 12).then_some(by)
+    (all.len() == n).then_some(by)
 }
 
 /// The (producer id, epoch) of every batch of a destination partition, in offset order.
@@ -294,19 +300,46 @@ fn three_workers_share_partitions_take_over_and_fence_a_zombie() {
         );
         std::thread::sleep(Duration::from_millis(250));
     }
-    // What it logged after waking: it learnt it was out of the group, and any write
-    // it tried was refused.
+    // What it logged after waking: it learnt it was out of the group, and it did try
+    // to write, and the broker refused the write.
     let zlog = w[zombie].log_text()[asleep..].to_string();
     let woke: Vec<&str> = zlog
         .lines()
         .filter(|l| l.contains("out of the group") || l.contains("dropping the partition"))
         .collect();
     eprintln!("the zombie after waking:\n{}", woke.join("\n"));
-    assert!(!woke.is_empty(), "{zlog}");
+    assert!(
+        zlog.contains("dropping the partition, its write refused"),
+        "the zombie never tried a write after waking: {zlog}"
+    );
 
-    // 5. The copy is complete and exact, and no older epoch's batch follows a newer
+    // 5. A new topic goes through the group's assignment: each of its partitions to
+    // exactly one member.
+    create_topic(&a, "t3", 2);
+    let p3 = producer(&a, "none", false);
+    let t3: Vec<Vec<Rec>> = (0..2).map(|i| sample(50, 30 + i, |_| 20)).collect();
+    for (part, r) in t3.iter().enumerate() {
+        produce(&p3, "t3", part as i32, r);
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let with_t3 = loop {
+        if let Some(by) = exactly(&ports, 14) {
+            break by;
+        }
+        assert!(Instant::now() < deadline, "t3 never assigned: {}", logs(&w));
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    eprintln!("with t3: {with_t3:?}");
+
+    // 6. The copy is complete and exact, and no older epoch's batch follows a newer
     // one in any partition: nothing the zombie wrote after being fenced landed.
     let produced = traffic.finish();
+    eventually(Duration::from_secs(60), "t3 copied", || {
+        (0..2).all(|p| end_offset(&b, "dc-a.t3", p) == 50)
+    });
+    for p in 0..2 {
+        assert_eq!(assert_same(&pair, "t3", "dc-a.t3", p), 50);
+    }
     eventually(
         Duration::from_secs(90),
         "the copy reaches the source end",

@@ -5,6 +5,7 @@
 //! the members say to each other `protocol.rs`.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -95,10 +96,18 @@ pub struct Member {
     /// of the leader's list a member whose rejoin it is still holding.
     missing: BTreeSet<String>,
     gone: BTreeSet<String>,
+    /// Whether this member leads the group now (the consumer-group offset sync runs
+    /// on the leader only).
+    leading: Arc<AtomicBool>,
 }
 
 impl Member {
-    pub fn new(dest: Arc<Cluster>, s: Settings, roster: Arc<Mutex<Roster>>) -> Member {
+    pub fn new(
+        dest: Arc<Cluster>,
+        s: Settings,
+        roster: Arc<Mutex<Roster>>,
+        leading: Arc<AtomicBool>,
+    ) -> Member {
         Member {
             dest,
             s,
@@ -116,7 +125,13 @@ impl Member {
             leader_id: String::new(),
             missing: BTreeSet::new(),
             gone: BTreeSet::new(),
+            leading,
         }
+    }
+
+    /// The generation of the last assignment.
+    pub fn generation(&self) -> i32 {
+        self.generation
     }
 
     /// The coordinator's connection, opened when missing or dead.
@@ -247,6 +262,13 @@ impl Member {
             };
             match attempt {
                 Ok(Some(jobs)) => return Ok(jobs),
+                Ok(None) if started.elapsed() > patience => {
+                    return Err(GroupError::Coordinator {
+                        group: self.s.id.clone(),
+                        cluster: self.dest.name().to_string(),
+                        detail: format!("the group kept rebalancing for {} s", patience.as_secs()),
+                    })
+                }
                 Ok(None) => continue,
                 Err(e) if e.code() == Some(R::InconsistentGroupProtocol) => {
                     let kind = self
@@ -335,6 +357,7 @@ impl Member {
         };
         let was_leader = self.leader;
         self.leader = leader == self.member_id;
+        self.leading.store(self.leader, Ordering::Relaxed);
         self.leader_id = leader;
         if self.leader && !was_leader {
             self.led = self.assigned_now().await;
@@ -407,7 +430,7 @@ impl Member {
     /// leaves the group. Returns an error only for what rejoining cannot fix.
     pub async fn run(
         mut self,
-        events: mpsc::Sender<Event>,
+        events: mpsc::UnboundedSender<Event>,
         rejoin: Arc<Notify>,
         mut shutdown: watch::Receiver<bool>,
     ) -> Result<(), GroupError> {
@@ -424,9 +447,17 @@ impl Member {
                 _ = tokio::time::sleep(self.s.heartbeat_every()) => self.beat(&events, &mut last_ok).await,
                 _ = watch.tick() => {
                     // Twice in a row: a rebalance under way changes the members too.
-                    changed_twice = if self.members_changed().await { changed_twice + 1 } else { 0 };
+                    // Bounded: the heartbeat must not wait behind it.
+                    let changed = tokio::time::timeout(self.s.heartbeat_every(), self.members_changed())
+                        .await
+                        .unwrap_or(false);
+                    changed_twice = if changed { changed_twice + 1 } else { 0 };
                     if changed_twice >= 2 {
-                        tracing::info!(group = %self.s.id, gone = ?self.missing, "the group's members changed without a rebalance; starting one");
+                        if self.leader {
+                            tracing::info!(group = %self.s.id, gone = ?self.missing, "members left without a rebalance; starting one");
+                        } else {
+                            tracing::info!(group = %self.s.id, leader = %self.leader_id, "the group's leader left without a rebalance; starting one");
+                        }
                         changed_twice = 0;
                         self.gone = std::mem::take(&mut self.missing);
                         self.fresh = true;
@@ -448,12 +479,10 @@ impl Member {
             match join {
                 Ok(jobs) => {
                     last_ok = Instant::now();
-                    let _ = events
-                        .send(Event::Assigned {
-                            generation: self.generation,
-                            jobs,
-                        })
-                        .await;
+                    let _ = events.send(Event::Assigned {
+                        generation: self.generation,
+                        jobs,
+                    });
                 }
                 Err(e @ GroupError::Foreign { .. }) => return Err(e),
                 Err(e) => {
@@ -475,11 +504,23 @@ impl Member {
     }
 
     /// One heartbeat; whether to rejoin.
-    async fn beat(&mut self, events: &mpsc::Sender<Event>, last_ok: &mut Instant) -> bool {
-        let r = match self.conn().await {
-            Ok(c) => heartbeat(&c, &self.s.id, self.generation, &self.member_id).await,
-            Err(e) => Err(e),
+    async fn beat(&mut self, events: &mpsc::UnboundedSender<Event>, last_ok: &mut Instant) -> bool {
+        // Bounded by a heartbeat interval, so the session check below runs on time
+        // even while the coordinator is being looked for.
+        let every = self.s.heartbeat_every();
+        let attempt = async {
+            let c = self.conn().await?;
+            heartbeat(&c, &self.s.id, self.generation, &self.member_id).await
         };
+        let r = tokio::time::timeout(every * 2, attempt)
+            .await
+            .unwrap_or_else(|_| {
+                Err(KafkaError::Timeout {
+                    addr: "the group coordinator".into(),
+                    api: "Heartbeat",
+                    ms: (every * 2).as_millis() as u64,
+                })
+            });
         match r {
             Ok(()) => {
                 *last_ok = Instant::now();
@@ -527,13 +568,13 @@ impl Member {
     }
 
     /// Gives up every partition: another member may own them already.
-    async fn lose(&mut self, events: &mpsc::Sender<Event>, why: String) {
+    async fn lose(&mut self, events: &mpsc::UnboundedSender<Event>, why: String) {
         if !self.owned.is_empty() {
             tracing::warn!(group = %self.s.id, partitions = self.owned.len(), "out of the group, stopping our partitions: {why}");
         }
         self.owned.clear();
         self.generation = -1;
-        let _ = events.send(Event::Lost { why }).await;
+        let _ = events.send(Event::Lost { why });
     }
 }
 

@@ -31,6 +31,8 @@ pub struct Syncer {
     /// The destination name of a source topic (`mirror.rename`).
     pub rename: Box<dyn Fn(&str) -> String + Send + Sync>,
     pub tally: Arc<Tally>,
+    /// When set, rounds run only while it is true (in a mirror group: on the leader).
+    pub gate: Option<Arc<std::sync::atomic::AtomicBool>>,
 }
 
 /// The last outcome of one group's sync.
@@ -127,13 +129,20 @@ impl Syncer {
             topics,
             rename: Box::new(move |t| config.dest_topic(t)),
             tally,
+            gate: None,
         }))
     }
 
     /// Rounds every `every` until `shutdown` turns true.
     pub async fn run(self, every: Duration, mut shutdown: watch::Receiver<bool>) {
         loop {
-            self.round().await;
+            if self
+                .gate
+                .as_ref()
+                .is_none_or(|g| g.load(std::sync::atomic::Ordering::Relaxed))
+            {
+                self.round().await;
+            }
             tokio::select! {
                 _ = tokio::time::sleep(every) => {}
                 _ = shutdown.wait_for(|s| *s) => return,
@@ -295,8 +304,28 @@ impl Syncer {
             },
             // Members joined between the look and the commit: the coordinator refuses
             // a commit without their generation, which is what keeps them safe.
-            Ok(refused) => Outcome::Skipped(format!(
-                "the destination refused {} of {} commits (first: {}); members may have joined",
+            Ok(refused)
+                if refused.iter().all(|r| {
+                    matches!(
+                        r.error.code(),
+                        Some(
+                            ResponseError::UnknownMemberId
+                                | ResponseError::IllegalGeneration
+                                | ResponseError::RebalanceInProgress
+                        )
+                    )
+                }) =>
+            {
+                Outcome::Skipped(format!(
+                    "members joined it in the destination meanwhile: {} of {} commits refused ({})",
+                    refused.len(),
+                    at.len(),
+                    refused[0].error
+                ))
+            }
+            Ok(refused) => Outcome::Failed(format!(
+                "{}: {} of {} commits refused (first: {}); the others were committed",
+                self.dest.name(),
                 refused.len(),
                 at.len(),
                 refused[0].error

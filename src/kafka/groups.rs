@@ -180,6 +180,22 @@ impl Cluster {
             })?;
         match g.error_code {
             0 => {}
+            // GROUP_ID_NOT_FOUND for a group of the new consumer protocol (KIP-848),
+            // which DescribeGroups does not describe: members unknown, so counted as
+            // live (never written).
+            69 if g
+                .error_message
+                .as_ref()
+                .is_some_and(|m| m.contains("classic")) =>
+            {
+                return Ok(Described {
+                    state: "NotClassic".into(),
+                    protocol_type: "consumer".into(),
+                    members: 1,
+                    member_ids: Vec::new(),
+                    assignments: Vec::new(),
+                })
+            }
             // GROUP_ID_NOT_FOUND (newer coordinators): a group nobody created yet.
             69 => {
                 return Ok(Described {

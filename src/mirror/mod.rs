@@ -299,8 +299,13 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<Outcome, StartError
     };
     // The cap is on what crosses the WAN: the source side only.
     let limit = t.max_mbit.map(|m| Arc::new(Limit::new(m)));
+    let (mut recv_buffer, mut initial) = (sock.recv_buffer, t.pool_initial);
     if let Some(m) = t.max_mbit {
-        tracing::info!(cluster = %config.source.name, max_mbit = m, "bandwidth cap on reads from the source");
+        let (each, n) = crate::transport::limit::capped_connections(m, t.pool_initial, t.pool_min);
+        // A receive buffer set by the operator wins.
+        recv_buffer = recv_buffer.or(Some(each));
+        initial = n;
+        tracing::info!(cluster = %config.source.name, max_mbit = m, recv_buffer_bytes = recv_buffer.unwrap_or(0), pool_initial = initial, "bandwidth cap on reads from the source");
     }
     let source = Cluster::with_pool(
         &config.source.name,
@@ -308,12 +313,13 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<Outcome, StartError
         SocketOptions {
             security: source_security,
             limit,
+            recv_buffer,
             ..sock.clone()
         },
         PoolConfig {
             min: t.pool_min,
             max: t.pool_max,
-            initial: t.pool_initial,
+            initial,
         },
         Duration::from_secs(config.mirror.progress_interval_secs),
     );
@@ -396,18 +402,48 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<Outcome, StartError
         tracing::warn!(patterns = ?shared.config.mirror.topics, "no source topic matches; waiting for one to appear");
     }
     let roster = Arc::new(std::sync::Mutex::new(member::Roster::default()));
+    // A member mirrors what the group assigns; an instance alone, every partition.
+    let (events_tx, mut events) = mpsc::unbounded_channel::<member::Event>();
+    let rejoin = Arc::new(tokio::sync::Notify::new());
+    let (leave_tx, leave_rx) = watch::channel(false);
+    let leading = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut membership = None;
     // A group member joins before anything is written: a group id taken by another
-    // client, or a coordinator out of reach, is an error at start.
-    let mut group = None;
+    // client, or a coordinator out of reach, is an error at start. Its heartbeats
+    // start at once (preparing many topics can outlast a session).
     if let Some(settings) = group_settings {
         roster.lock().unwrap_or_else(|e| e.into_inner()).topics = plans
             .iter()
             .map(|p| known(&p.source.name, &p.dest_topic, p.source.partitions.len()))
             .collect();
-        let mut m = member::Member::new(shared.dest.clone(), settings.clone(), roster.clone());
-        let first = m.join(settings.session).await?;
+        let mut m = member::Member::new(
+            shared.dest.clone(),
+            settings.clone(),
+            roster.clone(),
+            leading.clone(),
+        );
+        // A JoinGroup may be held for a rebalance timeout (the session) while the
+        // others rejoin: the coordinator is unreachable only past that and more.
+        let first = m
+            .join(settings.session * 2 + Duration::from_secs(5))
+            .await?;
         tracing::info!(group = %settings.id, partitions = first.len(), "joined the mirror group");
-        group = Some((m, first));
+        // An instance running without [group] under the same fence_id stops: the
+        // members write under locks of their own, which would not fence it.
+        let fence = shared.config.fence_id();
+        let dst = shared.dest.clone();
+        dst.retry("init producer id", || dst.init_producer_id(&fence))
+            .await
+            .map_err(|e| MirrorError::kafka(dst.name(), e))?;
+        let _ = events_tx.send(member::Event::Assigned {
+            generation: m.generation(),
+            jobs: first,
+        });
+        membership = Some(tokio::spawn(m.run(
+            events_tx.clone(),
+            rejoin.clone(),
+            leave_rx,
+        )));
     } else {
         // Fencing: bumping the epoch of our transactional id makes every earlier
         // instance's writes fail with PRODUCER_FENCED.
@@ -455,7 +491,11 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<Outcome, StartError
         shared.stats.groups.clone(),
     )?;
     let syncer = match syncer {
-        Some(s) if !opts.stop_at_end => {
+        Some(mut s) if !opts.stop_at_end => {
+            // In a group, the leader syncs: one writer, so never backwards.
+            if membership.is_some() {
+                s.gate = Some(leading.clone());
+            }
             let every = Duration::from_secs(
                 shared
                     .config
@@ -471,25 +511,13 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<Outcome, StartError
     };
 
     let mut running = running::Running::default();
-    // A member mirrors what the group assigns; an instance alone, every partition.
-    let (events_tx, mut events) = mpsc::channel::<member::Event>(8);
-    let rejoin = Arc::new(tokio::sync::Notify::new());
-    let (leave_tx, leave_rx) = watch::channel(false);
-    let mut membership = None;
-    match group {
-        Some((m, first)) => {
-            for j in first {
-                running.start(&shared, j);
-            }
-            membership = Some(tokio::spawn(m.run(events_tx, rejoin.clone(), leave_rx)));
-        }
-        None => {
-            for j in jobs {
-                let _ = job_tx.send(j);
-            }
+    if membership.is_none() {
+        for j in jobs {
+            let _ = job_tx.send(j);
         }
     }
     drop(job_tx);
+    drop(events_tx);
 
     let mut failed = false;
     let mut fenced = false;
@@ -558,8 +586,12 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<Outcome, StartError
             Some((job, r)) = running.next_done(&shared) => {
                 match r {
                     Ok(()) => {}
-                    // Another member owns it now; the group says so soon.
-                    Err(MirrorError::Fenced { .. }) if in_group => shared.stats.forget(&job),
+                    // Its lock was taken: the group's assignment says by whom (a
+                    // zombie's lock is taken back when it restarts here).
+                    Err(MirrorError::Fenced { .. }) if in_group => {
+                        shared.stats.forget(&job);
+                        rejoin.notify_one();
+                    }
                     Err(e @ MirrorError::Fenced { .. }) => {
                         tracing::error!(error = %e, "stopping");
                         fenced = true;

@@ -88,7 +88,9 @@ impl Running {
                         shared.stats.forget(&job);
                     }
                     if self.again.remove(&job) {
+                        // Given back while it stopped: it runs again, whatever ended it.
                         self.start(shared, job.clone());
+                        return Some((job, Ok(())));
                     }
                     return Some((job, r));
                 }
@@ -128,7 +130,14 @@ async fn supervise(
 ) -> Result<(), MirrorError> {
     let group = matches!(shared.fencing, Fencing::PerPartition(_));
     loop {
-        let run = match lock(&shared, &job).await {
+        // A partition given up meanwhile must not take its lock again: that would
+        // fence the member that owns it now.
+        let mut sd = stop.clone();
+        let locked = tokio::select! {
+            _ = sd.wait_for(|s| *s) => return Ok(()),
+            l = lock(&shared, &job) => l,
+        };
+        let run = match locked {
             Ok(producer) => {
                 let grant = Grant {
                     producer,
@@ -156,7 +165,7 @@ async fn supervise(
             }
             // The run loop drops the partition (its figures too) and goes on.
             Err(e @ MirrorError::Fenced { .. }) if group => {
-                tracing::warn!(topic = %job.source_topic, partition = job.partition, error = %e, "another member holds this partition's fencing lock: dropping the partition, its write refused");
+                tracing::warn!(topic = %job.source_topic, partition = job.partition, error = %e, "the partition's fencing lock was taken by another member: dropping the partition, its write refused");
                 return Err(e);
             }
             Err(e) => {
@@ -166,7 +175,6 @@ async fn supervise(
             Ok(()) => return Ok(()),
         };
         tracing::warn!(topic = %job.source_topic, partition = job.partition, error = %why, "partition interrupted; restarting in 5 s");
-        let mut sd = stop.clone();
         tokio::select! {
             _ = sd.wait_for(|s| *s) => return Ok(()),
             _ = tokio::time::sleep(Duration::from_secs(5)) => {}

@@ -184,6 +184,12 @@ pub async fn prepare(shared: &Shared, plan: &TopicPlan) -> Result<Vec<Job>, Mirr
 /// Grows the destination topic when the source gained partitions.
 pub async fn grow(shared: &Shared, dest_topic: &str, count: usize) -> Result<(), MirrorError> {
     let dst = &shared.dest;
+    // Another member of a mirror group may have grown it already.
+    if let Ok(Some(t)) = dst.topic(dest_topic).await {
+        if t.partitions.len() >= count {
+            return Ok(());
+        }
+    }
     dst.create_partitions(dest_topic, count as i32)
         .await
         .map_err(|e| MirrorError::kafka(dst.name(), e))?;

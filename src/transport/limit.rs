@@ -96,9 +96,36 @@ impl Limit {
     }
 }
 
+/// Under a cap, what the source's catch-up connections start with: (receive buffer
+/// bytes, pool size). Reads are throttled, but TCP goes on filling each connection's
+/// receive buffer at link speed until it is full: with autotuned buffers (several MB
+/// each) on dozens of connections, a whole backlog of a few hundred MB crosses the
+/// link uncapped before the reads catch up with it. Fixed buffers that hold together
+/// a quarter of a second at the cap bound that excess; a pool of at most 16 keeps them
+/// large enough to fill the cap on a 250 ms path (where they do not, goodput is below
+/// the cap and the sizer grows the pool).
+pub fn capped_connections(mbit: u64, pool_initial: usize, pool_min: usize) -> (usize, usize) {
+    let initial = pool_initial.min(16).max(pool_min).max(1);
+    let rate = mbit as f64 * 1e6 / 8.0;
+    let each = ((rate * 0.25) / initial as f64) as usize;
+    (each.max(128 * 1024), initial)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn capped_buffers_hold_a_quarter_second_at_the_cap() {
+        // 100 Mbit/s: 3.1 MB over 16 connections.
+        let (each, n) = capped_connections(100, 64, 1);
+        assert_eq!(n, 16);
+        assert_eq!(each, 195_312);
+        // A slow cap: never below 128 KiB each; the configured floor is kept.
+        assert_eq!(capped_connections(1, 64, 1).0, 128 * 1024);
+        assert_eq!(capped_connections(1, 64, 20).1, 20);
+        assert_eq!(capped_connections(100, 4, 1).1, 4);
+    }
     use proptest::prelude::*;
 
     #[test]
