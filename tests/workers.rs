@@ -451,3 +451,95 @@ fn a_taken_group_id_and_an_unreachable_coordinator_are_one_line_and_exit_2() {
     );
     eprintln!("{err}");
 }
+
+/// The same group on Apache Kafka's coordinator, which (unlike tansu's) holds every
+/// JoinGroup until all members rejoined: two workers split the partitions, one is
+/// killed and the other takes everything, the killed one returns and takes half back,
+/// and the copy stays exact with epochs in order.
+#[test]
+fn two_workers_on_kafkas_coordinator() {
+    use common::kafka::{KafkaCluster, Shape};
+    let b = std::thread::spawn(|| KafkaCluster::start(Shape::single()));
+    let pair = Pair::with(KafkaCluster::start(Shape::single()), b.join().unwrap());
+    let (a, b) = (pair.a.bootstrap(), pair.b.bootstrap());
+    for t in TOPICS {
+        common::scenarios::topic(&pair.a, t, 4);
+    }
+    let mut traffic = Traffic::start(&a);
+    let ports: Vec<u16> = (0..2).map(|_| free_port().unwrap()).collect();
+    let cfgs: Vec<PathBuf> = ports
+        .iter()
+        .enumerate()
+        .map(|(i, p)| worker_config(pair.dir.path(), &a, &b, &format!("k{i}"), *p))
+        .collect();
+    let spawn = |c: &PathBuf| Mirror::spawn_logging(c, &[], "info,wanmirror::groups=debug");
+    let mut w: Vec<Mirror> = cfgs.iter().map(spawn).collect();
+    let logs = |w: &Vec<Mirror>| {
+        w.iter()
+            .map(|m| m.log_text())
+            .collect::<Vec<_>>()
+            .join("\n----\n")
+    };
+    let halves = |ports: &[u16], limit: Duration, w: &Vec<Mirror>| {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(by) = exact_owners(ports) {
+                if by.values().all(|o| o.len() == 12 / ports.len()) {
+                    return by;
+                }
+            }
+            assert!(Instant::now() < deadline, "no even split: {}", logs(w));
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    };
+    let first = halves(&ports, Duration::from_secs(90), &w);
+    eprintln!("kafka ownership: {first:?}");
+
+    w[1].signal(9);
+    let killed = Instant::now();
+    halves(&ports[..1], Duration::from_secs(60), &w);
+    let takeover = killed.elapsed();
+    eprintln!(
+        "kafka: takeover after kill -9: {:.1} s (session {} ms)",
+        takeover.as_secs_f64(),
+        SESSION_MS
+    );
+    assert!(
+        takeover < Duration::from_millis(SESSION_MS) + Duration::from_secs(10),
+        "took {takeover:?}: {}",
+        logs(&w)
+    );
+
+    w[1] = spawn(&cfgs[1]);
+    let back = halves(&ports, Duration::from_secs(60), &w);
+    let moved = 12 - back[&ports[0]].len();
+    eprintln!("kafka: on the join: {moved} partitions moved");
+
+    traffic.finish();
+    eventually(
+        Duration::from_secs(90),
+        "the copy reaches the source end",
+        || {
+            TOPICS.iter().all(|t| {
+                (0..4).all(|p| end_offset(&b, &format!("dc-a.{t}"), p) == end_offset(&a, t, p))
+            })
+        },
+    );
+    for t in TOPICS {
+        for p in 0..4 {
+            assert_same(&pair, t, &format!("dc-a.{t}"), p);
+            let mut newest: BTreeMap<i64, i16> = BTreeMap::new();
+            for (offset, pid, epoch) in stamps(&b, &format!("dc-a.{t}"), p) {
+                let e = newest.entry(pid).or_insert(epoch);
+                assert!(
+                    epoch >= *e,
+                    "{t}/{p}: epoch {epoch} of {pid} at {offset} after {e}"
+                );
+                *e = epoch;
+            }
+        }
+    }
+    for m in &mut w {
+        m.stop_cleanly();
+    }
+}

@@ -100,8 +100,11 @@ impl KafkaError {
             | KafkaError::Timeout { .. }
             | KafkaError::NoLeader { .. }
             | KafkaError::Unreachable { .. } => true,
+            // CONCURRENT_TRANSACTIONS: another InitProducerId on the same
+            // transactional id is still being completed (two mirror group members
+            // taking a lock at once); Kafka's own producer retries it.
             KafkaError::Partition { code, .. } | KafkaError::Broker { code, .. } => {
-                code.is_retriable()
+                code.is_retriable() || *code == ResponseError::ConcurrentTransactions
             }
             _ => false,
         }
@@ -143,3 +146,24 @@ impl KafkaError {
 }
 
 pub type Result<T> = std::result::Result<T, KafkaError>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lock_taken_at_the_same_moment_is_retried() {
+        let e = KafkaError::Broker {
+            api: "InitProducerId",
+            code: ResponseError::ConcurrentTransactions,
+            detail: None,
+        };
+        assert!(e.is_retriable());
+        let fenced = KafkaError::Broker {
+            api: "Produce",
+            code: ResponseError::ProducerFenced,
+            detail: None,
+        };
+        assert!(!fenced.is_retriable());
+    }
+}
