@@ -436,6 +436,9 @@ impl Member {
     ) -> Result<(), GroupError> {
         let mut last_ok = Instant::now();
         let mut watch = tokio::time::interval(WATCH_EVERY);
+        watch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut beats = tokio::time::interval(self.s.heartbeat_every());
+        beats.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut changed_twice = 0;
         loop {
             let again = tokio::select! {
@@ -444,7 +447,7 @@ impl Member {
                     self.fresh = true;
                     true
                 }
-                _ = tokio::time::sleep(self.s.heartbeat_every()) => self.beat(&events, &mut last_ok).await,
+                _ = beats.tick() => self.beat(&events, &mut last_ok).await,
                 _ = watch.tick() => {
                     // Twice in a row: a rebalance under way changes the members too.
                     // Bounded: the heartbeat must not wait behind it.
@@ -476,6 +479,9 @@ impl Member {
                 _ = stopped(&mut shutdown) => break,
                 j = self.join(patience) => j,
             };
+            // The watch counts from here: "twice in a row" means a second apart.
+            watch.reset();
+            changed_twice = 0;
             match join {
                 Ok(jobs) => {
                     last_ok = Instant::now();
@@ -574,6 +580,9 @@ impl Member {
         }
         self.owned.clear();
         self.generation = -1;
+        // Out of the group, not its leader: the offset sync stops here.
+        self.leader = false;
+        self.leading.store(false, Ordering::Relaxed);
         let _ = events.send(Event::Lost { why });
     }
 }

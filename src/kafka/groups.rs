@@ -186,7 +186,7 @@ impl Cluster {
             69 if g
                 .error_message
                 .as_ref()
-                .is_some_and(|m| m.contains("classic")) =>
+                .is_some_and(|m| m.contains("not a classic group")) =>
             {
                 return Ok(Described {
                     state: "NotClassic".into(),

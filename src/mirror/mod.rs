@@ -428,13 +428,6 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<Outcome, StartError
             .join(settings.session * 2 + Duration::from_secs(5))
             .await?;
         tracing::info!(group = %settings.id, partitions = first.len(), "joined the mirror group");
-        // An instance running without [group] under the same fence_id stops: the
-        // members write under locks of their own, which would not fence it.
-        let fence = shared.config.fence_id();
-        let dst = shared.dest.clone();
-        dst.retry("init producer id", || dst.init_producer_id(&fence))
-            .await
-            .map_err(|e| MirrorError::kafka(dst.name(), e))?;
         let _ = events_tx.send(member::Event::Assigned {
             generation: m.generation(),
             jobs: first,
@@ -444,6 +437,14 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<Outcome, StartError
             rejoin.clone(),
             leave_rx,
         )));
+        // An instance running without [group] under the same fence_id stops: the
+        // members write under locks of their own, which would not fence it. (After
+        // the heartbeats started: this may be retried for a while.)
+        let fence = shared.config.fence_id();
+        let dst = shared.dest.clone();
+        dst.retry("init producer id", || dst.init_producer_id(&fence))
+            .await
+            .map_err(|e| MirrorError::kafka(dst.name(), e))?;
     } else {
         // Fencing: bumping the epoch of our transactional id makes every earlier
         // instance's writes fail with PRODUCER_FENCED.
@@ -568,7 +569,7 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<Outcome, StartError
                     }
                 }
             },
-            Some(ev) = events.recv() => match ev {
+            Some(ev) = events.recv() => match latest(ev, &mut events) {
                 member::Event::Assigned { jobs, .. } => {
                     for j in running.jobs().difference(&jobs) {
                         running.stop(j, true);
@@ -658,6 +659,19 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<Outcome, StartError
     } else {
         Outcome::Clean
     })
+}
+
+/// The newest of the member's events waiting: each says all there is (what to
+/// mirror, or nothing), so older ones would only start partitions that a newer
+/// generation gave to others.
+fn latest(
+    mut ev: member::Event,
+    events: &mut mpsc::UnboundedReceiver<member::Event>,
+) -> member::Event {
+    while let Ok(newer) = events.try_recv() {
+        ev = newer;
+    }
+    ev
 }
 
 /// How often a group member updates the weights it reports at the next rebalance.

@@ -86,6 +86,11 @@ impl Running {
                     self.stops.remove(&job);
                     if self.released.remove(&job) {
                         shared.stats.forget(&job);
+                        // Its last write refused because the new owner took the lock
+                        // first: the handover, not an error.
+                        if matches!(r, Err(MirrorError::Fenced { .. })) {
+                            return Some((job, Ok(())));
+                        }
                     }
                     if self.again.remove(&job) {
                         // Given back while it stopped: it runs again, whatever ended it.
@@ -132,8 +137,12 @@ async fn supervise(
     loop {
         // A partition given up meanwhile must not take its lock again: that would
         // fence the member that owns it now.
+        if *stop.borrow() {
+            return Ok(());
+        }
         let mut sd = stop.clone();
         let locked = tokio::select! {
+            biased;
             _ = sd.wait_for(|s| *s) => return Ok(()),
             l = lock(&shared, &job) => l,
         };
