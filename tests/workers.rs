@@ -110,12 +110,8 @@ fn owned(port: u16) -> Option<Owned> {
     Some(out)
 }
 
-/// Every partition, each owned by exactly one of `ports`' workers; the owners by port.
-fn exact_owners(ports: &[u16]) -> Option<BTreeMap<u16, Owned>> {
-    exactly(ports, 12)
-}
-
-/// [`exact_owners`] for `n` partitions in all.
+/// All `n` partitions, each owned by exactly one of `ports`' workers; the owners by
+/// port.
 fn exactly(ports: &[u16], n: usize) -> Option<BTreeMap<u16, Owned>> {
     let mut by = BTreeMap::new();
     let mut all = BTreeSet::new();
@@ -160,6 +156,111 @@ fn stamps(bootstrap: &str, topic: &str, partition: i32) -> Vec<(i64, i64, i16)> 
     })
 }
 
+/// Worker processes of one group, each with its config and metrics port.
+struct Workers {
+    cfgs: Vec<PathBuf>,
+    ports: Vec<u16>,
+    w: Vec<Mirror>,
+}
+
+impl Workers {
+    /// `n` workers mirroring `a` into `b`, named `{prefix}{i}`.
+    fn start(dir: &Path, a: &str, b: &str, prefix: &str, n: usize) -> Workers {
+        let ports: Vec<u16> = (0..n).map(|_| free_port().unwrap()).collect();
+        let cfgs: Vec<PathBuf> = ports
+            .iter()
+            .enumerate()
+            .map(|(i, p)| worker_config(dir, a, b, &format!("{prefix}{i}"), *p))
+            .collect();
+        let w = cfgs.iter().map(|c| Workers::spawn(c)).collect();
+        Workers { cfgs, ports, w }
+    }
+
+    fn spawn(cfg: &Path) -> Mirror {
+        Mirror::spawn_logging(cfg, &[], "info,wanmirror::groups=debug")
+    }
+
+    /// Starts worker `i` again after it was killed.
+    fn restart(&mut self, i: usize) {
+        self.w[i] = Workers::spawn(&self.cfgs[i]);
+    }
+
+    fn logs(&self) -> String {
+        self.w
+            .iter()
+            .map(|m| m.log_text())
+            .collect::<Vec<_>>()
+            .join("\n----\n")
+    }
+
+    /// Waits until the workers at `ports` own all `n` partitions exactly once and
+    /// `fair` holds for the owners, checking every `every`; panics with the logs
+    /// (naming `what`) once `limit` passed since `since`.
+    #[allow(clippy::too_many_arguments)]
+    fn owners_until(
+        &self,
+        ports: &[u16],
+        n: usize,
+        fair: impl Fn(&BTreeMap<u16, Owned>) -> bool,
+        since: Instant,
+        limit: Duration,
+        every: Duration,
+        what: &str,
+    ) -> BTreeMap<u16, Owned> {
+        loop {
+            if let Some(by) = exactly(ports, n).filter(|by| fair(by)) {
+                return by;
+            }
+            assert!(since.elapsed() < limit, "{what}: {}", self.logs());
+            std::thread::sleep(every);
+        }
+    }
+}
+
+/// Every member owning the same number of partitions.
+fn even(by: &BTreeMap<u16, Owned>) -> bool {
+    let n: usize = by.values().map(BTreeSet::len).sum();
+    by.values().all(|o| o.len() == n / by.len())
+}
+
+/// No condition beyond exact ownership.
+fn any(_: &BTreeMap<u16, Owned>) -> bool {
+    true
+}
+
+/// Waits until every partition of `TOPICS` reached the source's end in the
+/// destination, then checks each record for record, and that no batch under an older
+/// epoch of a partition's producer follows one under a newer epoch. Returns the
+/// records.
+fn assert_exact_in_epoch_order<A: Broker, B: Broker>(pair: &Pair<A, B>) -> usize {
+    let (a, b) = (pair.a.bootstrap(), pair.b.bootstrap());
+    eventually(
+        Duration::from_secs(90),
+        "the copy reaches the source end",
+        || {
+            TOPICS.iter().all(|t| {
+                (0..4).all(|p| end_offset(&b, &format!("dc-a.{t}"), p) == end_offset(&a, t, p))
+            })
+        },
+    );
+    let mut records = 0;
+    for t in TOPICS {
+        for p in 0..4 {
+            records += assert_same(pair, t, &format!("dc-a.{t}"), p);
+            let mut newest: BTreeMap<i64, i16> = BTreeMap::new();
+            for (offset, pid, epoch) in stamps(&b, &format!("dc-a.{t}"), p) {
+                let e = newest.entry(pid).or_insert(epoch);
+                assert!(
+                    epoch >= *e,
+                    "{t}/{p}: epoch {epoch} of producer {pid} at {offset} after epoch {e}"
+                );
+                *e = epoch;
+            }
+        }
+    }
+    records
+}
+
 #[test]
 fn three_workers_share_partitions_take_over_and_fence_a_zombie() {
     let pair = Pair::start();
@@ -168,52 +269,34 @@ fn three_workers_share_partitions_take_over_and_fence_a_zombie() {
         create_topic(&a, t, 4);
     }
     let mut traffic = Traffic::start(&a);
-    let ports: Vec<u16> = (0..3).map(|_| free_port().unwrap()).collect();
-    let cfgs: Vec<PathBuf> = ports
-        .iter()
-        .enumerate()
-        .map(|(i, p)| worker_config(pair.dir.path(), &a, &b, &format!("w{i}"), *p))
-        .collect();
-    let spawn = |c: &PathBuf| Mirror::spawn_logging(c, &[], "info,wanmirror::groups=debug");
-    let mut w: Vec<Mirror> = cfgs.iter().map(spawn).collect();
-    let logs = |w: &Vec<Mirror>| {
-        w.iter()
-            .map(|m| m.log_text())
-            .collect::<Vec<_>>()
-            .join("\n----\n")
-    };
+    let mut w = Workers::start(pair.dir.path(), &a, &b, "w", 3);
+    let ports = w.ports.clone();
+    let quarter = Duration::from_millis(250);
 
     // 1. Every partition owned by exactly one member, four each.
-    let deadline = Instant::now() + Duration::from_secs(90);
-    let first = loop {
-        if let Some(by) = exact_owners(&ports) {
-            if by.values().all(|o| o.len() == 4) {
-                break by;
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no exact 4/4/4 ownership: {}",
-            logs(&w)
-        );
-        std::thread::sleep(Duration::from_millis(250));
-    };
+    let first = w.owners_until(
+        &ports,
+        12,
+        even,
+        Instant::now(),
+        Duration::from_secs(90),
+        quarter,
+        "no exact 4/4/4 ownership",
+    );
     eprintln!("ownership: {first:?}");
 
     // 2. kill -9 one member: the others take its partitions.
-    w[2].signal(9);
+    w.w[2].signal(9);
     let killed = Instant::now();
-    let after_kill = loop {
-        if let Some(by) = exact_owners(&ports[..2]) {
-            break by;
-        }
-        assert!(
-            killed.elapsed() < Duration::from_millis(SESSION_MS) + Duration::from_secs(30),
-            "no takeover: {}",
-            logs(&w)
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let after_kill = w.owners_until(
+        &ports[..2],
+        12,
+        any,
+        killed,
+        Duration::from_millis(SESSION_MS) + Duration::from_secs(30),
+        Duration::from_millis(100),
+        "no takeover",
+    );
     let takeover = killed.elapsed();
     eprintln!(
         "takeover after kill -9: {:.1} s (session {} ms)",
@@ -223,25 +306,20 @@ fn three_workers_share_partitions_take_over_and_fence_a_zombie() {
     assert!(
         takeover < Duration::from_millis(SESSION_MS) + Duration::from_secs(10),
         "took {takeover:?}: {}",
-        logs(&w)
+        w.logs()
     );
 
     // 3. It comes back: it gets a third again, and only what it takes moves.
-    w[2] = spawn(&cfgs[2]);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let back = loop {
-        if let Some(by) = exact_owners(&ports) {
-            if by.values().all(|o| o.len() == 4) {
-                break by;
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no rebalance on return: {}",
-            logs(&w)
-        );
-        std::thread::sleep(Duration::from_millis(250));
-    };
+    w.restart(2);
+    let back = w.owners_until(
+        &ports,
+        12,
+        even,
+        Instant::now(),
+        Duration::from_secs(60),
+        quarter,
+        "no rebalance on return",
+    );
     let moved: usize = ports[..2]
         .iter()
         .map(|p| after_kill[p].difference(&back[p]).count())
@@ -255,26 +333,22 @@ fn three_workers_share_partitions_take_over_and_fence_a_zombie() {
         (moved, gained),
         (4, 0),
         "{after_kill:?} -> {back:?}: {}",
-        logs(&w)
+        w.logs()
     );
 
     // 4. Zombie: stop a member past its session, let the others take over and write.
     let zombie = 1;
     let its: Owned = back[&ports[zombie]].clone();
-    w[zombie].signal(19); // SIGSTOP
-    let stopped = Instant::now();
-    let others = [ports[0], ports[2]];
-    loop {
-        if exact_owners(&others).is_some() {
-            break;
-        }
-        assert!(
-            stopped.elapsed() < Duration::from_secs(60),
-            "no takeover from the zombie: {}",
-            logs(&w)
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    w.w[zombie].signal(19); // SIGSTOP
+    w.owners_until(
+        &[ports[0], ports[2]],
+        12,
+        any,
+        Instant::now(),
+        Duration::from_secs(60),
+        Duration::from_millis(100),
+        "no takeover from the zombie",
+    );
     // The new owners write to the zombie's partitions.
     let ends: Vec<i64> = its
         .iter()
@@ -285,24 +359,22 @@ fn three_workers_share_partitions_take_over_and_fence_a_zombie() {
             .zip(&ends)
             .all(|((t, p), e)| end_offset(&b, &format!("dc-a.{t}"), *p) > *e)
     });
-    let asleep = w[zombie].log_text().len();
-    w[zombie].signal(18); // SIGCONT
-                          // It wakes, finds itself out of the group, and rejoins: 4/4/4 again.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if exact_owners(&ports).is_some_and(|by| by.values().all(|o| o.len() == 4)) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the zombie never rejoined: {}",
-            logs(&w)
-        );
-        std::thread::sleep(Duration::from_millis(250));
-    }
+    let asleep = w.w[zombie].log_text().len();
+    w.w[zombie].signal(18); // SIGCONT
+
+    // It wakes, finds itself out of the group, and rejoins: 4/4/4 again.
+    w.owners_until(
+        &ports,
+        12,
+        even,
+        Instant::now(),
+        Duration::from_secs(60),
+        quarter,
+        "the zombie never rejoined",
+    );
     // What it logged after waking: it learnt it was out of the group, and it did try
     // to write, and the broker refused the write.
-    let zlog = w[zombie].log_text()[asleep..].to_string();
+    let zlog = w.w[zombie].log_text()[asleep..].to_string();
     let woke: Vec<&str> = zlog
         .lines()
         .filter(|l| l.contains("out of the group") || l.contains("dropping the partition"))
@@ -321,14 +393,15 @@ fn three_workers_share_partitions_take_over_and_fence_a_zombie() {
     for (part, r) in t3.iter().enumerate() {
         produce(&p3, "t3", part as i32, r);
     }
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let with_t3 = loop {
-        if let Some(by) = exactly(&ports, 14) {
-            break by;
-        }
-        assert!(Instant::now() < deadline, "t3 never assigned: {}", logs(&w));
-        std::thread::sleep(Duration::from_millis(250));
-    };
+    let with_t3 = w.owners_until(
+        &ports,
+        14,
+        any,
+        Instant::now(),
+        Duration::from_secs(60),
+        quarter,
+        "t3 never assigned",
+    );
     eprintln!("with t3: {with_t3:?}");
 
     // 6. The copy is complete and exact, and no older epoch's batch follows a newer
@@ -340,39 +413,15 @@ fn three_workers_share_partitions_take_over_and_fence_a_zombie() {
     for p in 0..2 {
         assert_eq!(assert_same(&pair, "t3", "dc-a.t3", p), 50);
     }
-    eventually(
-        Duration::from_secs(90),
-        "the copy reaches the source end",
-        || {
-            TOPICS.iter().all(|t| {
-                (0..4).all(|p| end_offset(&b, &format!("dc-a.{t}"), p) == end_offset(&a, t, p))
-            })
-        },
-    );
-    let mut records = 0;
-    for t in TOPICS {
-        for p in 0..4 {
-            records += assert_same(&pair, t, &format!("dc-a.{t}"), p);
-            let s = stamps(&b, &format!("dc-a.{t}"), p);
-            let mut newest: BTreeMap<i64, i16> = BTreeMap::new();
-            for (offset, pid, epoch) in s {
-                let e = newest.entry(pid).or_insert(epoch);
-                assert!(
-                    epoch >= *e,
-                    "{t}/{p}: epoch {epoch} of producer {pid} at {offset} after epoch {e}"
-                );
-                *e = epoch;
-            }
-        }
-    }
+    let records = assert_exact_in_epoch_order(&pair);
     eprintln!("{records} records in 12 partitions ({produced} rounds produced), identical");
-    for m in &mut w {
+    for m in &mut w.w {
         m.stop_cleanly();
     }
     assert!(
-        w.iter().all(|m| m.log_text().contains("left the group")),
+        w.w.iter().all(|m| m.log_text().contains("left the group")),
         "{}",
-        logs(&w)
+        w.logs()
     );
 }
 
@@ -466,38 +515,31 @@ fn two_workers_on_kafkas_coordinator() {
         common::scenarios::topic(&pair.a, t, 4);
     }
     let mut traffic = Traffic::start(&a);
-    let ports: Vec<u16> = (0..2).map(|_| free_port().unwrap()).collect();
-    let cfgs: Vec<PathBuf> = ports
-        .iter()
-        .enumerate()
-        .map(|(i, p)| worker_config(pair.dir.path(), &a, &b, &format!("k{i}"), *p))
-        .collect();
-    let spawn = |c: &PathBuf| Mirror::spawn_logging(c, &[], "info,wanmirror::groups=debug");
-    let mut w: Vec<Mirror> = cfgs.iter().map(spawn).collect();
-    let logs = |w: &Vec<Mirror>| {
-        w.iter()
-            .map(|m| m.log_text())
-            .collect::<Vec<_>>()
-            .join("\n----\n")
-    };
-    let halves = |ports: &[u16], limit: Duration, w: &Vec<Mirror>| {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(by) = exact_owners(ports) {
-                if by.values().all(|o| o.len() == 12 / ports.len()) {
-                    return by;
-                }
-            }
-            assert!(Instant::now() < deadline, "no even split: {}", logs(w));
-            std::thread::sleep(Duration::from_millis(250));
-        }
-    };
-    let first = halves(&ports, Duration::from_secs(90), &w);
+    let mut w = Workers::start(pair.dir.path(), &a, &b, "k", 2);
+    let ports = w.ports.clone();
+    let quarter = Duration::from_millis(250);
+    let first = w.owners_until(
+        &ports,
+        12,
+        even,
+        Instant::now(),
+        Duration::from_secs(90),
+        quarter,
+        "no even split",
+    );
     eprintln!("kafka ownership: {first:?}");
 
-    w[1].signal(9);
+    w.w[1].signal(9);
     let killed = Instant::now();
-    halves(&ports[..1], Duration::from_secs(60), &w);
+    w.owners_until(
+        &ports[..1],
+        12,
+        any,
+        killed,
+        Duration::from_secs(60),
+        quarter,
+        "no takeover",
+    );
     let takeover = killed.elapsed();
     eprintln!(
         "kafka: takeover after kill -9: {:.1} s (session {} ms)",
@@ -507,39 +549,25 @@ fn two_workers_on_kafkas_coordinator() {
     assert!(
         takeover < Duration::from_millis(SESSION_MS) + Duration::from_secs(10),
         "took {takeover:?}: {}",
-        logs(&w)
+        w.logs()
     );
 
-    w[1] = spawn(&cfgs[1]);
-    let back = halves(&ports, Duration::from_secs(60), &w);
+    w.restart(1);
+    let back = w.owners_until(
+        &ports,
+        12,
+        even,
+        Instant::now(),
+        Duration::from_secs(60),
+        quarter,
+        "no even split on return",
+    );
     let moved = 12 - back[&ports[0]].len();
     eprintln!("kafka: on the join: {moved} partitions moved");
 
     traffic.finish();
-    eventually(
-        Duration::from_secs(90),
-        "the copy reaches the source end",
-        || {
-            TOPICS.iter().all(|t| {
-                (0..4).all(|p| end_offset(&b, &format!("dc-a.{t}"), p) == end_offset(&a, t, p))
-            })
-        },
-    );
-    for t in TOPICS {
-        for p in 0..4 {
-            assert_same(&pair, t, &format!("dc-a.{t}"), p);
-            let mut newest: BTreeMap<i64, i16> = BTreeMap::new();
-            for (offset, pid, epoch) in stamps(&b, &format!("dc-a.{t}"), p) {
-                let e = newest.entry(pid).or_insert(epoch);
-                assert!(
-                    epoch >= *e,
-                    "{t}/{p}: epoch {epoch} of {pid} at {offset} after {e}"
-                );
-                *e = epoch;
-            }
-        }
-    }
-    for m in &mut w {
+    assert_exact_in_epoch_order(&pair);
+    for m in &mut w.w {
         m.stop_cleanly();
     }
 }
