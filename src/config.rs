@@ -26,19 +26,52 @@ pub enum ConfigError {
     },
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterConfig {
     /// Short name of the data centre or cluster; used in topic names and logs.
     pub name: String,
-    /// Comma-separated host:port list.
+    /// Comma-separated host:port list (not needed for a source read through a peer).
+    #[serde(default)]
     pub bootstrap: String,
+    /// Source only: `host:port` of a `wanmirror serve` next to the source cluster;
+    /// everything is then read through it over QUIC (docs/peer-protocol.md).
+    #[serde(default)]
+    pub peer: Option<String>,
+    /// The peer's mutual TLS: `ca` that signed the serve side's certificate, and the
+    /// `cert` and `key` this mirror presents; `server_name` if the certificate names
+    /// the serve side otherwise than the host in `peer`.
+    #[serde(default)]
+    pub peer_tls: Option<TlsSettings>,
+    /// QUIC connections to the peer (1-8).
+    #[serde(default = "default_peer_connections")]
+    pub peer_connections: usize,
+    /// Congestion control of the peer connections: "bbr" (default), "cubic", "newreno".
+    #[serde(default)]
+    pub peer_congestion: crate::peer::tls::Congestion,
     /// TLS to every broker of the cluster; plaintext without this section.
     #[serde(default)]
     pub tls: Option<TlsSettings>,
     /// SASL login on every connection; none without this section.
     #[serde(default)]
     pub sasl: Option<SaslSettings>,
+}
+
+fn default_peer_connections() -> usize {
+    4
+}
+
+/// Checks a comma-separated `host:port` list.
+pub fn check_bootstrap(list: &str) -> Result<(), String> {
+    for a in list.split(',').map(str::trim) {
+        let ok = a
+            .rsplit_once(':')
+            .is_some_and(|(h, port)| !h.is_empty() && port.parse::<u16>().is_ok());
+        if !ok {
+            return Err(format!("bootstrap address {a:?} is not host:port"));
+        }
+    }
+    Ok(())
 }
 
 impl ClusterConfig {
@@ -53,9 +86,38 @@ impl ClusterConfig {
     }
 }
 
+/// A source's peer settings: an address, mutual TLS with all three files.
+fn check_peer(peer: &str, c: &ClusterConfig) -> Result<(), (&'static str, String)> {
+    let ok = peer
+        .rsplit_once(':')
+        .is_some_and(|(h, port)| !h.is_empty() && port.parse::<u16>().is_ok());
+    if !ok {
+        return Err(("source.peer", format!("{peer:?} is not host:port")));
+    }
+    let Some(t) = &c.peer_tls else {
+        return Err((
+            "source.peer_tls",
+            "a peer needs [source.peer_tls] with ca, cert and key (mutual TLS)".into(),
+        ));
+    };
+    for (what, v) in [("ca", &t.ca), ("cert", &t.cert), ("key", &t.key)] {
+        if v.is_none() {
+            return Err((
+                "source.peer_tls",
+                format!("{what} is missing: a peer connection needs ca, cert and key"),
+            ));
+        }
+    }
+    if !(1..=8).contains(&c.peer_connections) {
+        return Err(("source.peer_connections", "must be 1..=8".into()));
+    }
+    Ok(())
+}
+
 /// "source.tls" and its kin, as the `field` of a [`ConfigError`].
 fn section(side: &str, part: &str) -> &'static str {
     match (side, part) {
+        (_, "peer_tls") => "source.peer_tls",
         ("source", "tls") => "source.tls",
         ("source", _) => "source.sasl",
         (_, "tls") => "destination.tls",
@@ -384,16 +446,26 @@ impl Config {
                     format!("name {:?} must be a non-empty word", c.name),
                 ));
             }
-            let addrs: Vec<&str> = c.bootstrap.split(',').map(str::trim).collect();
-            for a in addrs {
-                let ok = a
-                    .rsplit_once(':')
-                    .is_some_and(|(h, port)| !h.is_empty() && port.parse::<u16>().is_ok());
-                if !ok {
-                    return Err(bad(
-                        field,
-                        format!("bootstrap address {a:?} is not host:port"),
-                    ));
+            match (&c.peer, field) {
+                (Some(_), "destination") => return Err(bad(
+                    "destination.peer",
+                    "a peer is a source's: the destination is always reached through its brokers"
+                        .into(),
+                )),
+                (Some(peer), _) => {
+                    check_peer(peer, c).map_err(|(f, m)| bad(f, m))?;
+                    if !c.bootstrap.is_empty() {
+                        check_bootstrap(&c.bootstrap).map_err(|m| bad(field, m))?;
+                    }
+                }
+                (None, _) => {
+                    if c.peer_tls.is_some() {
+                        return Err(bad(
+                            section(field, "peer_tls"),
+                            "set without peer: name the serve side's address in peer".into(),
+                        ));
+                    }
+                    check_bootstrap(&c.bootstrap).map_err(|m| bad(field, m))?;
                 }
             }
             if let Some(t) = &c.tls {
@@ -402,6 +474,12 @@ impl Config {
             if let Some(sasl) = &c.sasl {
                 sasl.check().map_err(|m| bad(section(field, "sasl"), m))?;
             }
+        }
+        if self.source.peer.is_some() && self.groups.is_some() {
+            return Err(bad(
+                "groups",
+                "consumer-group offset sync reads the source's groups from its brokers, which a peer does not serve: remove [groups] or [source] peer".into(),
+            ));
         }
         if self.source.name == self.destination.name {
             return Err(bad(
@@ -606,7 +684,7 @@ impl Config {
     }
 }
 
-fn one_line(s: &str) -> String {
+pub(crate) fn one_line(s: &str) -> String {
     // toml errors look like "TOML parse error at line 3, column 1\n  |\n3 | x\n  | ^\nunknown field ..."
     let mut lines = s.lines().map(str::trim).filter(|l| !l.is_empty());
     let first = lines.next().unwrap_or("invalid TOML").to_string();

@@ -10,6 +10,9 @@ pub mod fuzz;
 pub mod groups;
 pub mod kafka;
 pub mod mirror;
+pub mod peer;
+pub mod serve;
+pub mod source;
 pub mod transport;
 pub mod verify;
 

@@ -78,6 +78,38 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Serve the local (source) cluster to destination mirrors over QUIC.
+    ///
+    /// Runs in the source DC, next to the brokers. Mirrors whose config names this
+    /// server as `[source] peer` read through it: catch-up fetches on QUIC streams,
+    /// tails pushed as they are appended, and `diff` comparing Merkle hashes built here.
+    /// Clients need a certificate from `client_ca` that names a `[[serve.client]]`,
+    /// and read only the topics listed for it (docs/peer-protocol.md).
+    ///
+    /// Exit codes: 0 stopped by SIGINT/SIGTERM; 2 bad configuration, an unreachable
+    /// cluster, or a port that cannot be bound.
+    Serve {
+        /// Path of the serve TOML configuration (`[serve]`, `[[serve.client]]`).
+        #[arg(short, long)]
+        config: PathBuf,
+    },
+    /// Create a CA and the certificates of a first peer setup (mutual TLS).
+    ///
+    /// Writes ca.pem/ca.key, serve.pem/serve.key and client-NAME.pem/.key into
+    /// --out; never overwrites a file. Keep ca.key offline: whoever holds it can
+    /// make certificates the serve side accepts.
+    Cert {
+        /// Directory to write into (created if missing).
+        #[arg(long)]
+        out: PathBuf,
+        /// Names the serve side's certificate holds: the DNS name or IP address that
+        /// `[source] peer` uses. Repeatable.
+        #[arg(long = "serve", required = true)]
+        serve: Vec<String>,
+        /// A client's name, as its `[[serve.client]] name`. Repeatable.
+        #[arg(long = "client", required = true)]
+        client: Vec<String>,
+    },
     /// Start two local brokers, produce sample data, mirror it, and print the status
     /// table and the verdict of a diff over the copy (RUST_LOG=info shows the log).
     Demo {
@@ -144,8 +176,12 @@ fn status(path: &std::path::Path, json: bool, rt: &tokio::runtime::Runtime) -> E
     let found = rt.block_on(async {
         let (s, d, pairs) = config_pairs(&cfg, None, sock).await?;
         let mut st = status(s.clone(), d.clone(), pairs, &cfg.mirror.offset_map_topic).await?;
-        let syncer = Syncer::from_config(&cfg, s, d, Default::default())
-            .map_err(|e| VerifyError::Usage(e.to_string()))?;
+        // Group offsets are read from the source's brokers ([groups] is refused with a peer).
+        let syncer = match s.brokers() {
+            Some(b) => Syncer::from_config(&cfg, b.clone(), d, Default::default())
+                .map_err(|e| VerifyError::Usage(e.to_string()))?,
+            None => None,
+        };
         if let Some(syncer) = syncer {
             st.groups = Some(reports(&syncer).await.map_err(VerifyError::Usage)?);
         }
@@ -298,12 +334,50 @@ fn main() -> ExitCode {
             }
         }
         Cmd::Diff(a) => diff(a, &rt),
+        Cmd::Serve { config } => serve(&config, &rt),
+        Cmd::Cert { out, serve, client } => {
+            match wanmirror::peer::cert::create(&out, &serve, &client) {
+                Ok(w) => {
+                    for f in w.files {
+                        println!("wrote {}", f.display());
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(&e),
+            }
+        }
         Cmd::Status { config, json } => status(&config, json, &rt),
         Cmd::Demo { records } => match rt.block_on(wanmirror::demo::demo(records)) {
             Ok(code) => ExitCode::from(code as u8),
             Err(e) => fail(&format!("{e:#}")),
         },
     }
+}
+
+fn serve(path: &std::path::Path, rt: &tokio::runtime::Runtime) -> ExitCode {
+    use wanmirror::serve::Server;
+    rt.block_on(async {
+        let (server, run) = match Server::start(path).await {
+            Ok(s) => s,
+            Err(e) => return fail(&e.to_string()),
+        };
+        let stop = async {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+            }
+        };
+        tokio::select! {
+            _ = run.run() => {}
+            _ = stop => {
+                tracing::info!("stopping: closing client connections");
+                server.close();
+            }
+        }
+        ExitCode::SUCCESS
+    })
 }
 
 fn fail(msg: &str) -> ExitCode {

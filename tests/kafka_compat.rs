@@ -117,7 +117,7 @@ fn list_offsets_latest_is_the_high_watermark() {
         let latest = c.list_offset("lo", 0, -1).await.expect("list offsets");
         let bounds = c.bounds("lo", 0).await.expect("bounds");
         let reader = PartitionReader {
-            cluster: &c,
+            source: &c.clone().into(),
             topic: "lo",
             partition: 0,
             fetch_bytes: 1 << 20,

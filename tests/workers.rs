@@ -133,7 +133,7 @@ fn stamps(bootstrap: &str, topic: &str, partition: i32) -> Vec<(i64, i64, i16)> 
         let c = Cluster::new("t", bootstrap, SocketOptions::default());
         let end = c.end_offset(topic, partition).await.expect("end");
         let r = PartitionReader {
-            cluster: &c,
+            source: &c.clone().into(),
             topic,
             partition,
             fetch_bytes: 1 << 20,

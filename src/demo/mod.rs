@@ -75,7 +75,7 @@ replication_factor = 1
         .map(|&(t, ..)| (t.to_string(), cfg.dest_topic(t)))
         .collect();
     let st = status(
-        src.clone(),
+        src.clone().into(),
         dst.clone(),
         pairs,
         &cfg.mirror.offset_map_topic,

@@ -16,6 +16,11 @@ pub enum KafkaError {
     /// listener, another protocol): retrying cannot help.
     #[error("{addr} does not speak the plaintext Kafka protocol: {reason}")]
     NotKafka { addr: String, reason: String },
+    /// A `wanmirror serve` refused the request or the connection: a topic outside
+    /// this client's allow-list, a certificate naming no configured client, another
+    /// cluster, no common protocol version. Retrying cannot help.
+    #[error("peer {addr} refused: {reason}")]
+    PeerRefused { addr: String, reason: String },
     /// TLS could not be set up with the broker: a certificate, a name, a plaintext
     /// port. Retrying cannot help.
     #[error("TLS with {addr} failed: {reason}")]
@@ -114,7 +119,10 @@ impl KafkaError {
     /// Fatal at start; a partition that meets one later restarts (a certificate or
     /// credential may be fixed on the broker's side meanwhile).
     pub fn is_security(&self) -> bool {
-        matches!(self, KafkaError::Tls { .. } | KafkaError::Auth { .. })
+        matches!(
+            self,
+            KafkaError::Tls { .. } | KafkaError::Auth { .. } | KafkaError::PeerRefused { .. }
+        )
     }
 
     /// Whether the error means our view of partition leadership is stale.

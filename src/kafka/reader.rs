@@ -2,12 +2,12 @@
 //! the resume check and `wanmirror diff`. Catch-up fetches over the pool, no long polls.
 
 use super::batch::{split_batches, RawBatch};
-use super::client::Cluster;
 use super::error::{KafkaError, Result};
 use super::records::{decode, Content};
+use crate::source::Source;
 
 pub struct PartitionReader<'a> {
-    pub cluster: &'a Cluster,
+    pub source: &'a Source,
     pub topic: &'a str,
     pub partition: i32,
     pub fetch_bytes: usize,
@@ -15,7 +15,7 @@ pub struct PartitionReader<'a> {
 
 impl PartitionReader<'_> {
     pub async fn log_start(&self) -> Result<i64> {
-        let c = self.cluster;
+        let c = self.source;
         c.retry("log start", || c.log_start(self.topic, self.partition))
             .await
     }
@@ -31,7 +31,7 @@ impl PartitionReader<'_> {
 
     /// Whole batches from `at` on (one fetch).
     pub async fn fetch(&self, at: i64) -> Result<Vec<RawBatch>> {
-        let c = self.cluster;
+        let c = self.source;
         let f = c
             .retry("fetch", || {
                 c.fetch_piece(

@@ -28,7 +28,7 @@ use crate::kafka::fetch_mux::OnHead;
 use crate::kafka::peek::Head;
 use crate::mirror::error::MirrorError;
 use crate::mirror::Shared;
-use crate::transport::pool::Lease;
+use crate::source::Lease;
 
 type Permit = Arc<OwnedSemaphorePermit>;
 type Answer = (

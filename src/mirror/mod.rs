@@ -35,6 +35,7 @@ use crate::config::{Config, TopicFilter};
 use crate::groups::member;
 use crate::kafka::client::Cluster;
 use crate::kafka::connection::SocketOptions;
+use crate::source::Source;
 use crate::transport::limit::Limit;
 use crate::transport::sizer::PoolConfig;
 use error::MirrorError;
@@ -45,7 +46,7 @@ use partition::Job;
 pub struct Shared {
     pub config: Config,
     pub filter: TopicFilter,
-    pub source: Arc<Cluster>,
+    pub source: Source,
     pub dest: Arc<Cluster>,
     pub map: Arc<OffsetMap>,
     /// How partitions are fenced against other writers.
@@ -307,9 +308,9 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<Outcome, StartError
         initial = n;
         tracing::info!(cluster = %config.source.name, max_mbit = m, recv_buffer_bytes = recv_buffer.unwrap_or(0), pool_initial = initial, "bandwidth cap on reads from the source");
     }
-    let source = Cluster::with_pool(
-        &config.source.name,
-        &config.source.bootstrap,
+    let source = crate::source::from_config(
+        &config.source,
+        &config.path,
         SocketOptions {
             security: source_security,
             limit,
@@ -322,7 +323,10 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<Outcome, StartError
             initial,
         },
         Duration::from_secs(config.mirror.progress_interval_secs),
-    );
+    )?;
+    if let Some(p) = &config.source.peer {
+        tracing::info!(cluster = %config.source.name, peer = %p, connections = config.source.peer_connections, congestion = ?config.source.peer_congestion, "source read through a peer over QUIC");
+    }
     let dest = Cluster::new(
         &config.destination.name,
         &config.destination.bootstrap,
@@ -336,7 +340,7 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<Outcome, StartError
     // Both clusters must answer before anything else happens. The source's listing is
     // kept for the first plan: every round trip to it is one at start-up.
     let listing = source
-        .refresh(None)
+        .topics()
         .await
         .map_err(|e| MirrorError::kafka(source.name(), e))?;
     dest.refresh(None)
@@ -485,12 +489,17 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<Outcome, StartError
         background.spawn(discovery_loop(shared.clone(), known_topics, job_tx.clone()));
     }
     // In stop-at-end mode the groups are synced once, after the copy caught up.
-    let syncer = crate::groups::sync::Syncer::from_config(
-        &shared.config,
-        shared.source.clone(),
-        shared.dest.clone(),
-        shared.stats.groups.clone(),
-    )?;
+    // Config validation refuses [groups] with a peer source: group offsets are read
+    // from the source's brokers.
+    let syncer = match shared.source.brokers() {
+        Some(b) => crate::groups::sync::Syncer::from_config(
+            &shared.config,
+            b.clone(),
+            shared.dest.clone(),
+            shared.stats.groups.clone(),
+        )?,
+        None => None,
+    };
     let syncer = match syncer {
         Some(mut s) if !opts.stop_at_end => {
             // In a group, the leader syncs: one writer, so never backwards.

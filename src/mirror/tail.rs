@@ -2,6 +2,7 @@
 //! source at the same offsets (content, not CRC: producer fields differ by design).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use crate::kafka::batch::BatchHeader;
 use crate::kafka::client::Cluster;
@@ -11,6 +12,7 @@ use crate::kafka::records::Content;
 use crate::mirror::error::MirrorError;
 use crate::mirror::partition::Job;
 use crate::mirror::Shared;
+use crate::source::Source;
 
 /// Compares the records of the destination's last batch with the source.
 pub async fn verify_tail(
@@ -22,14 +24,14 @@ pub async fn verify_tail(
     let p = job.partition;
     let fetch_bytes = shared.config.mirror.fetch_bytes;
     let dest_recs = PartitionReader {
-        cluster: &shared.dest,
+        source: &Source::from(shared.dest.clone()),
         topic: &job.dest_topic,
         partition: p,
         fetch_bytes,
     }
     .records(dest_end - 1, dest_end)
     .await
-    .map_err(|e| read_err(&shared.dest, e))?;
+    .map_err(|e| read_err(shared.dest.name(), e))?;
     let Some(lo) = dest_recs.first().map(|r| r.offset) else {
         tracing::warn!(
             topic = %job.dest_topic, partition = p, dest_end,
@@ -46,14 +48,14 @@ pub async fn verify_tail(
         return Ok(());
     }
     let src_recs: BTreeMap<i64, Content> = PartitionReader {
-        cluster: &shared.source,
+        source: &shared.source,
         topic: &job.source_topic,
         partition: p,
         fetch_bytes,
     }
     .records(from, dest_end)
     .await
-    .map_err(|e| read_err(&shared.source, e))?
+    .map_err(|e| read_err(shared.source.name(), e))?
     .into_iter()
     .map(|r| (r.offset, r))
     .collect();
@@ -110,7 +112,7 @@ fn difference(a: &Content, b: &Content) -> Option<&'static str> {
 }
 
 /// A reader's errors in mirror terms: corrupt data stops the partition for good.
-fn read_err(cluster: &Cluster, e: KafkaError) -> MirrorError {
+fn read_err(cluster: &str, e: KafkaError) -> MirrorError {
     match e {
         KafkaError::Corrupt {
             topic,
@@ -123,32 +125,36 @@ fn read_err(cluster: &Cluster, e: KafkaError) -> MirrorError {
             offset,
             detail,
         },
-        e => MirrorError::kafka(cluster.name(), e),
+        e => MirrorError::kafka(cluster, e),
     }
 }
 
 /// The header of the last batch below `end` in a partition, if there is one.
 pub async fn last_batch(
-    cluster: &Cluster,
+    cluster: &Arc<Cluster>,
     topic: &str,
     partition: i32,
     end: i64,
     fetch_bytes: usize,
 ) -> Result<Option<BatchHeader>, MirrorError> {
+    let source = Source::from(cluster.clone());
     let r = PartitionReader {
-        cluster,
+        source: &source,
         topic,
         partition,
         fetch_bytes,
     };
-    let log_start = r.log_start().await.map_err(|e| read_err(cluster, e))?;
+    let log_start = r
+        .log_start()
+        .await
+        .map_err(|e| read_err(cluster.name(), e))?;
     if end <= log_start {
         return Ok(None);
     }
     let batches = r
         .batches_from(end - 1, log_start)
         .await
-        .map_err(|e| read_err(cluster, e))?;
+        .map_err(|e| read_err(cluster.name(), e))?;
     Ok(batches
         .first()
         .filter(|b| b.header.base_offset < end)

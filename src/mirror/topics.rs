@@ -56,10 +56,12 @@ pub fn loop_guard(
 
 /// Reads the source cluster's provenance records: topic -> origin cluster.
 pub async fn source_origins(shared: &Shared) -> Result<BTreeMap<String, String>, MirrorError> {
-    let map = OffsetMap::new(
-        shared.source.clone(),
-        &shared.config.mirror.offset_map_topic,
-    );
+    // Through a peer the map is listed only if the client may read it; it is then
+    // read from the brokers' side only (decision 65).
+    let Some(source) = shared.source.brokers() else {
+        return Ok(BTreeMap::new());
+    };
+    let map = OffsetMap::new(source.clone(), &shared.config.mirror.offset_map_topic);
     let (_, provs) = map.read_all().await?;
     Ok(provs
         .into_iter()
@@ -78,7 +80,7 @@ pub async fn plan(
     let all = match listing {
         Some(all) => all,
         None => src
-            .refresh(None)
+            .topics()
             .await
             .map_err(|e| MirrorError::kafka(src.name(), e))?,
     };

@@ -12,6 +12,8 @@ use crate::kafka::client::Cluster;
 use crate::kafka::connection::SocketOptions;
 use crate::mirror::offset_map::OffsetMap;
 use crate::mirror::topics::loop_guard;
+use crate::source::Source;
+use crate::transport::sizer::PoolConfig;
 
 /// What to compare: the topics of a mirror config, or one ad-hoc topic pair.
 pub enum Target {
@@ -51,7 +53,7 @@ pub async fn run(req: DiffRequest) -> Result<Report, VerifyError> {
             let d = Cluster::new("destination", &dest_bootstrap, sock);
             connect(&s).await?;
             connect(&d).await?;
-            (s, d, vec![(source_topic, dest_topic)])
+            (Source::from(s), d, vec![(source_topic, dest_topic)])
         }
         Target::Config { config, topic } => config_pairs(&config, topic, sock).await?,
     };
@@ -60,11 +62,11 @@ pub async fn run(req: DiffRequest) -> Result<Report, VerifyError> {
     for (st, dt) in pairs {
         let found = diff::topic(
             Side {
-                cluster: source.clone(),
+                source: source.clone(),
                 topic: st,
             },
             Side {
-                cluster: dest.clone(),
+                source: Source::from(dest.clone()),
                 topic: dt,
             },
             req.options.clone(),
@@ -80,6 +82,11 @@ pub async fn run(req: DiffRequest) -> Result<Report, VerifyError> {
         }
     }
     bar.finish();
+    if let Source::Peer(p) = &source {
+        let (sent, received) = p.peer.wire_bytes().await;
+        tracing::info!(peer = %p.peer.addr(), sent_bytes = sent, received_bytes = received, "bytes over the peer connections (UDP, all overhead included)");
+    }
+    source.close();
     Ok(Report::new(
         source.name(),
         dest.name(),
@@ -94,18 +101,21 @@ pub async fn config_pairs(
     config: &Config,
     topic: Option<String>,
     sock: SocketOptions,
-) -> Result<(Arc<Cluster>, Arc<Cluster>, Vec<(String, String)>), VerifyError> {
+) -> Result<(Source, Arc<Cluster>, Vec<(String, String)>), VerifyError> {
     let (source_security, dest_security) = config
         .securities()
         .map_err(|e| VerifyError::Usage(e.to_string()))?;
-    let s = Cluster::new(
-        &config.source.name,
-        &config.source.bootstrap,
+    let s = crate::source::from_config(
+        &config.source,
+        &config.path,
         SocketOptions {
             security: source_security,
             ..sock.clone()
         },
-    );
+        PoolConfig::default(),
+        Duration::from_secs(10),
+    )
+    .map_err(|e| VerifyError::Usage(e.to_string()))?;
     let d = Cluster::new(
         &config.destination.name,
         &config.destination.bootstrap,
@@ -114,7 +124,9 @@ pub async fn config_pairs(
             ..sock
         },
     );
-    connect(&s).await?;
+    s.topics()
+        .await
+        .map_err(|e| VerifyError::kafka(s.name(), e))?;
     connect(&d).await?;
     let filter = config
         .filter("config")
@@ -129,16 +141,25 @@ pub async fn config_pairs(
         None => {
             // The mirror's own loop safety: never a topic that came from the
             // destination (by name or by the source's provenance records).
-            let (_, provs) = OffsetMap::new(s.clone(), &config.mirror.offset_map_topic)
-                .read_all()
-                .await
-                .map_err(|e| VerifyError::Usage(format!("reading the source's offset map: {e}")))?;
+            // Through a peer the source's offset map is read only if the client may.
+            let provs = match s.brokers() {
+                Some(c) => {
+                    OffsetMap::new(c.clone(), &config.mirror.offset_map_topic)
+                        .read_all()
+                        .await
+                        .map_err(|e| {
+                            VerifyError::Usage(format!("reading the source's offset map: {e}"))
+                        })?
+                        .1
+                }
+                None => Vec::new(),
+            };
             let origins: BTreeMap<String, String> = provs
                 .into_iter()
                 .map(|p| (p.topic, p.origin_cluster))
                 .collect();
             let selected: Vec<String> = s
-                .refresh(None)
+                .topics()
                 .await
                 .map_err(|e| VerifyError::kafka(s.name(), e))?
                 .into_iter()

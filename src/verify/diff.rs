@@ -9,16 +9,19 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use super::error::VerifyError;
-use super::leaf::{leaf_range, narrow, Leaf, LeafHasher};
-use super::tree::Tree;
+use super::hashing::hash_range;
+use super::leaf::{leaf_range, narrow, Hash, Leaf};
+use super::tree::{NodeId, Tree};
 use super::walk::Walk;
-use crate::kafka::client::Cluster;
 use crate::kafka::reader::PartitionReader;
+use crate::peer::client::RemoteTree;
+use crate::source::Source;
 
-/// One side of a comparison: a topic in a cluster.
+/// One side of a comparison: a topic in a cluster (read through its brokers, or
+/// through a peer that hashes it where it is).
 #[derive(Clone)]
 pub struct Side {
-    pub cluster: Arc<Cluster>,
+    pub source: Source,
     pub topic: String,
 }
 
@@ -86,25 +89,24 @@ pub async fn topic(
     let count = |side: &Side| {
         let side = side.clone();
         async move {
-            let meta = side
-                .cluster
-                .topic(&side.topic)
+            let n = side
+                .source
+                .partition_count(&side.topic)
                 .await
-                .map_err(|e| VerifyError::kafka(side.cluster.name(), e))?;
-            meta.map(|t| t.partitions.len())
-                .ok_or_else(|| VerifyError::NoTopic {
-                    cluster: side.cluster.name().to_string(),
-                    topic: side.topic.clone(),
-                })
+                .map_err(|e| VerifyError::kafka(side.source.name(), e))?;
+            n.ok_or_else(|| VerifyError::NoTopic {
+                cluster: side.source.name().to_string(),
+                topic: side.topic.clone(),
+            })
         }
     };
     let (ns, nd) = (count(&source).await?, count(&dest).await?);
     if ns != nd {
         return Err(VerifyError::PartitionCount {
             topic: source.topic.clone(),
-            source_cluster: source.cluster.name().to_string(),
+            source_cluster: source.source.name().to_string(),
             source_partitions: ns,
-            dest_cluster: dest.cluster.name().to_string(),
+            dest_cluster: dest.source.name().to_string(),
             dest_partitions: nd,
         });
     }
@@ -149,7 +151,7 @@ pub async fn topic(
 
 fn reader<'a>(side: &'a Side, p: i32, opts: &Options) -> PartitionReader<'a> {
     PartitionReader {
-        cluster: &side.cluster,
+        source: &side.source,
         topic: &side.topic,
         partition: p,
         fetch_bytes: opts.fetch_bytes,
@@ -158,7 +160,7 @@ fn reader<'a>(side: &'a Side, p: i32, opts: &Options) -> PartitionReader<'a> {
 
 /// Log start and end of one side.
 async fn bounds(side: &Side, p: i32) -> Result<(i64, i64), VerifyError> {
-    let c = &side.cluster;
+    let c = &side.source;
     let err = |e| VerifyError::kafka(c.name(), e);
     c.retry("log bounds", || c.bounds(&side.topic, p))
         .await
@@ -174,18 +176,89 @@ async fn leaves(
     opts: &Options,
     progress: &dyn Progress,
 ) -> Result<(Vec<Leaf>, u64), VerifyError> {
-    let mut h = LeafHasher::new(from, to, opts.leaf_offsets);
-    let mut last = from;
-    let bytes = reader(side, p, opts)
-        .scan(from, to, |r| {
-            h.push(r);
-            progress.advance((r.offset + 1 - last).max(0) as u64);
-            last = r.offset + 1;
-        })
-        .await
-        .map_err(|e| VerifyError::kafka(side.cluster.name(), e))?;
-    progress.advance((to - last).max(0) as u64);
-    Ok((h.finish(), bytes))
+    hash_range(&reader(side, p, opts), from, to, opts.leaf_offsets, &|n| {
+        progress.advance(n)
+    })
+    .await
+    .map_err(|e| VerifyError::kafka(side.source.name(), e))
+}
+
+/// One side's tree: built here from leaves read here, or held by a peer in the
+/// source DC and asked node by node (only hashes cross the WAN).
+enum Hashes {
+    Local(Vec<Leaf>, Tree),
+    Remote(Box<RemoteTree>),
+}
+
+impl Hashes {
+    async fn build(
+        side: &Side,
+        p: i32,
+        from: i64,
+        to: i64,
+        opts: &Options,
+        progress: &dyn Progress,
+    ) -> Result<(Hashes, u64), VerifyError> {
+        if let Source::Peer(peer) = &side.source {
+            let t = peer
+                .peer
+                .tree(&side.topic, p, from, to, opts.leaf_offsets)
+                .await
+                .map_err(|e| VerifyError::kafka(side.source.name(), e))?;
+            progress.advance((to - from).max(0) as u64);
+            return Ok((Hashes::Remote(Box::new(t)), 0));
+        }
+        let (l, bytes) = leaves(side, p, from, to, opts, progress).await?;
+        let tree = Tree::from_leaves(&l.iter().map(|x| x.hash).collect::<Vec<_>>());
+        Ok((Hashes::Local(l, tree), bytes))
+    }
+
+    fn leaves(&self) -> usize {
+        match self {
+            Hashes::Local(l, _) => l.len(),
+            Hashes::Remote(t) => t.leaves as usize,
+        }
+    }
+
+    async fn answer(
+        &mut self,
+        side: &Side,
+        ids: &[NodeId],
+    ) -> Result<Vec<Option<Hash>>, VerifyError> {
+        match self {
+            Hashes::Local(_, t) => Ok(t.answer(ids)),
+            Hashes::Remote(t) => {
+                let Source::Peer(peer) = &side.source else {
+                    unreachable!("a remote tree comes from a peer")
+                };
+                let ids: Vec<(u32, u64)> = ids
+                    .iter()
+                    .map(|n| (n.layer as u32, n.index as u64))
+                    .collect();
+                t.nodes(&peer.peer, &ids)
+                    .await
+                    .map_err(|e| VerifyError::kafka(side.source.name(), e))
+            }
+        }
+    }
+
+    /// Records in leaves `run`.
+    async fn records(&mut self, side: &Side, run: &[usize]) -> Result<u64, VerifyError> {
+        match self {
+            Hashes::Local(l, _) => Ok(run.iter().map(|i| l[*i].records).sum()),
+            Hashes::Remote(t) => {
+                let Source::Peer(peer) = &side.source else {
+                    unreachable!("a remote tree comes from a peer")
+                };
+                let (first, n) = (run[0] as u64, run.len() as u32);
+                let c = t
+                    .counts(&peer.peer, first, n)
+                    .await
+                    .map_err(|e| VerifyError::kafka(side.source.name(), e))?;
+                Ok(c.iter().sum())
+            }
+        }
+    }
 }
 
 async fn partition(
@@ -202,24 +275,27 @@ async fn partition(
     let from = opts.from.unwrap_or(ss.max(ds));
     let to = opts.to.unwrap_or(se.max(de)).max(from);
     progress.add_total(2 * (to - from) as u64);
-    let ((la, ba), (lb, bb)) = tokio::try_join!(
-        leaves(source, p, from, to, opts, progress),
-        leaves(dest, p, from, to, opts, progress)
+    let ((mut ta, ba), (mut tb, bb)) = tokio::try_join!(
+        Hashes::build(source, p, from, to, opts, progress),
+        Hashes::build(dest, p, from, to, opts, progress)
     )?;
-    let hashes = |l: &[Leaf]| l.iter().map(|x| x.hash).collect::<Vec<_>>();
-    let (ta, tb) = (
-        Tree::from_leaves(&hashes(&la)),
-        Tree::from_leaves(&hashes(&lb)),
-    );
     let compare_err = |detail: String| VerifyError::Compare {
         topic: source.topic.clone(),
         partition: p,
         detail,
     };
-    let mut walk = Walk::new(la.len());
+    if ta.leaves() != tb.leaves() {
+        return Err(compare_err(format!(
+            "the sides hashed {} and {} leaves over the same range",
+            ta.leaves(),
+            tb.leaves()
+        )));
+    }
+    let mut walk = Walk::new(tb.leaves());
     while !walk.is_done() {
         let ids = walk.wanted().to_vec();
-        walk.answer(&ta.answer(&ids), &tb.answer(&ids))
+        let (a, b) = tokio::try_join!(ta.answer(source, &ids), tb.answer(dest, &ids))?;
+        walk.answer(&a, &b)
             .map_err(|e| compare_err(e.to_string()))?;
     }
     let mut ranges = Vec::new();
@@ -238,8 +314,8 @@ async fn partition(
             to: hi,
             first: first.map_or(lo, |f| f.0),
             last: last.map_or(hi - 1, |l| l.1),
-            source_records: run.iter().map(|i| la[*i].records).sum(),
-            dest_records: run.iter().map(|i| lb[*i].records).sum(),
+            source_records: ta.records(source, &run).await?,
+            dest_records: tb.records(dest, &run).await?,
         });
     }
     let mut notes = Vec::new();
@@ -270,7 +346,7 @@ async fn partition(
         source_end: se,
         dest_log_start: ds,
         dest_end: de,
-        leaves: la.len() as u64,
+        leaves: tb.leaves() as u64,
         identical: ranges.is_empty() && ss == ds && se == de,
         ranges,
         notes,
@@ -316,7 +392,7 @@ async fn narrow_leaf(
                 reader(&side, p, &opts)
                     .scan(lo, hi.min(end), |r| recs.push(r.clone()))
                     .await
-                    .map_err(|e| VerifyError::kafka(side.cluster.name(), e))?;
+                    .map_err(|e| VerifyError::kafka(side.source.name(), e))?;
             }
             Ok::<_, VerifyError>(recs)
         }

@@ -10,6 +10,7 @@
 pub mod command;
 pub mod diff;
 pub mod error;
+pub mod hashing;
 pub mod leaf;
 pub mod report;
 pub mod status;

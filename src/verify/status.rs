@@ -12,6 +12,7 @@ use tokio::task::JoinSet;
 use super::error::VerifyError;
 use crate::kafka::client::Cluster;
 use crate::mirror::offset_map::{Deviation, OffsetMap};
+use crate::source::Source;
 
 /// Partitions whose offsets are asked for at once: two round trips each, so on a long
 /// path one at a time would take minutes for a few thousand partitions.
@@ -64,7 +65,7 @@ pub struct Status {
 /// Reads every partition of `pairs` (source topic, destination topic) on both sides,
 /// and the offset map topic `map_topic` of the destination.
 pub async fn status(
-    source: Arc<Cluster>,
+    source: Source,
     dest: Arc<Cluster>,
     pairs: Vec<(String, String)>,
     map_topic: &str,
@@ -75,8 +76,8 @@ pub async fn status(
         .map_err(|e| VerifyError::Usage(format!("reading the offset map: {e}")))?;
     let mut work = Vec::new();
     for (st, dt) in pairs {
-        let meta = source
-            .topic(&st)
+        let count = source
+            .partition_count(&st)
             .await
             .map_err(|e| VerifyError::kafka(source.name(), e))?
             .ok_or_else(|| VerifyError::NoTopic {
@@ -88,13 +89,8 @@ pub async fn status(
             .await
             .map_err(|e| VerifyError::kafka(dest.name(), e))?
             .map_or(0, |t| t.partitions.len());
-        for p in &meta.partitions {
-            work.push((
-                st.clone(),
-                dt.clone(),
-                p.index,
-                (p.index as usize) < dest_parts,
-            ));
+        for p in 0..count as i32 {
+            work.push((st.clone(), dt.clone(), p, (p as usize) < dest_parts));
         }
     }
     let mut rows = Vec::with_capacity(work.len());

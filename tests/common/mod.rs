@@ -7,6 +7,7 @@
 pub mod apps;
 pub mod kafka;
 pub mod kafka_security;
+pub mod peer;
 pub mod pki;
 pub mod proxy;
 pub mod scenarios;

@@ -2,6 +2,7 @@
 //! from `[<cluster>.tls]`, and the handshake of each connection, with failures phrased
 //! for the operator (an untrusted CA, a name mismatch, a plaintext port).
 
+use std::path::Path;
 use std::sync::Arc;
 
 use rustls::pki_types::pem::PemObject;
@@ -38,21 +39,8 @@ impl Tls {
         let mut roots = rustls::RootCertStore::empty();
         let source = match &s.ca {
             Some(path) => {
-                let shown = path.display();
-                let certs = CertificateDer::pem_file_iter(path)
-                    .map_err(|e| format!("ca {shown}: {}", pem_error(&e)))?
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(|e| format!("ca {shown}: {}", pem_error(&e)))?;
-                if certs.is_empty() {
-                    return Err(format!("ca {shown}: no PEM certificate in it"));
-                }
-                let (_, bad) = roots.add_parsable_certificates(certs);
-                if roots.is_empty() {
-                    return Err(format!(
-                        "ca {shown}: none of its {bad} certificates can be used as a trust root"
-                    ));
-                }
-                format!("{shown}")
+                roots = read_roots(path, "ca")?;
+                format!("{}", path.display())
             }
             None => {
                 let found = rustls_native_certs::load_native_certs();
@@ -73,15 +61,8 @@ impl Tls {
             .with_root_certificates(roots);
         let config = match (&s.cert, &s.key) {
             (Some(cert), Some(key)) => {
-                let chain = CertificateDer::pem_file_iter(cert)
-                    .map_err(|e| format!("cert {}: {}", cert.display(), pem_error(&e)))?
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(|e| format!("cert {}: {}", cert.display(), pem_error(&e)))?;
-                if chain.is_empty() {
-                    return Err(format!("cert {}: no PEM certificate in it", cert.display()));
-                }
-                let k = PrivateKeyDer::from_pem_file(key)
-                    .map_err(|e| format!("key {}: {}", key.display(), pem_error(&e)))?;
+                let chain = read_certs(cert, "cert")?;
+                let k = read_key(key, "key")?;
                 builder.with_client_auth_cert(chain, k).map_err(|e| {
                     format!("cert {} and key {}: {e}", cert.display(), key.display())
                 })?
@@ -137,6 +118,38 @@ impl Tls {
             }
         })
     }
+}
+
+/// The PEM certificates of a file (at least one); errors name `label` and the file.
+pub(crate) fn read_certs(path: &Path, label: &str) -> Result<Vec<CertificateDer<'static>>, String> {
+    let shown = path.display();
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| format!("{label} {shown}: {}", pem_error(&e)))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("{label} {shown}: {}", pem_error(&e)))?;
+    if certs.is_empty() {
+        return Err(format!("{label} {shown}: no PEM certificate in it"));
+    }
+    Ok(certs)
+}
+
+/// The PEM private key of a file (PKCS#8, PKCS#1 or SEC1).
+pub(crate) fn read_key(path: &Path, label: &str) -> Result<PrivateKeyDer<'static>, String> {
+    PrivateKeyDer::from_pem_file(path)
+        .map_err(|e| format!("{label} {}: {}", path.display(), pem_error(&e)))
+}
+
+/// Trust roots from a PEM file of CA certificates.
+pub(crate) fn read_roots(path: &Path, label: &str) -> Result<rustls::RootCertStore, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    let (_, bad) = roots.add_parsable_certificates(read_certs(path, label)?);
+    if roots.is_empty() {
+        return Err(format!(
+            "{label} {}: none of its {bad} certificates can be used as a trust root",
+            path.display()
+        ));
+    }
+    Ok(roots)
 }
 
 /// Whether an I/O error carries a rustls error (a certificate, an alert, a record

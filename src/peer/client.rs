@@ -1,0 +1,670 @@
+//! The destination's side of a peer: a few QUIC connections to `wanmirror serve`, each
+//! request on a stream of its own, reconnected after a cut (docs/peer-protocol.md).
+//!
+//! Errors come back as [`KafkaError`]s, so the pipeline treats a peer like brokers: a
+//! lost stream or connection is retriable, a refusal or a certificate is not, and a
+//! Kafka error the served cluster gave comes back with its code.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kafka_protocol::ResponseError;
+use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore};
+
+use super::frame::{ErrorCode, Frame, TopicInfo, VERSION};
+use super::io::{self, close, Frames, ReadFail};
+use crate::kafka::client::Fetched;
+use crate::kafka::connection::ConnStats;
+use crate::kafka::error::{KafkaError, Result};
+use crate::kafka::fetch_mux::OnHead;
+use crate::kafka::peek;
+
+/// How long the QUIC handshake and the hello may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What a peer client is set up with.
+pub struct PeerSettings {
+    /// The source cluster's name in the destination's config: the served cluster
+    /// must carry it (provenance and loop safety go by names).
+    pub cluster: String,
+    /// `host:port` of the serve side's UDP listener.
+    pub addr: String,
+    /// The name its certificate is checked against (the host of `addr` by default).
+    pub server_name: String,
+    pub quic: quinn::ClientConfig,
+    /// QUIC connections kept open (1..=8).
+    pub connections: usize,
+    /// Catch-up fetches in flight at once over all connections.
+    pub streams: usize,
+    pub request_timeout: Duration,
+    pub retry_deadline: Duration,
+}
+
+/// A `wanmirror serve` in the source DC, reached over QUIC.
+pub struct Peer {
+    s: PeerSettings,
+    endpoint: quinn::Endpoint,
+    slots: Vec<Slot>,
+    /// Places for catch-up fetches (streams), as the TCP pool's leases.
+    places: Arc<Semaphore>,
+    ids: AtomicU64,
+    /// The last served cluster's answer to hello, for the start-up log.
+    pub(crate) agent: std::sync::Mutex<String>,
+}
+
+struct Slot {
+    conn: Mutex<Option<quinn::Connection>>,
+}
+
+impl Peer {
+    pub fn new(s: PeerSettings) -> std::result::Result<Arc<Peer>, String> {
+        let bind: SocketAddr = "0.0.0.0:0".parse().expect("a valid address");
+        let mut endpoint = quinn::Endpoint::client(bind)
+            .map_err(|e| format!("cannot open a UDP socket for the peer: {e}"))?;
+        endpoint.set_default_client_config(s.quic.clone());
+        let n = s.connections.clamp(1, 8);
+        Ok(Arc::new(Peer {
+            places: Arc::new(Semaphore::new(s.streams.max(1))),
+            slots: (0..n)
+                .map(|_| Slot {
+                    conn: Mutex::new(None),
+                })
+                .collect(),
+            s,
+            endpoint,
+            ids: AtomicU64::new(1),
+            agent: std::sync::Mutex::new(String::new()),
+        }))
+    }
+
+    pub fn name(&self) -> &str {
+        &self.s.cluster
+    }
+
+    pub fn addr(&self) -> &str {
+        &self.s.addr
+    }
+
+    /// Runs `op` again after transient failures (a lost stream or connection, a
+    /// served cluster briefly unavailable) until the retry deadline.
+    pub async fn retry<T, F, Fut>(&self, what: &str, mut op: F) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T>>,
+    {
+        let start = Instant::now();
+        let mut backoff =
+            crate::kafka::backoff::Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
+        loop {
+            match op().await {
+                Ok(v) => return Ok(v),
+                Err(e) if e.is_retriable() && start.elapsed() < self.s.retry_deadline => {
+                    tracing::debug!(peer = %self.s.addr, what, error = %e, "retrying");
+                    tokio::time::sleep(backoff.next_delay()).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// The topics the client may read (all of them, or those named), with partition
+    /// bounds, and configs when asked for.
+    pub async fn topics(
+        &self,
+        names: &[String],
+        configs: bool,
+        bounds: bool,
+    ) -> Result<Vec<TopicInfo>> {
+        let req = Frame::List {
+            topics: names.to_vec(),
+            configs,
+            bounds,
+        };
+        let (_, mut frames) = self.request(&req, None).await?;
+        match self.answer(&mut frames, "List", None).await? {
+            Frame::Topics { topics } => Ok(topics),
+            other => Err(self.unexpected("List", &other)),
+        }
+    }
+
+    /// One partition's bounds: log start and high watermark.
+    pub async fn bounds(&self, topic: &str, partition: i32) -> Result<(i64, i64)> {
+        let t = self.topics(&[topic.to_string()], false, true).await?;
+        t.into_iter()
+            .find(|t| t.name == topic)
+            .and_then(|t| t.partitions.into_iter().find(|p| p.index == partition))
+            .map(|p| (p.log_start, p.end))
+            .ok_or_else(|| KafkaError::Partition {
+                api: "List",
+                topic: topic.to_string(),
+                partition,
+                code: ResponseError::UnknownTopicOrPartition,
+                detail: Some(format!("the peer {} does not list it", self.s.addr)),
+            })
+    }
+
+    /// A topic's configs as the served cluster has them.
+    pub async fn topic_configs(&self, topic: &str) -> Result<BTreeMap<String, String>> {
+        let t = self.topics(&[topic.to_string()], true, false).await?;
+        Ok(t.into_iter()
+            .find(|t| t.name == topic)
+            .map(|t| t.configs.into_iter().collect())
+            .unwrap_or_default())
+    }
+
+    /// A place for one catch-up fetch on the connection with the fewest in flight.
+    pub async fn lease(self: &Arc<Self>) -> Result<PeerLease> {
+        let queued = Instant::now();
+        let permit = self
+            .places
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| self.lost("the peer client is closed"))?;
+        Ok(PeerLease {
+            peer: self.clone(),
+            _permit: permit,
+            stats: Arc::new(ConnStats::default()),
+            queued: queued.elapsed(),
+        })
+    }
+
+    /// Whole batches of `[offset, end)` (`end` -1: unbounded), at most `max_bytes`,
+    /// waiting up to `max_wait` for data at the end. `on_head` learns the answer's
+    /// high watermark and first batch when the server's head frame arrives, before
+    /// the records do.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn fetch(
+        &self,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+        end: i64,
+        max_bytes: i32,
+        max_wait: Duration,
+        on_head: Option<OnHead>,
+        stats: Option<Arc<ConnStats>>,
+    ) -> Result<Fetched> {
+        let req = Frame::Fetch {
+            topic: topic.to_string(),
+            partition,
+            offset,
+            end,
+            max_bytes: max_bytes.max(1) as u32,
+            max_wait_ms: max_wait.as_millis().min(u32::MAX as u128) as u32,
+        };
+        let (slot, mut frames) = self.request(&req, stats).await?;
+        let what = Some((topic, partition));
+        let mut on_head = on_head;
+        let deadline = self.s.request_timeout + max_wait;
+        let answer = tokio::time::timeout(deadline, async {
+            loop {
+                match self.answer(&mut frames, "Fetch", what).await? {
+                    Frame::Head {
+                        high_watermark,
+                        first,
+                    } => {
+                        if let Some(f) = on_head.take() {
+                            f(peek::Head {
+                                high_watermark,
+                                first,
+                            });
+                        }
+                    }
+                    Frame::Batches {
+                        high_watermark,
+                        records,
+                    } => {
+                        return Ok(Fetched {
+                            records,
+                            high_watermark,
+                            conn: slot as u64 + 1,
+                            queued: Duration::ZERO,
+                        })
+                    }
+                    other => return Err(self.unexpected("Fetch", &other)),
+                }
+            }
+        })
+        .await;
+        answer.unwrap_or_else(|_| {
+            Err(KafkaError::Timeout {
+                addr: self.s.addr.clone(),
+                api: "peer Fetch",
+                ms: deadline.as_millis() as u64,
+            })
+        })
+    }
+
+    /// Opens a subscription: the server pushes the partition's batches from
+    /// `offset` as they are appended, with no request per answer.
+    pub async fn subscribe(&self, topic: &str, partition: i32, offset: i64) -> Result<Frames> {
+        let req = Frame::Subscribe {
+            topic: topic.to_string(),
+            partition,
+            offset,
+        };
+        Ok(self.request(&req, None).await?.1)
+    }
+
+    /// The next pushed answer of a subscription: (high watermark, records).
+    pub async fn pushed(
+        &self,
+        frames: &mut Frames,
+        topic: &str,
+        partition: i32,
+    ) -> Result<(i64, bytes::Bytes)> {
+        match self
+            .answer(frames, "Subscribe", Some((topic, partition)))
+            .await?
+        {
+            Frame::Batches {
+                high_watermark,
+                records,
+            } => Ok((high_watermark, records)),
+            other => Err(self.unexpected("Subscribe", &other)),
+        }
+    }
+
+    /// Asks the server to hash `[from, to)` of a partition in leaves of
+    /// `leaf_offsets` offsets; the tree then answers node requests on its stream.
+    pub async fn tree(
+        &self,
+        topic: &str,
+        partition: i32,
+        from: i64,
+        to: i64,
+        leaf_offsets: i64,
+    ) -> Result<RemoteTree> {
+        let req = Frame::Tree {
+            topic: topic.to_string(),
+            partition,
+            from,
+            to,
+            leaf_offsets,
+        };
+        let (send, mut frames) = self.open(&req).await?;
+        // Building the tree reads the partition in the source DC: no deadline here
+        // (the connection's keep-alive notices a dead peer).
+        match self
+            .answer(&mut frames, "Tree", Some((topic, partition)))
+            .await?
+        {
+            Frame::TreeBuilt { leaves } => Ok(RemoteTree {
+                send,
+                frames,
+                leaves,
+                topic: topic.to_string(),
+                partition,
+            }),
+            other => Err(self.unexpected("Tree", &other)),
+        }
+    }
+
+    /// Bytes this client's connections sent and received over UDP (what crossed the
+    /// WAN, QUIC and TLS overhead included).
+    pub async fn wire_bytes(&self) -> (u64, u64) {
+        let mut sent = 0;
+        let mut received = 0;
+        for s in &self.slots {
+            if let Some(c) = s.conn.lock().await.as_ref() {
+                let st = c.stats();
+                sent += st.udp_tx.bytes;
+                received += st.udp_rx.bytes;
+            }
+        }
+        (sent, received)
+    }
+
+    /// A stream with `req` sent and the send side left open (a tree's requests
+    /// follow on it).
+    async fn open(&self, req: &Frame) -> Result<(quinn::SendStream, Frames)> {
+        let slot = self.next_id() as usize % self.slots.len();
+        let conn = self.connection(slot).await?;
+        let (mut send, recv) = conn.open_bi().await.map_err(|e| self.conn_err(&e))?;
+        io::send(&mut send, req)
+            .await
+            .map_err(|e| self.lost(&format!("sending a request: {e}")))?;
+        Ok((send, Frames::new(recv)))
+    }
+
+    /// Opens a stream on the least busy connection (connecting it if needed) and
+    /// sends `req` on it.
+    pub(crate) async fn request(
+        &self,
+        req: &Frame,
+        stats: Option<Arc<ConnStats>>,
+    ) -> Result<(usize, Frames)> {
+        // Round robin: every connection carries a share of the streams, so each has
+        // its congestion window open when a burst comes.
+        let slot = self.next_id() as usize % self.slots.len();
+        let conn = self.connection(slot).await?;
+        let (mut send, recv) = conn.open_bi().await.map_err(|e| self.conn_err(&e))?;
+        io::send(&mut send, req)
+            .await
+            .map_err(|e| self.lost(&format!("sending a request: {e}")))?;
+        let _ = send.finish();
+        let mut frames = Frames::new(recv);
+        if let Some(s) = stats {
+            frames = frames.counting(s);
+        }
+        Ok((slot, frames))
+    }
+
+    /// The next frame of an answer; an error frame becomes the error it names.
+    async fn answer(
+        &self,
+        frames: &mut Frames,
+        api: &'static str,
+        what: Option<(&str, i32)>,
+    ) -> Result<Frame> {
+        match frames.next().await {
+            Ok(Some(Frame::Error {
+                code,
+                kafka,
+                message,
+            })) => Err(self.refusal(api, what, code, kafka, message)),
+            Ok(Some(f)) => Ok(f),
+            Ok(None) => Err(self.lost(&format!("the {api} answer ended early"))),
+            Err(ReadFail::Stream(e)) => Err(self.lost(&e.to_string())),
+            Err(ReadFail::Frame(e)) => Err(KafkaError::Decode {
+                addr: self.s.addr.clone(),
+                api: "peer",
+                reason: e.to_string(),
+            }),
+        }
+    }
+
+    fn refusal(
+        &self,
+        api: &'static str,
+        what: Option<(&str, i32)>,
+        code: ErrorCode,
+        kafka: i16,
+        message: String,
+    ) -> KafkaError {
+        match code {
+            ErrorCode::Kafka => match (what, ResponseError::try_from_code(kafka)) {
+                (Some((topic, partition)), Some(code)) => KafkaError::Partition {
+                    api,
+                    topic: topic.to_string(),
+                    partition,
+                    code,
+                    detail: Some(message),
+                },
+                (None, Some(code)) => KafkaError::Broker {
+                    api,
+                    code,
+                    detail: Some(message),
+                },
+                _ => self.refused(format!("{api}: Kafka error {kafka}: {message}")),
+            },
+            ErrorCode::Unavailable | ErrorCode::Limit => {
+                self.lost(&format!("{api} refused for now: {message}"))
+            }
+            ErrorCode::UnknownTopic => match what {
+                Some((topic, partition)) => KafkaError::Partition {
+                    api,
+                    topic: topic.to_string(),
+                    partition,
+                    code: ResponseError::UnknownTopicOrPartition,
+                    detail: Some(message),
+                },
+                None => self.refused(message),
+            },
+            _ => self.refused(message),
+        }
+    }
+
+    /// The slot's connection, opened (and the hello exchanged) if it has none or its
+    /// last one closed.
+    async fn connection(&self, slot: usize) -> Result<quinn::Connection> {
+        let mut held = self.slots[slot].conn.lock().await;
+        if let Some(c) = held.as_ref().filter(|c| c.close_reason().is_none()) {
+            return Ok(c.clone());
+        }
+        if held.take().is_some() {
+            tracing::info!(peer = %self.s.addr, connection = slot, "peer connection closed; reconnecting");
+        }
+        let c = tokio::time::timeout(CONNECT_TIMEOUT, self.connect())
+            .await
+            .unwrap_or_else(|_| {
+                Err(KafkaError::Unreachable {
+                    cluster: self.s.cluster.clone(),
+                    bootstrap: self.s.addr.clone(),
+                    last: format!(
+                        "no answer within {} s from the peer (is wanmirror serve listening on this UDP port, and does the path let UDP through?)",
+                        CONNECT_TIMEOUT.as_secs()
+                    ),
+                })
+            })?;
+        tracing::debug!(peer = %self.s.addr, connection = slot, rtt_ms = c.rtt().as_millis() as u64, "peer connection open");
+        *held = Some(c.clone());
+        Ok(c)
+    }
+
+    async fn connect(&self) -> Result<quinn::Connection> {
+        let addr = tokio::net::lookup_host(&self.s.addr)
+            .await
+            .ok()
+            .and_then(|mut a| a.next())
+            .ok_or_else(|| KafkaError::Unreachable {
+                cluster: self.s.cluster.clone(),
+                bootstrap: self.s.addr.clone(),
+                last: "the peer address does not resolve".into(),
+            })?;
+        let conn = self
+            .endpoint
+            .connect(addr, &self.s.server_name)
+            .map_err(|e| self.refused(format!("cannot connect: {e}")))?
+            .await
+            .map_err(|e| self.conn_err(&e))?;
+        let (mut send, recv) = conn.open_bi().await.map_err(|e| self.conn_err(&e))?;
+        let hello = Frame::Hello {
+            min: VERSION,
+            max: VERSION,
+            agent: format!("wanmirror {}", env!("CARGO_PKG_VERSION")),
+        };
+        io::send(&mut send, &hello)
+            .await
+            .map_err(|e| self.lost(&format!("sending hello: {e}")))?;
+        let _ = send.finish();
+        let mut frames = Frames::new(recv);
+        match self.answer(&mut frames, "Hello", None).await {
+            Ok(Frame::Welcome { cluster, agent, .. }) => {
+                if cluster != self.s.cluster {
+                    conn.close(quinn::VarInt::from_u32(close::DONE), b"wrong cluster");
+                    return Err(self.refused(format!(
+                        "the peer serves cluster {cluster:?}, but [source] name is {:?}: names must match (provenance and loop safety go by them)",
+                        self.s.cluster
+                    )));
+                }
+                *self.agent.lock().unwrap_or_else(|p| p.into_inner()) = agent;
+                Ok(conn)
+            }
+            Ok(other) => Err(self.unexpected("Hello", &other)),
+            // A connection closed during the hello carries the server's reason.
+            Err(e) => Err(conn.close_reason().map_or(e, |r| self.conn_err(&r))),
+        }
+    }
+
+    /// What a closed or failed QUIC connection means, in the operator's words.
+    fn conn_err(&self, e: &quinn::ConnectionError) -> KafkaError {
+        use quinn::ConnectionError as C;
+        let addr = self.s.addr.clone();
+        let crypto = |code: u64| (0x100..0x200).contains(&code);
+        match e {
+            C::TransportError(t) if crypto(u64::from(t.code)) => KafkaError::Tls {
+                addr,
+                reason: explain_local(&t.reason),
+            },
+            C::ConnectionClosed(c) if crypto(u64::from(c.error_code)) => KafkaError::Tls {
+                addr,
+                reason: explain_alert(u64::from(c.error_code) as u8, &c.reason),
+            },
+            C::ApplicationClosed(a) if a.error_code.into_inner() != close::SHUTDOWN as u64 => self
+                .refused(format!(
+                    "the peer closed the connection: {}",
+                    String::from_utf8_lossy(&a.reason)
+                )),
+            other => self.lost(&other.to_string()),
+        }
+    }
+
+    fn lost(&self, reason: &str) -> KafkaError {
+        KafkaError::ConnectionLost {
+            addr: self.s.addr.clone(),
+            reason: reason.to_string(),
+        }
+    }
+
+    fn refused(&self, reason: String) -> KafkaError {
+        KafkaError::PeerRefused {
+            addr: self.s.addr.clone(),
+            reason,
+        }
+    }
+
+    fn unexpected(&self, api: &'static str, f: &Frame) -> KafkaError {
+        KafkaError::Decode {
+            addr: self.s.addr.clone(),
+            api: "peer",
+            reason: format!("unexpected frame in the {api} answer: {f:?}"),
+        }
+    }
+
+    /// Closes every connection (at shutdown), so the server sees us go at once.
+    pub fn close(&self) {
+        self.endpoint
+            .close(quinn::VarInt::from_u32(close::DONE), b"done");
+    }
+
+    pub(crate) fn next_id(&self) -> u64 {
+        self.ids.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+/// A local TLS failure (the server's certificate did not verify).
+fn explain_local(reason: &str) -> String {
+    if reason.contains("UnknownIssuer") {
+        format!("the peer's certificate is not signed by the CA in peer_tls.ca ({reason})")
+    } else if reason.contains("NotValidForName") {
+        format!("the peer's certificate does not name the peer's host ({reason}); set peer_tls.server_name to a name it holds")
+    } else {
+        reason.to_string()
+    }
+}
+
+/// A TLS alert the server sent: it refused our certificate.
+fn explain_alert(alert: u8, reason: &[u8]) -> String {
+    let why = String::from_utf8_lossy(reason);
+    match alert {
+        42 | 48 | 116 => format!(
+            "the peer refused our client certificate (TLS alert {alert}{}): it must be signed by the CA the serve side names in client_ca; see peer_tls.cert",
+            if why.is_empty() { String::new() } else { format!(": {why}") }
+        ),
+        120 => "the peer does not speak the wanmirror protocol (no ALPN wanmirror/1 in common)".into(),
+        _ => format!("the peer ended the TLS handshake with alert {alert} {why}"),
+    }
+}
+
+/// A partition's Merkle tree held by the server, asked node by node.
+pub struct RemoteTree {
+    send: quinn::SendStream,
+    frames: Frames,
+    pub leaves: u64,
+    topic: String,
+    partition: i32,
+}
+
+impl RemoteTree {
+    /// The hashes of `ids` (layer 0: leaves); `None` where a node does not exist.
+    pub async fn nodes(
+        &mut self,
+        peer: &Peer,
+        ids: &[(u32, u64)],
+    ) -> Result<Vec<Option<super::frame::Hash>>> {
+        let req = Frame::Nodes { ids: ids.to_vec() };
+        io::send(&mut self.send, &req)
+            .await
+            .map_err(|e| peer.lost(&format!("sending a node request: {e}")))?;
+        match peer
+            .answer(
+                &mut self.frames,
+                "Nodes",
+                Some((&self.topic, self.partition)),
+            )
+            .await?
+        {
+            Frame::Hashes { hashes } if hashes.len() == ids.len() => Ok(hashes),
+            other => Err(peer.unexpected("Nodes", &other)),
+        }
+    }
+
+    /// Record counts of leaves `[first, first + count)`.
+    pub async fn counts(&mut self, peer: &Peer, first: u64, count: u32) -> Result<Vec<u64>> {
+        io::send(&mut self.send, &Frame::Counts { first, count })
+            .await
+            .map_err(|e| peer.lost(&format!("sending a count request: {e}")))?;
+        match peer
+            .answer(
+                &mut self.frames,
+                "Counts",
+                Some((&self.topic, self.partition)),
+            )
+            .await?
+        {
+            Frame::LeafCounts { counts } if counts.len() == count as usize => Ok(counts),
+            other => Err(peer.unexpected("Counts", &other)),
+        }
+    }
+
+    /// Ends the stream: the server drops the tree.
+    pub fn finish(mut self) {
+        let _ = self.send.finish();
+    }
+}
+
+/// A place for one catch-up fetch (see [`Peer::lease`]); its counter grows as the
+/// answer arrives, which the catch-up driver watches to steal stalled pieces.
+pub struct PeerLease {
+    peer: Arc<Peer>,
+    _permit: OwnedSemaphorePermit,
+    stats: Arc<ConnStats>,
+    queued: Duration,
+}
+
+impl PeerLease {
+    pub fn progress(&self) -> Arc<ConnStats> {
+        self.stats.clone()
+    }
+
+    pub async fn fetch(
+        self,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+        max_bytes: i32,
+        max_wait: Duration,
+        on_head: Option<OnHead>,
+    ) -> Result<Fetched> {
+        let mut f = self
+            .peer
+            .fetch(
+                topic,
+                partition,
+                offset,
+                -1,
+                max_bytes,
+                max_wait,
+                on_head,
+                Some(self.stats.clone()),
+            )
+            .await?;
+        f.queued = self.queued;
+        Ok(f)
+    }
+}

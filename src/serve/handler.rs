@@ -1,0 +1,476 @@
+//! One client request on one stream: decode it, check the allow-list, answer from the
+//! local cluster. A malformed request resets only its stream.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use quinn::{RecvStream, SendStream, VarInt};
+
+use super::{Client, Ctx};
+use crate::kafka::batch::{parse_header, HEADER_LEN};
+use crate::kafka::error::KafkaError;
+use crate::kafka::reader::PartitionReader;
+use crate::peer::frame::{ErrorCode, Frame, PartitionInfo, TopicInfo, VERSION};
+use crate::peer::io::{self, code, Frames, ReadFail};
+use crate::verify::leaf::LeafHasher;
+use crate::verify::tree::{NodeId, Tree};
+
+/// The largest request frame taken (requests are names and numbers).
+const REQUEST_LIMIT: usize = 1 << 20;
+/// The largest answer a fetch may ask for (a frame holds it whole).
+const MAX_FETCH: usize = 64 << 20;
+/// How much a push reads from the cluster at a time.
+const PUSH_BYTES: usize = 1 << 20;
+/// How long a push's local long poll waits for data.
+const PUSH_WAIT: Duration = Duration::from_millis(500);
+/// The most leaves a tree request may have (a hash each, 32 bytes, kept per stream).
+const MAX_LEAVES: u64 = 1 << 22;
+/// Bytes per local fetch while hashing.
+const HASH_FETCH: usize = 8 << 20;
+
+/// Why a request failed.
+enum Fail {
+    /// The stream is gone (the client reset it or the connection closed).
+    Gone,
+    /// The client sent what it must not: the stream is reset.
+    Bad(String),
+    /// An answer the client gets as an error frame.
+    Refuse(Frame),
+}
+
+impl From<KafkaError> for Fail {
+    fn from(e: KafkaError) -> Fail {
+        Fail::Refuse(kafka_error(&e))
+    }
+}
+
+fn refuse(code: ErrorCode, message: String) -> Fail {
+    Fail::Refuse(Frame::Error {
+        code,
+        kafka: 0,
+        message,
+    })
+}
+
+/// A cluster error as the client should see it: Kafka's code where there is one,
+/// "unavailable" (retriable) for lost connections and timeouts.
+fn kafka_error(e: &KafkaError) -> Frame {
+    let (code, kafka) = match e.code() {
+        Some(c) => (ErrorCode::Kafka, c.code()),
+        None if e.is_retriable() => (ErrorCode::Unavailable, 0),
+        None => match e {
+            KafkaError::UnknownTopic { .. } => (ErrorCode::UnknownTopic, 0),
+            _ => (ErrorCode::Internal, 0),
+        },
+    };
+    Frame::Error {
+        code,
+        kafka,
+        message: e.to_string(),
+    }
+}
+
+pub(super) async fn stream(
+    ctx: Arc<Ctx>,
+    client: Arc<Client>,
+    mut send: SendStream,
+    recv: RecvStream,
+) {
+    let mut frames = Frames::new(recv).limited(REQUEST_LIMIT);
+    let req = match frames.next().await {
+        Ok(Some(f)) => f,
+        Ok(None) | Err(ReadFail::Stream(_)) => return,
+        Err(ReadFail::Frame(e)) => {
+            tracing::warn!(client = %client.allowed.name, error = %e, "malformed request; stream reset");
+            let _ = send.reset(VarInt::from_u32(code::BAD_FRAME));
+            return;
+        }
+    };
+    let r = match req {
+        Frame::Hello { min, max, .. } => hello(&ctx, &mut send, min, max).await,
+        Frame::List {
+            topics,
+            configs,
+            bounds,
+        } => list(&ctx, &client, &mut send, topics, configs, bounds).await,
+        Frame::Fetch {
+            topic,
+            partition,
+            offset,
+            end,
+            max_bytes,
+            max_wait_ms,
+        } => {
+            let wait = Duration::from_millis(max_wait_ms.min(30_000) as u64);
+            fetch(
+                &ctx, &client, &mut send, &topic, partition, offset, end, max_bytes, wait,
+            )
+            .await
+        }
+        Frame::Subscribe {
+            topic,
+            partition,
+            offset,
+        } => subscribe(&ctx, &client, &mut send, &topic, partition, offset).await,
+        Frame::Tree {
+            topic,
+            partition,
+            from,
+            to,
+            leaf_offsets,
+        } => {
+            tree(
+                &ctx,
+                &client,
+                &mut send,
+                &mut frames,
+                &topic,
+                partition,
+                from,
+                to,
+                leaf_offsets,
+            )
+            .await
+        }
+        other => Err(Fail::Bad(format!("{other:?} is not a request"))),
+    };
+    match r {
+        Ok(()) => {
+            let _ = send.finish();
+        }
+        Err(Fail::Gone) => {}
+        Err(Fail::Bad(why)) => {
+            tracing::warn!(client = %client.allowed.name, reason = %why, "bad request; stream reset");
+            let _ = send.reset(VarInt::from_u32(code::BAD_FRAME));
+        }
+        Err(Fail::Refuse(f)) => {
+            if let Frame::Error { code, message, .. } = &f {
+                tracing::debug!(client = %client.allowed.name, ?code, %message, "request refused");
+            }
+            if io::send(&mut send, &f).await.is_ok() {
+                let _ = send.finish();
+            }
+        }
+    }
+}
+
+async fn put(send: &mut SendStream, f: &Frame) -> Result<(), Fail> {
+    io::send(send, f).await.map_err(|_| Fail::Gone)
+}
+
+fn allowed(client: &Client, topic: &str) -> Result<(), Fail> {
+    if client.allowed.allows(topic) {
+        return Ok(());
+    }
+    tracing::warn!(client = %client.allowed.name, %topic, "refused: topic outside the client's allow-list");
+    Err(refuse(
+        ErrorCode::NotAllowed,
+        format!(
+            "topic {topic:?} is not in the topics client {:?} may read",
+            client.allowed.name
+        ),
+    ))
+}
+
+async fn hello(ctx: &Ctx, send: &mut SendStream, min: u16, max: u16) -> Result<(), Fail> {
+    if !(min..=max).contains(&VERSION) {
+        return Err(refuse(
+            ErrorCode::Version,
+            format!("this server speaks protocol version {VERSION}, the client {min}..={max}"),
+        ));
+    }
+    put(
+        send,
+        &Frame::Welcome {
+            version: VERSION,
+            cluster: ctx.cluster.clone(),
+            agent: format!("wanmirror serve {}", env!("CARGO_PKG_VERSION")),
+        },
+    )
+    .await
+}
+
+async fn list(
+    ctx: &Ctx,
+    client: &Client,
+    send: &mut SendStream,
+    names: Vec<String>,
+    configs: bool,
+    bounds: bool,
+) -> Result<(), Fail> {
+    for n in &names {
+        allowed(client, n)?;
+    }
+    let src = &ctx.source;
+    let all = src.topics().await?;
+    let mut out = Vec::new();
+    for t in all {
+        let wanted = if names.is_empty() {
+            !t.internal && client.allowed.allows(&t.name)
+        } else {
+            names.contains(&t.name)
+        };
+        if !wanted {
+            continue;
+        }
+        let mut partitions = Vec::with_capacity(t.partitions.len());
+        for p in &t.partitions {
+            let (log_start, end) = if bounds {
+                src.retry("log bounds", || src.bounds(&t.name, p.index))
+                    .await?
+            } else {
+                (-1, -1)
+            };
+            partitions.push(PartitionInfo {
+                index: p.index,
+                log_start,
+                end,
+            });
+        }
+        partitions.sort_by_key(|p| p.index);
+        let configs = if configs {
+            src.topic_configs(&t.name).await?.into_iter().collect()
+        } else {
+            Vec::new()
+        };
+        out.push(TopicInfo {
+            name: t.name,
+            configs,
+            partitions,
+        });
+    }
+    put(send, &Frame::Topics { topics: out }).await
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn fetch(
+    ctx: &Ctx,
+    client: &Client,
+    send: &mut SendStream,
+    topic: &str,
+    partition: i32,
+    offset: i64,
+    end: i64,
+    max_bytes: u32,
+    wait: Duration,
+) -> Result<(), Fail> {
+    allowed(client, topic)?;
+    let max = (max_bytes as usize).clamp(1, MAX_FETCH);
+    // Memory first: a client's fetches wait once it has its share in flight.
+    let kib = ((max / 1024).max(1) as u32).min(client.budget_total());
+    let _permit = client
+        .budget
+        .acquire_many(kib)
+        .await
+        .map_err(|_| Fail::Gone)?;
+    let src = &ctx.source;
+    let f = if wait.is_zero() {
+        src.retry("fetch", || {
+            src.fetch_piece(topic, partition, offset, max as i32, true, None)
+        })
+        .await?
+    } else {
+        src.fetch(topic, partition, offset, max as i32, wait)
+            .await?
+    };
+    let (records, first) = whole_batches(&f.records, end);
+    put(
+        send,
+        &Frame::Head {
+            high_watermark: f.high_watermark,
+            first,
+        },
+    )
+    .await?;
+    io::send_batches(send, f.high_watermark, records)
+        .await
+        .map_err(|_| Fail::Gone)
+}
+
+async fn subscribe(
+    ctx: &Ctx,
+    client: &Client,
+    send: &mut SendStream,
+    topic: &str,
+    partition: i32,
+    offset: i64,
+) -> Result<(), Fail> {
+    allowed(client, topic)?;
+    let src = &ctx.source;
+    let (_, end) = src
+        .retry("log bounds", || src.bounds(topic, partition))
+        .await?;
+    io::send_batches(send, end, Bytes::new())
+        .await
+        .map_err(|_| Fail::Gone)?;
+    tracing::debug!(client = %client.allowed.name, %topic, partition, offset, "push subscription");
+    let (mut next, mut hw_sent) = (offset, end);
+    loop {
+        let f = tokio::select! {
+            f = src.fetch(topic, partition, next, PUSH_BYTES as i32, PUSH_WAIT) => f,
+            // The client reset the stream (it went to pieces, or is gone).
+            _ = send.stopped() => return Err(Fail::Gone),
+        };
+        let f = match f {
+            Ok(f) => f,
+            Err(e) if e.is_retriable() => {
+                tracing::debug!(%topic, partition, error = %e, "push fetch failed; retrying");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let (records, _) = whole_batches(&f.records, -1);
+        if let Some(n) = last_next(&records) {
+            next = next.max(n);
+        }
+        if records.is_empty() && f.high_watermark == hw_sent {
+            continue;
+        }
+        let kib = ((records.len() / 1024).max(1) as u32).min(client.budget_total());
+        let _permit = client
+            .budget
+            .acquire_many(kib)
+            .await
+            .map_err(|_| Fail::Gone)?;
+        hw_sent = f.high_watermark;
+        io::send_batches(send, f.high_watermark, records)
+            .await
+            .map_err(|_| Fail::Gone)?;
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn tree(
+    ctx: &Ctx,
+    client: &Client,
+    send: &mut SendStream,
+    frames: &mut Frames,
+    topic: &str,
+    partition: i32,
+    from: i64,
+    to: i64,
+    leaf_offsets: i64,
+) -> Result<(), Fail> {
+    allowed(client, topic)?;
+    if from < 0 || to < from || leaf_offsets <= 0 {
+        return Err(Fail::Bad(format!(
+            "tree over [{from}, {to}) in leaves of {leaf_offsets} offsets"
+        )));
+    }
+    let n = LeafHasher::leaf_count(from, to, leaf_offsets);
+    if n > MAX_LEAVES {
+        return Err(refuse(
+            ErrorCode::Limit,
+            format!("{n} leaves is more than the {MAX_LEAVES} a tree may have: use longer leaves"),
+        ));
+    }
+    let started = std::time::Instant::now();
+    let reader = PartitionReader {
+        source: &ctx.source,
+        topic,
+        partition,
+        fetch_bytes: HASH_FETCH,
+    };
+    let (leaves, _) =
+        crate::verify::hashing::hash_range(&reader, from, to, leaf_offsets, &|_| {}).await?;
+    let tree = Tree::from_leaves(&leaves.iter().map(|l| l.hash).collect::<Vec<_>>());
+    tracing::info!(
+        client = %client.allowed.name, %topic, partition, from, to, leaves = leaves.len(),
+        ms = started.elapsed().as_millis() as u64, "tree built"
+    );
+    put(
+        send,
+        &Frame::TreeBuilt {
+            leaves: leaves.len() as u64,
+        },
+    )
+    .await?;
+    loop {
+        match frames.next().await {
+            Ok(Some(Frame::Nodes { ids })) => {
+                let ids: Vec<NodeId> = ids
+                    .into_iter()
+                    .map(|(layer, index)| NodeId {
+                        layer: layer as usize,
+                        index: index as usize,
+                    })
+                    .collect();
+                put(
+                    send,
+                    &Frame::Hashes {
+                        hashes: tree.answer(&ids),
+                    },
+                )
+                .await?;
+            }
+            Ok(Some(Frame::Counts { first, count })) => {
+                let counts = (first..first.saturating_add(count as u64))
+                    .map(|i| leaves.get(i as usize).map_or(0, |l| l.records))
+                    .collect();
+                put(send, &Frame::LeafCounts { counts }).await?;
+            }
+            Ok(None) => return Ok(()),
+            Ok(Some(other)) => return Err(Fail::Bad(format!("{other:?} on a tree stream"))),
+            Err(ReadFail::Frame(e)) => return Err(Fail::Bad(e.to_string())),
+            Err(ReadFail::Stream(_)) => return Err(Fail::Gone),
+        }
+    }
+}
+
+impl Client {
+    /// The budget's size: one request never asks for more than all of it.
+    fn budget_total(&self) -> u32 {
+        self.budget_kib
+    }
+}
+
+/// The whole batches of a fetch answer, up to the first that starts at or past `end`
+/// (-1: no end), and `[base, next)` of the first. The first batch is always kept, so
+/// an answer is never empty while the log has data. A broker's partial last batch is
+/// dropped here, in the source DC, instead of crossing the WAN to be dropped there.
+/// Bytes whose header does not parse are passed on as they are: the mirror then
+/// stops the partition naming the corrupt offset, as it does reading brokers.
+fn whole_batches(records: &Bytes, end: i64) -> (Bytes, Option<(i64, i64)>) {
+    let mut pos = 0usize;
+    let mut first = None;
+    while records.len() - pos >= HEADER_LEN {
+        let Ok(h) = parse_header(&records[pos..]) else {
+            return (records.clone(), first);
+        };
+        let size = h.size();
+        if size > records.len() - pos {
+            break;
+        }
+        if end >= 0 && h.base_offset >= end && pos > 0 {
+            break;
+        }
+        if first.is_none() {
+            first = Some((
+                h.base_offset,
+                h.base_offset.saturating_add(h.last_offset_delta as i64 + 1),
+            ));
+        }
+        pos += size;
+    }
+    (records.slice(..pos), first)
+}
+
+/// The offset after the last batch of whole batches.
+fn last_next(records: &Bytes) -> Option<i64> {
+    let mut pos = 0usize;
+    let mut next = None;
+    while records.len() - pos >= HEADER_LEN {
+        let h = parse_header(&records[pos..]).ok()?;
+        if h.size() > records.len() - pos {
+            break;
+        }
+        next = Some(h.base_offset.saturating_add(h.last_offset_delta as i64 + 1));
+        pos += h.size();
+    }
+    next
+}
+
+#[cfg(test)]
+mod tests;
