@@ -143,7 +143,7 @@ pub(super) async fn run(
     // a growth on this window (`transport::sizer`).
     shared.source.note_switch(topic, p).await;
     // What follows once everything known is in: a probe, or the end of this catch-up.
-    let mut after = if shared.stop_at_end {
+    let mut after = if shared.stop_at_end || tailing.pushes() {
         Next::Leave
     } else {
         Next::Probe

@@ -44,6 +44,9 @@ pub struct Tailing {
     quiet: u32,
     /// Bytes a shared answer must bring to make the partition live.
     live_bytes: usize,
+    /// The source pushes the tail (a peer's subscription): no answer costs a round
+    /// trip, so a busy partition stays on it; pieces are for backlogs only.
+    push: bool,
 }
 
 impl Tailing {
@@ -56,7 +59,23 @@ impl Tailing {
             mode: Mode::Shared,
             quiet: 0,
             live_bytes: live_bytes.max(1),
+            push: false,
         }
+    }
+
+    /// Tailing a source that pushes new batches as they are appended (a peer): the
+    /// partition never goes live, and a catch-up that reaches the end goes back to
+    /// the push at once instead of probing.
+    pub fn pushed() -> Tailing {
+        Tailing {
+            push: true,
+            ..Tailing::new(usize::MAX)
+        }
+    }
+
+    /// Whether the source pushes the tail.
+    pub fn pushes(&self) -> bool {
+        self.push
     }
 
     pub fn mode(&self) -> Mode {
@@ -67,6 +86,9 @@ impl Tailing {
     /// log's end lies `behind` offsets past what it brought. Returns the mode for what
     /// follows.
     pub fn on_shared_answer(&mut self, bytes: usize, asked: usize, behind: i64) -> Mode {
+        if self.push {
+            return Mode::Shared;
+        }
         let busy = bytes >= self.live_bytes.min(asked / 2).max(1) || behind > 0;
         if busy {
             self.mode = Mode::Live;
@@ -84,6 +106,10 @@ impl Tailing {
 
     /// A probe at the end came back with `bytes`. Decides what follows.
     pub fn on_probe(&mut self, bytes: usize) -> Next {
+        if self.push {
+            self.mode = Mode::Shared;
+            return Next::Leave;
+        }
         if bytes > 0 {
             self.on_data();
             return Next::Probe;
@@ -102,6 +128,19 @@ impl Tailing {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn a_pushed_tail_never_goes_live_and_leaves_a_catch_up_at_once() {
+        let mut t = Tailing::pushed();
+        assert!(t.pushes());
+        assert_eq!(
+            t.on_shared_answer(10 << 20, 1 << 20, 1_000_000),
+            Mode::Shared
+        );
+        assert_eq!(t.on_probe(1 << 20), Next::Leave);
+        assert_eq!(t.mode(), Mode::Shared);
+        assert!(!Tailing::new(1).pushes());
+    }
 
     #[test]
     fn a_large_shared_answer_makes_the_partition_live() {

@@ -19,6 +19,7 @@ use crate::mirror::sink::{lineage, PartitionSink};
 use crate::mirror::tail::{last_batch, verify_tail};
 use crate::mirror::watermark::{Verdict, Watermark};
 use crate::mirror::Shared;
+use crate::source::Source;
 
 /// One source partition and where it goes.
 #[derive(
@@ -269,7 +270,11 @@ async fn fetch_loop(
     // For answers that bring data but no whole batch even at the largest fetch.
     let mut starved = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
     let mut high_watermark = src_end;
-    let mut tailing = Tailing::new(LIVE_BYTES);
+    // A peer pushes the tail on a stream of its own: no round trip per answer.
+    let mut tailing = match src {
+        Source::Peer(_) => Tailing::pushed(),
+        Source::Brokers(_) => Tailing::new(LIVE_BYTES),
+    };
     let mut watermark = Watermark::new(Duration::from_secs(cfg.watermark_grace_secs));
     let mut below = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
     // Far behind from the start: straight to the parallel catch-up.
@@ -300,9 +305,11 @@ async fn fetch_loop(
         // connection (a live partition's probes go over the pool, see `catch_up`).
         // Reads behind the end go over the pool: one partition's megabytes must not
         // queue on the connection every quiet tailing partition shares.
-        let at_tail = offset >= high_watermark;
-        // Grown past `fetch_bytes`: a batch larger than that is next.
-        let tail_ask = if max_bytes > cfg.fetch_bytes {
+        // A pushed tail brings what lies behind the end too, already on its way.
+        let at_tail = offset >= high_watermark || tailing.pushes();
+        // Grown past `fetch_bytes`: a batch larger than that is next. A push takes
+        // what arrived, up to the fetch size, at each read.
+        let tail_ask = if max_bytes > cfg.fetch_bytes || tailing.pushes() {
             max_bytes
         } else {
             SHARED_ASK.min(max_bytes)

@@ -57,8 +57,11 @@ pub fn create(dir: &Path, serve_names: &[String], clients: &[String]) -> Result<
     let ca_key = KeyPair::generate().map_err(|x| e("CA key", x))?;
     let mut ca = CertificateParams::new(Vec::<String>::new()).map_err(|x| e("CA", x))?;
     ca.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    // A name of its own per CA: a certificate from another setup's CA is then
+    // refused as from an unknown issuer, not as a bad signature of a namesake.
+    let tag: u32 = rand::random();
     ca.distinguished_name
-        .push(DnType::CommonName, "wanmirror peer CA");
+        .push(DnType::CommonName, format!("wanmirror peer CA {tag:08x}"));
     ca.key_usages = vec![
         KeyUsagePurpose::KeyCertSign,
         KeyUsagePurpose::CrlSign,

@@ -123,7 +123,7 @@ impl Peer {
             configs,
             bounds,
         };
-        let (_, mut frames) = self.request(&req, None).await?;
+        let (_, mut frames) = self.request(&req, None, false).await?;
         match self.answer(&mut frames, "List", None).await? {
             Frame::Topics { topics } => Ok(topics),
             other => Err(self.unexpected("List", &other)),
@@ -196,7 +196,7 @@ impl Peer {
             max_bytes: max_bytes.max(1) as u32,
             max_wait_ms: max_wait.as_millis().min(u32::MAX as u128) as u32,
         };
-        let (slot, mut frames) = self.request(&req, stats).await?;
+        let (slot, mut frames) = self.request(&req, stats, true).await?;
         let what = Some((topic, partition));
         let mut on_head = on_head;
         let deadline = self.s.request_timeout + max_wait;
@@ -247,7 +247,7 @@ impl Peer {
             partition,
             offset,
         };
-        Ok(self.request(&req, None).await?.1)
+        Ok(self.request(&req, None, false).await?.1)
     }
 
     /// The next pushed answer of a subscription: (high watermark, records).
@@ -322,8 +322,7 @@ impl Peer {
     /// A stream with `req` sent and the send side left open (a tree's requests
     /// follow on it).
     async fn open(&self, req: &Frame) -> Result<(quinn::SendStream, Frames)> {
-        let slot = self.next_id() as usize % self.slots.len();
-        let conn = self.connection(slot).await?;
+        let conn = self.connection(0).await?;
         let (mut send, recv) = conn.open_bi().await.map_err(|e| self.conn_err(&e))?;
         io::send(&mut send, req)
             .await
@@ -331,16 +330,21 @@ impl Peer {
         Ok((send, Frames::new(recv)))
     }
 
-    /// Opens a stream on the least busy connection (connecting it if needed) and
-    /// sends `req` on it.
+    /// Opens a stream (connecting if needed) and sends `req` on it. Data requests
+    /// (fetches) go round robin over the connections, so each has its congestion
+    /// window open when a burst comes; the rest (listings, subscriptions, trees) go
+    /// on the first, so that a diff or a quiet mirror opens one connection only.
     pub(crate) async fn request(
         &self,
         req: &Frame,
         stats: Option<Arc<ConnStats>>,
+        data: bool,
     ) -> Result<(usize, Frames)> {
-        // Round robin: every connection carries a share of the streams, so each has
-        // its congestion window open when a burst comes.
-        let slot = self.next_id() as usize % self.slots.len();
+        let slot = if data {
+            self.next_id() as usize % self.slots.len()
+        } else {
+            0
+        };
         let conn = self.connection(slot).await?;
         let (mut send, recv) = conn.open_bi().await.map_err(|e| self.conn_err(&e))?;
         io::send(&mut send, req)
@@ -562,7 +566,9 @@ fn explain_local(reason: &str) -> String {
 fn explain_alert(alert: u8, reason: &[u8]) -> String {
     let why = String::from_utf8_lossy(reason);
     match alert {
-        42 | 48 | 116 => format!(
+        // bad_certificate, unknown_ca, decrypt_error (a CA of the same name but
+        // another key), certificate_required.
+        42 | 48 | 51 | 116 => format!(
             "the peer refused our client certificate (TLS alert {alert}{}): it must be signed by the CA the serve side names in client_ca; see peer_tls.cert",
             if why.is_empty() { String::new() } else { format!(": {why}") }
         ),

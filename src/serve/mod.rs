@@ -23,6 +23,7 @@ use crate::kafka::error::KafkaError;
 use crate::peer::io::close;
 use crate::peer::tls::{client_name, peer_certs, server_config, transport};
 use crate::source::Source;
+use crate::transport::sizer::PoolConfig;
 use config::{Allowed, ServeConfig};
 
 /// Why `serve` could not start (exit code 2).
@@ -83,7 +84,7 @@ impl Server {
             path: p.clone(),
             message,
         })?;
-        let cluster = Cluster::new(
+        let cluster = Cluster::with_pool(
             &cfg.cluster,
             &cfg.bootstrap,
             SocketOptions {
@@ -93,6 +94,14 @@ impl Server {
                 retry_deadline: Duration::from_secs(5),
                 ..SocketOptions::default()
             },
+            // Next to the brokers a few connections carry any rate: what made the
+            // WAN need many is the round trip, and there is none here.
+            PoolConfig {
+                min: 1,
+                max: 32,
+                initial: 4,
+            },
+            Duration::from_secs(60),
         );
         cluster.refresh(None).await.map_err(|e| ServeError::Kafka {
             cluster: cfg.cluster.clone(),

@@ -82,17 +82,19 @@ pub async fn run(req: DiffRequest) -> Result<Report, VerifyError> {
         }
     }
     bar.finish();
-    if let Source::Peer(p) = &source {
-        let (sent, received) = p.peer.wire_bytes().await;
-        tracing::info!(peer = %p.peer.addr(), sent_bytes = sent, received_bytes = received, "bytes over the peer connections (UDP, all overhead included)");
-    }
-    source.close();
-    Ok(Report::new(
+    let mut report = Report::new(
         source.name(),
         dest.name(),
         req.options.leaf_offsets,
         partitions,
-    ))
+    );
+    if let Source::Peer(p) = &source {
+        let (sent, received) = p.peer.wire_bytes().await;
+        tracing::info!(peer = %p.peer.addr(), sent_bytes = sent, received_bytes = received, "bytes over the peer connections (UDP, all overhead included)");
+        report.peer_bytes = Some(sent + received);
+    }
+    source.close();
+    Ok(report)
 }
 
 /// The clusters of a mirror config, connected, and its topic pairs (source name,

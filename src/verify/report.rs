@@ -16,6 +16,10 @@ pub struct Report {
     pub leaf_offsets: i64,
     pub identical: bool,
     pub partitions: Vec<PartitionDiff>,
+    /// Through a peer: the UDP bytes the comparison moved over the WAN, both ways,
+    /// QUIC and TLS included (hashes, node requests, narrowed records).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peer_bytes: Option<u64>,
 }
 
 impl Report {
@@ -31,6 +35,7 @@ impl Report {
             leaf_offsets,
             identical: partitions.iter().all(|p| p.identical),
             partitions,
+            peer_bytes: None,
         }
     }
 
@@ -77,6 +82,11 @@ impl Report {
             self.partitions.len() - differ,
             differ
         ));
+        if let Some(b) = self.peer_bytes {
+            out.push_str(&format!(
+                "through the peer: {b} bytes crossed the WAN (hashes, requests, narrowed records)\n"
+            ));
+        }
         out
     }
 }
