@@ -16,7 +16,7 @@ SRC_NS, DST_NS = f"{NAME}-src", f"{NAME}-dst"
 SRC_ADDR = "10.201.0.1:9092"
 DST_ADDR = "127.0.0.1:9092"
 # Run by default (and by --smoke, which CI runs); mm2 is opt-in: --contenders ...,mm2.
-CONTENDERS = ["baseline", "wanmirror-1conn", "wanmirror-default"]
+CONTENDERS = ["baseline", "wanmirror-1conn", "wanmirror-default", "wanmirror-quic"]
 # wanmirror-capped: the default wanmirror with `transport.max_mbit` at --max-mbit
 # (half the link by default), to check the cap holds.
 ALL_CONTENDERS = CONTENDERS + ["mm2", "wanmirror-capped"]
@@ -229,6 +229,53 @@ def wb(nsname, args):
 
 MIRROR_EXTRA = ""  # --mirror-extra: lines added under [mirror] for both wanmirror contenders
 MAX_MBIT = 100  # --max-mbit: the cap of wanmirror-capped
+# wanmirror-quic: the mirror reads through `wanmirror serve`, which runs in the source
+# namespace next to the broker; they talk QUIC across the emulated link.
+PEER_ADDR = "10.201.0.1:7400"
+QUIC_CONGESTION = "bbr"  # --quic-congestion
+PEER_CONNECTIONS = 4  # --peer-connections
+
+
+def pki(cfgdir):
+    """Certificates for the serve side and the mirror, made once per bench run by
+    `wanmirror cert` (the command a first setup uses)."""
+    d = cfgdir / "pki"
+    if not (d / "ca.pem").exists():
+        sh([str(REL / "wanmirror"), "cert", "--out", str(d), "--serve", PEER_ADDR.split(":")[0], "--client", "dc-b"])
+    return d
+
+
+def serve_start(procs, cfgdir):
+    """Starts `wanmirror serve` in the source namespace under /usr/bin/time (its CPU
+    counts for the contender) and waits until it listens."""
+    d = pki(cfgdir)
+    cfg = cfgdir / "serve.toml"
+    cfg.write_text(
+        f'[serve]\ncluster = "dc-a"\nbootstrap = "{SRC_ADDR}"\nlisten = "{PEER_ADDR}"\n'
+        f'cert = "{d / "serve.pem"}"\nkey = "{d / "serve.key"}"\nclient_ca = "{d / "ca.pem"}"\n'
+        f'congestion = "{QUIC_CONGESTION}"\n\n[[serve.client]]\nname = "dc-b"\ntopics = [".*"]\n')
+    log = cfgdir / "serve.log"
+    timefile = cfgdir / "serve-time.txt"
+    timefile.unlink(missing_ok=True)
+    with open(log, "w") as f:
+        p = subprocess.Popen(ns(SRC_NS, ["env", "RUST_LOG=" + os.environ.get("WANBENCH_RUST_LOG", "info"),
+                                         "/usr/bin/time", "-o", str(timefile), "-f", "%e %U %S %M",
+                                         str(REL / "wanmirror"), "serve", "--config", str(cfg)]),
+                             stdout=subprocess.DEVNULL, stderr=f)
+    procs.ps.append(p)
+    t = time.time()
+    while "serving" not in log.read_text():
+        if p.poll() is not None or time.time() - t > 20:
+            raise RuntimeError(f"wanmirror serve did not start: {log.read_text()[-2000:]}")
+        time.sleep(0.1)
+    return p, timefile
+
+
+def serve_stop(p, timefile):
+    """Stops the serve side; returns its CPU seconds (user + system)."""
+    stop_contender(p, 20)
+    fields = timefile.read_text().split()[-4:] if timefile.exists() else []
+    return float(fields[1]) + float(fields[2]) if len(fields) == 4 else None
 
 
 def mirror_config(path, topics, contender, wait_ms=100):
@@ -238,8 +285,13 @@ def mirror_config(path, topics, contender, wait_ms=100):
         extra = "\n[transport]\npool_min = 1\npool_max = 1\npool_initial = 1\n"
     elif contender == "wanmirror-capped":
         extra = f"\n[transport]\nmax_mbit = {MAX_MBIT}\n"
+    source = f'bootstrap = "{SRC_ADDR}"'
+    if contender == "wanmirror-quic":
+        d = path.parent / "pki"
+        source = (f'peer = "{PEER_ADDR}"\npeer_connections = {PEER_CONNECTIONS}\npeer_congestion = "{QUIC_CONGESTION}"\n'
+                  f'[source.peer_tls]\nca = "{d / "ca.pem"}"\ncert = "{d / "client-dc-b.pem"}"\nkey = "{d / "client-dc-b.key"}"')
     path.write_text(
-        f'[source]\nname = "dc-a"\nbootstrap = "{SRC_ADDR}"\n[destination]\nname = "dc-b"\n'
+        f'[source]\nname = "dc-a"\n{source}\n[destination]\nname = "dc-b"\n'
         f'bootstrap = "{DST_ADDR}"\n[mirror]\ntopics = {json.dumps(topics)}\nreplication_factor = 1\n'
         f'tail_wait_ms = {wait_ms}\nprogress_interval_secs = 2\n{MIRROR_EXTRA}\n{extra}')
 
@@ -367,6 +419,7 @@ def one_run(profile, contender, args, cfgdir):
                           "--partitions", str(args.partitions), "--bytes", str(args.dataset_mb * 1_000_000)])
         records, payload, wire = pre["records"], pre["bytes"], pre["wire_bytes"]
         src_ends = ends(SRC_NS, SRC_ADDR, "bench", wire=False)["partitions"]
+        serve = serve_start(procs, cfgdir) if contender == "wanmirror-quic" else None
         timefile = cfgdir / "time.txt"
         cmd = ["/usr/bin/time", "-o", str(timefile), "-f", "%e %U %S %M"] + \
             contender_cmd(contender, "bench", records, False, cfgdir, args.partitions)
@@ -451,6 +504,14 @@ def one_run(profile, contender, args, cfgdir):
             res.update(diff_speed(contender, cfgdir))
         if args.latency_secs > 0:
             res.update(latency(contender, args, cfgdir, procs))
+        if serve:
+            # The serve side's CPU is the contender's too: it reads the source and
+            # runs the QUIC sender's congestion control.
+            cpu = serve_stop(*serve)
+            if cpu is not None and gb > 0:
+                res["serve_cpu_s_per_GB"] = round(cpu / gb, 2)
+                if res["cpu_s_per_GB"] is not None:
+                    res["total_cpu_s_per_GB"] = round(res["cpu_s_per_GB"] + cpu / gb, 2)
         return res
     finally:
         procs.stop_all()
@@ -470,7 +531,11 @@ def diff_speed(contender, cfgdir):
         raise RuntimeError(f"diff after {contender} exited {out.returncode}: {out.stdout[-2000:]}{out.stderr[-2000:]}")
     report = json.loads(out.stdout)
     read = sum(p["bytes_read"] for p in report["partitions"])
-    return {"diff_s": round(secs, 2), "diff_read_MBps": round(read / secs / 1e6, 2)}
+    res = {"diff_s": round(secs, 2), "diff_read_MBps": round(read / secs / 1e6, 2)}
+    if "peer_bytes" in report:
+        # Through the peer the source side is hashed there: only hashes cross.
+        res["diff_wan_KB"] = round(report["peer_bytes"] / 1e3, 1)
+    return res
 
 
 def latency(contender, args, cfgdir, procs):
@@ -538,6 +603,7 @@ def live_run(profile, contender, args, cfgdir):
         rate = int(profile["live_pct"] / 100 * profile["rate_mbit"] * 1e6 / 8 / size)
         n = rate * args.live_secs
         wait_ms = live_wait_ms()
+        serve = serve_start(procs, cfgdir) if contender == "wanmirror-quic" else None
         timefile = cfgdir / "time.txt"
         if contender == "mm2":
             wb(SRC_NS, ["preload", "--bootstrap", SRC_ADDR, "--topic", "live-probe", "--partitions", "1", "--bytes", "0"])
@@ -586,6 +652,9 @@ def live_run(profile, contender, args, cfgdir):
         fields = timefile.read_text().split()[-4:] if timefile.exists() else []
         timefile.unlink(missing_ok=True)
         cpu = float(fields[1]) + float(fields[2]) if len(fields) == 4 else None
+        if serve and cpu is not None:
+            serve_cpu = serve_stop(*serve)
+            cpu = cpu + serve_cpu if serve_cpu is not None else None
         gb = r["records"] * size / 1e9
         return {
             "broker": BROKER, "congestion_control": cc, "tail_wait_ms": wait_ms,
@@ -663,14 +732,15 @@ def catch_up_table(results, args):
         s = r["summary"]
         lat = "/".join(str(s[k]["median"]) if k in s else "n/a" for k in ("lat_p50_ms", "lat_p99_ms", "lat_p999_ms"))
         lines.append(f"| {r['profile']['rtt_ms']} | {r['profile']['loss_pct']} | {r['contender']} | {fmt(s, 'goodput_MBps')} | "
-                     f"{fmt(s, 'link_pct')} | {fmt(s, 'steady_link_pct')} | {fmt(s, 'carried_link_pct')} | {fmt(s, 'copied_pct')} | {fmt(s, 'time_s')} | {lat} | {fmt(s, 'cpu_s_per_GB')} | {fmt(s, 'peak_rss_MB')} |")
+                     f"{fmt(s, 'link_pct')} | {fmt(s, 'steady_link_pct')} | {fmt(s, 'carried_link_pct')} | {fmt(s, 'copied_pct')} | {fmt(s, 'time_s')} | {lat} | {fmt(s, 'total_cpu_s_per_GB' if 'total_cpu_s_per_GB' in s else 'cpu_s_per_GB')} | {fmt(s, 'peak_rss_MB')} |")
     lines += dup_note(results, "Duplicate records at the destination (per run)",
                       lambda pr: f"{pr['rtt_ms']:g} ms / {pr['loss_pct']:g} %")
     return "\n".join(lines) + ("\n\nBrokers: %s in both DCs. Each cell: median (min–max) of %d runs. Link cap %s Mbit/s; dataset %d MB; catch-up capped at %d s. "
          "Whole run: stored batch bytes copied / wall time from process start to exit. Sustained: the same bytes over the time "
          "the link carried the middle 80 %% of the run's traffic (start-up and tail left out). "
          "Link carried: everything the emulated link delivered towards the destination during the run (headers, retransmissions, "
-         "answers thrown away) over the same wall time. Copied: records at the destination, of the source's.\n") % (
+         "answers thrown away) over the same wall time. Copied: records at the destination, of the source's. "
+         "wanmirror-quic reads through `wanmirror serve` in the source DC; its CPU is both processes'.\n") % (
         args.broker, args.runs, args.rate_mbit, args.dataset_mb, args.cap_secs)
 
 
@@ -801,6 +871,9 @@ def main():
     ap.add_argument("--live-secs", type=int, default=60, help="seconds of load in a live profile")
     ap.add_argument("--live-drain-cap", type=int, default=120, help="seconds after the load stops that a live run waits for the rest")
     ap.add_argument("--live-record-bytes", type=int, default=1024, help="record size in the live profiles (random bytes)")
+    ap.add_argument("--quic-congestion", choices=["bbr", "cubic", "newreno"], default="bbr",
+                    help="congestion control of wanmirror-quic's peer connections (both ends)")
+    ap.add_argument("--peer-connections", type=int, default=4, help="QUIC connections of wanmirror-quic (1-8)")
     ap.add_argument("--merge", default="", help="run nothing: combine the results of these result directories "
                     "(comma-separated, same dataset and cap) into one table and chart in --out")
     args = ap.parse_args()
@@ -808,7 +881,8 @@ def main():
         if Path(args.out).resolve() == (ROOT / "bench" / "results").resolve():
             ap.error("--merge needs --out: a directory of its own for the combined results")
         return merge(args)
-    global MIRROR_EXTRA, BROKER, MAX_MBIT
+    global MIRROR_EXTRA, BROKER, MAX_MBIT, QUIC_CONGESTION, PEER_CONNECTIONS
+    QUIC_CONGESTION, PEER_CONNECTIONS = args.quic_congestion, args.peer_connections
     MIRROR_EXTRA = args.mirror_extra.replace("\\n", "\n")
     MAX_MBIT = args.max_mbit or args.rate_mbit // 2
     BROKER = args.broker

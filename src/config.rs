@@ -57,6 +57,10 @@ pub struct ClusterConfig {
     pub sasl: Option<SaslSettings>,
 }
 
+fn default_verify_interval() -> u64 {
+    600
+}
+
 fn default_peer_connections() -> usize {
     4
 }
@@ -190,6 +194,10 @@ pub struct MirrorConfig {
     /// by default); a source that lost records stays below.
     #[serde(default = "default_watermark_grace")]
     pub watermark_grace_secs: u64,
+    /// Through a peer: seconds between two checks of the newly copied offsets against
+    /// the source by Merkle hashes (0: off).
+    #[serde(default = "default_verify_interval")]
+    pub verify_interval_secs: u64,
     /// Replication factor of topics the mirror creates; -1 takes the broker default.
     #[serde(default = "default_rf")]
     pub replication_factor: i16,

@@ -60,6 +60,40 @@ pub fn batch_body(data: &[u8]) {
     }
 }
 
+/// A QUIC stream of the peer protocol: frames are taken off the bytes as they would
+/// arrive in two reads (the first byte picks where the first read ends), then the
+/// stream ends. Frames that decode must encode back to the bytes they came from.
+pub fn peer_frames(data: &[u8]) {
+    use crate::peer::frame::{decode, finish};
+    let Some((cut, rest)) = data.split_first() else {
+        return;
+    };
+    let at = (*cut as usize).min(rest.len());
+    let mut buf = BytesMut::from(&rest[..at]);
+    let mut taken = 0usize;
+    for more in [&rest[at..], &[][..]] {
+        loop {
+            let before = buf.len();
+            match decode(&mut buf) {
+                Ok(Some(f)) => {
+                    let used = before - buf.len();
+                    let again = f.to_bytes();
+                    assert_eq!(
+                        &again[..],
+                        &rest[taken..taken + used],
+                        "a frame did not encode back to its bytes"
+                    );
+                    taken += used;
+                }
+                Ok(None) => break,
+                Err(_) => return,
+            }
+        }
+        buf.extend_from_slice(more);
+    }
+    let _ = finish(&buf);
+}
+
 fn slow_paths(b: &RawBatch) {
     if let Ok(recs) = unpack::records(b) {
         let mut entries = Entries::default();
@@ -118,6 +152,7 @@ mod tests {
             fetch_head(&data);
             fetched_records(&data);
             batch_body(&data);
+            peer_frames(&data);
         }
     }
 }

@@ -373,7 +373,7 @@ fn serve(path: &std::path::Path, rt: &tokio::runtime::Runtime) -> ExitCode {
             _ = run.run() => {}
             _ = stop => {
                 tracing::info!("stopping: closing client connections");
-                server.close();
+                server.close().await;
             }
         }
         ExitCode::SUCCESS

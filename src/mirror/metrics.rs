@@ -41,6 +41,7 @@ pub fn render(shared: &Shared, pools: &[Arc<Pool>]) -> String {
     let lag_bytes = Family::<Labels, Gauge>::default();
     let src_end = Family::<Labels, Gauge>::default();
     let dest_end = Family::<Labels, Gauge>::default();
+    let verified = Family::<Labels, Gauge>::default();
     let records = Family::<Labels, Counter>::default();
     let bytes = Family::<Labels, Counter>::default();
     let state = Family::<Labels, Gauge>::default();
@@ -59,6 +60,9 @@ pub fn render(shared: &Shared, pools: &[Arc<Pool>]) -> String {
         }
         src_end.get_or_create(&l).set(s.high_watermark);
         dest_end.get_or_create(&l).set(s.end);
+        if s.verified > 0 {
+            verified.get_or_create(&l).set(s.verified);
+        }
         records.get_or_create(&l).inc_by(s.records);
         bytes.get_or_create(&l).inc_by(s.bytes);
         // Every state, 1 for the current one: `== 1` selects, and a change shows.
@@ -97,6 +101,11 @@ pub fn render(shared: &Shared, pools: &[Arc<Pool>]) -> String {
         "wanmirror_partition_source_end_offset",
         "The source's high watermark in the partition's last fetch answer",
         src_end,
+    );
+    reg.register(
+        "wanmirror_partition_verified_offset",
+        "Continuous reconciliation (through a peer) found the copy identical to the source below this offset",
+        verified,
     );
     reg.register(
         "wanmirror_partition_dest_end_offset",

@@ -16,6 +16,7 @@ pub mod offset_map;
 pub mod partition;
 pub mod pieces;
 pub mod progress;
+pub mod reconcile;
 mod running;
 pub mod sink;
 pub mod tail;
@@ -98,6 +99,9 @@ pub struct PartStats {
     pub state: PartState,
     /// Errors that interrupted or stopped the partition, by `MirrorError::kind`.
     pub errors: BTreeMap<&'static str, u64>,
+    /// The copy up to here was checked against the source by continuous
+    /// reconciliation (0: not yet, or not on).
+    pub verified: i64,
 }
 
 fn running_state(end: i64, high_watermark: i64) -> PartState {
@@ -183,6 +187,18 @@ impl Stats {
             .get(job)
             .map_or(end, |e| e.high_watermark);
         self.record(job, end, hw, 0);
+    }
+
+    /// Continuous reconciliation found the copy right up to `to`.
+    pub fn verified(&self, job: &Job, to: i64) {
+        if let Some(p) = self
+            .parts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_mut(job)
+        {
+            p.verified = p.verified.max(to);
+        }
     }
 
     /// A fetch answer's high watermark: the lag grows while nothing is written.

@@ -15,6 +15,7 @@ use crate::mirror::catch_up;
 use crate::mirror::cursor::{Cursor, Refusal};
 use crate::mirror::error::MirrorError;
 use crate::mirror::mode::{Mode, Tailing};
+use crate::mirror::reconcile;
 use crate::mirror::sink::{lineage, PartitionSink};
 use crate::mirror::tail::{last_batch, verify_tail};
 use crate::mirror::watermark::{Verdict, Watermark};
@@ -121,6 +122,7 @@ pub async fn run(shared: Arc<Shared>, job: Job, grant: Grant) -> Result<(), Mirr
         fetch_bytes: cfg.fetch_bytes,
         acked: Vec::new(),
         produced: Vec::new(),
+        fills: Default::default(),
     };
     pad_to(&shared, &job, &mut cursor, &mut sink, src_start).await?;
     // Resumed: caught up or behind from here (a caught-up partition may get no data
@@ -136,12 +138,41 @@ pub async fn run(shared: Arc<Shared>, job: Job, grant: Grant) -> Result<(), Mirr
         tx,
     ));
     let _abort = AbortOnDrop(fetcher);
+    // Through a peer, what is copied is checked against the source by hashes from
+    // time to time (what was there before this start had its tail checked above).
+    let (written_tx, written_rx) = watch::channel(sink.end);
+    let interval = cfg.verify_interval_secs;
+    let mut reconciler = match src {
+        Source::Peer(_) if interval > 0 => Some(tokio::spawn(reconcile::run(
+            shared.clone(),
+            job.clone(),
+            sink.end,
+            Duration::from_secs(interval),
+            written_rx,
+            sink.fills.clone(),
+        ))),
+        _ => None,
+    };
+    let _abort_reconciler = reconciler
+        .as_ref()
+        .map(|h| AbortHandleOnDrop(h.abort_handle()));
     let mut shutdown = grant.stop.clone();
     let mut caught_up = false;
     loop {
         let chunk = tokio::select! {
             _ = shutdown.wait_for(|s| *s) => return Ok(()),
             c = rx.recv() => c,
+            e = async { reconciler.as_mut().expect("guarded").await }, if reconciler.is_some() => {
+                reconciler = None;
+                match e {
+                    Ok(e) => return Err(e),
+                    // Aborted or panicked: the partition goes on unchecked, loudly.
+                    Err(j) => {
+                        tracing::error!(topic = %st, partition = p, error = %j, "continuous reconciliation ended");
+                        continue;
+                    }
+                }
+            }
         };
         match chunk {
             None | Some(Chunk::End) => {
@@ -160,6 +191,7 @@ pub async fn run(shared: Arc<Shared>, job: Job, grant: Grant) -> Result<(), Mirr
             }) => {
                 let (steps, refusal) = cursor.plan(&batches);
                 let bytes = sink.write(steps).await?;
+                written_tx.send_replace(sink.end);
                 shared.stats.record(&job, sink.end, high_watermark, bytes);
                 for (ts, at) in sink.take_acked() {
                     shared.stats.latency.record(st, ts, at);
@@ -181,6 +213,21 @@ pub async fn run(shared: Arc<Shared>, job: Job, grant: Grant) -> Result<(), Mirr
                 }
             }
         }
+    }
+}
+
+/// Ends a peer's push subscription of the partition when dropped.
+struct ForgetTail(Source, String, i32);
+impl Drop for ForgetTail {
+    fn drop(&mut self) {
+        self.0.forget_tail(&self.1, self.2);
+    }
+}
+
+struct AbortHandleOnDrop(tokio::task::AbortHandle);
+impl Drop for AbortHandleOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -266,6 +313,9 @@ async fn fetch_loop(
     let src = &shared.source;
     let cfg = &shared.config.mirror;
     let (topic, p) = (&job.source_topic, job.partition);
+    // However this loop ends (an error, a stop, the task aborted), a peer stops
+    // pushing the partition's tail.
+    let _forget = ForgetTail(src.clone(), topic.clone(), p);
     let mut max_bytes = cfg.fetch_bytes;
     // For answers that bring data but no whole batch even at the largest fetch.
     let mut starved = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
@@ -416,6 +466,11 @@ async fn fetch_loop(
                             Some((next, hw)) => (offset, high_watermark) = (next, hw),
                             None => return,
                         }
+                        continue;
+                    }
+                    if offset < f.high_watermark && tailing.pushes() {
+                        // A push still on its way (the high watermark came with an
+                        // earlier one): not a batch too large for the fetch size.
                         continue;
                     }
                     if offset < f.high_watermark {

@@ -44,6 +44,9 @@ pub struct PartitionSink {
     /// (sent, acknowledged) of each produce request since the last
     /// [`PartitionSink::take_produced`], in ms since the epoch: produce latency.
     pub produced: Vec<(i64, i64)>,
+    /// Every range filled with filler records (`[first, last]`), for continuous
+    /// reconciliation, which compares only what was copied.
+    pub fills: Arc<std::sync::Mutex<Vec<(i64, i64)>>>,
 }
 
 /// The producer epoch and sequence a partition's next write carries.
@@ -156,6 +159,10 @@ impl PartitionSink {
     }
 
     async fn record(&self, first: i64, last: i64, kind: &str) -> Result<(), MirrorError> {
+        self.fills
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((first, last));
         self.map
             .record_deviation(&Deviation {
                 topic: self.topic.clone(),

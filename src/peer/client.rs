@@ -14,13 +14,28 @@ use std::time::{Duration, Instant};
 use kafka_protocol::ResponseError;
 use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore};
 
-use super::frame::{ErrorCode, Frame, TopicInfo, VERSION};
+use super::frame::{ErrorCode, Frame, PartitionInfo, TopicInfo, VERSION};
 use super::io::{self, close, Frames, ReadFail};
 use crate::kafka::client::Fetched;
 use crate::kafka::connection::ConnStats;
 use crate::kafka::error::{KafkaError, Result};
 use crate::kafka::fetch_mux::OnHead;
 use crate::kafka::peek;
+
+/// How long a topic's listed bounds answer `bounds` for other partitions.
+const BOUNDS_FOR: Duration = Duration::from_millis(500);
+
+/// Node ids per request: 12 bytes each, so 40 K ids is about 480 KB, under the
+/// server's 1 MiB request limit.
+const NODES_PER_REQUEST: usize = 40_000;
+
+/// The connection a partition's subscription always goes on.
+fn spread(topic: &str, partition: i32, slots: usize) -> usize {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (topic, partition).hash(&mut h);
+    (h.finish() % slots.max(1) as u64) as usize
+}
 
 /// How long the QUIC handshake and the hello may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -51,6 +66,8 @@ pub struct Peer {
     /// Places for catch-up fetches (streams), as the TCP pool's leases.
     places: Arc<Semaphore>,
     ids: AtomicU64,
+    /// Partition bounds by topic, and when they were listed.
+    bounds: Mutex<std::collections::HashMap<String, (Instant, Vec<PartitionInfo>)>>,
     /// The last served cluster's answer to hello, for the start-up log.
     pub(crate) agent: std::sync::Mutex<String>,
 }
@@ -76,6 +93,7 @@ impl Peer {
             s,
             endpoint,
             ids: AtomicU64::new(1),
+            bounds: Mutex::new(Default::default()),
             agent: std::sync::Mutex::new(String::new()),
         }))
     }
@@ -131,11 +149,29 @@ impl Peer {
     }
 
     /// One partition's bounds: log start and high watermark.
+    ///
+    /// A listing answers for every partition of the topic: partitions starting at
+    /// once (a resume) share one, kept for half a second.
     pub async fn bounds(&self, topic: &str, partition: i32) -> Result<(i64, i64)> {
-        let t = self.topics(&[topic.to_string()], false, true).await?;
-        t.into_iter()
-            .find(|t| t.name == topic)
-            .and_then(|t| t.partitions.into_iter().find(|p| p.index == partition))
+        let parts = {
+            let mut cache = self.bounds.lock().await;
+            match cache.get(topic).filter(|(at, _)| at.elapsed() < BOUNDS_FOR) {
+                Some((_, parts)) => parts.clone(),
+                None => {
+                    let t = self.topics(&[topic.to_string()], false, true).await?;
+                    let parts: Vec<PartitionInfo> = t
+                        .into_iter()
+                        .find(|t| t.name == topic)
+                        .map(|t| t.partitions)
+                        .unwrap_or_default();
+                    cache.insert(topic.to_string(), (Instant::now(), parts.clone()));
+                    parts
+                }
+            }
+        };
+        parts
+            .into_iter()
+            .find(|p| p.index == partition)
             .map(|p| (p.log_start, p.end))
             .ok_or_else(|| KafkaError::Partition {
                 api: "List",
@@ -247,7 +283,10 @@ impl Peer {
             partition,
             offset,
         };
-        Ok(self.request(&req, None, false).await?.1)
+        // A subscription holds its stream for as long as the partition tails: they
+        // are spread over the connections, each partition always on the same one.
+        let slot = spread(topic, partition, self.slots.len());
+        Ok(self.request_on(slot, &req, None).await?.1)
     }
 
     /// The next pushed answer of a subscription: (high watermark, records).
@@ -322,8 +361,7 @@ impl Peer {
     /// A stream with `req` sent and the send side left open (a tree's requests
     /// follow on it).
     async fn open(&self, req: &Frame) -> Result<(quinn::SendStream, Frames)> {
-        let conn = self.connection(0).await?;
-        let (mut send, recv) = conn.open_bi().await.map_err(|e| self.conn_err(&e))?;
+        let (mut send, recv) = self.stream_on(0).await?;
         io::send(&mut send, req)
             .await
             .map_err(|e| self.lost(&format!("sending a request: {e}")))?;
@@ -345,8 +383,31 @@ impl Peer {
         } else {
             0
         };
+        self.request_on(slot, req, stats).await
+    }
+
+    /// A stream of its own on a slot's connection: the server admits a few hundred
+    /// at a time per connection, and waiting for a place past the request timeout
+    /// is a failure (retried), not a hang.
+    async fn stream_on(&self, slot: usize) -> Result<(quinn::SendStream, quinn::RecvStream)> {
         let conn = self.connection(slot).await?;
-        let (mut send, recv) = conn.open_bi().await.map_err(|e| self.conn_err(&e))?;
+        match tokio::time::timeout(self.s.request_timeout, conn.open_bi()).await {
+            Ok(r) => r.map_err(|e| self.conn_err(&e)),
+            Err(_) => Err(KafkaError::Timeout {
+                addr: self.s.addr.clone(),
+                api: "peer stream",
+                ms: self.s.request_timeout.as_millis() as u64,
+            }),
+        }
+    }
+
+    async fn request_on(
+        &self,
+        slot: usize,
+        req: &Frame,
+        stats: Option<Arc<ConnStats>>,
+    ) -> Result<(usize, Frames)> {
+        let (mut send, recv) = self.stream_on(slot).await?;
         io::send(&mut send, req)
             .await
             .map_err(|e| self.lost(&format!("sending a request: {e}")))?;
@@ -406,8 +467,10 @@ impl Peer {
                 },
                 _ => self.refused(format!("{api}: Kafka error {kafka}: {message}")),
             },
-            ErrorCode::Unavailable | ErrorCode::Limit => {
-                self.lost(&format!("{api} refused for now: {message}"))
+            // The serve side failed reading its cluster: retried, then the partition
+            // restarts (a broker may come back).
+            ErrorCode::Unavailable | ErrorCode::Limit | ErrorCode::Internal => {
+                self.lost(&format!("{api} failed on the serve side: {message}"))
             }
             ErrorCode::UnknownTopic => match what {
                 Some((topic, partition)) => KafkaError::Partition {
@@ -509,11 +572,20 @@ impl Peer {
                 addr,
                 reason: explain_alert(u64::from(c.error_code) as u8, &c.reason),
             },
-            C::ApplicationClosed(a) if a.error_code.into_inner() != close::SHUTDOWN as u64 => self
-                .refused(format!(
+            // Refusals say why; anything else (a shutdown, a limit, a close without
+            // a code) is a connection to open again.
+            C::ApplicationClosed(a)
+                if a.error_code.into_inner() == close::UNKNOWN_CLIENT as u64 =>
+            {
+                self.refused(format!(
                     "the peer closed the connection: {}",
                     String::from_utf8_lossy(&a.reason)
-                )),
+                ))
+            }
+            C::ApplicationClosed(a) => self.lost(&format!(
+                "the peer closed the connection: {}",
+                String::from_utf8_lossy(&a.reason)
+            )),
             other => self.lost(&other.to_string()),
         }
     }
@@ -593,21 +665,27 @@ impl RemoteTree {
         peer: &Peer,
         ids: &[(u32, u64)],
     ) -> Result<Vec<Option<super::frame::Hash>>> {
-        let req = Frame::Nodes { ids: ids.to_vec() };
-        io::send(&mut self.send, &req)
-            .await
-            .map_err(|e| peer.lost(&format!("sending a node request: {e}")))?;
-        match peer
-            .answer(
-                &mut self.frames,
-                "Nodes",
-                Some((&self.topic, self.partition)),
-            )
-            .await?
-        {
-            Frame::Hashes { hashes } if hashes.len() == ids.len() => Ok(hashes),
-            other => Err(peer.unexpected("Nodes", &other)),
+        // A layer can be wide (a destination far behind differs everywhere): asked
+        // in parts, each well inside the server's request limit.
+        let mut out = Vec::with_capacity(ids.len());
+        for part in ids.chunks(NODES_PER_REQUEST) {
+            let req = Frame::Nodes { ids: part.to_vec() };
+            io::send(&mut self.send, &req)
+                .await
+                .map_err(|e| peer.lost(&format!("sending a node request: {e}")))?;
+            match peer
+                .answer(
+                    &mut self.frames,
+                    "Nodes",
+                    Some((&self.topic, self.partition)),
+                )
+                .await?
+            {
+                Frame::Hashes { hashes } if hashes.len() == part.len() => out.extend(hashes),
+                other => return Err(peer.unexpected("Nodes", &other)),
+            }
         }
+        Ok(out)
     }
 
     /// Record counts of leaves `[first, first + count)`.

@@ -109,10 +109,10 @@ pub mod code {
 pub mod close {
     /// The client's certificate names no configured client.
     pub const UNKNOWN_CLIENT: u32 = 0x10;
-    /// No protocol version in common.
-    pub const VERSION: u32 = 0x11;
     /// The server is shutting down.
     pub const SHUTDOWN: u32 = 0x12;
     /// The client is going away.
     pub const DONE: u32 = 0x13;
+    /// The client holds as many connections as it may.
+    pub const LIMIT: u32 = 0x14;
 }

@@ -41,8 +41,11 @@ pub fn transport(congestion: Congestion, max_streams: u32) -> TransportConfig {
     let mut t = TransportConfig::default();
     t.max_concurrent_bidi_streams(VarInt::from_u32(max_streams))
         .max_concurrent_uni_streams(VarInt::from_u32(0))
-        .stream_receive_window(VarInt::from_u32(32 << 20))
-        .receive_window(VarInt::from_u32(128 << 20))
+        // A stream's window is small next to the connection's: a subscription whose
+        // reader is slow (a destination that writes slowly) holds at most this much,
+        // and many must be stalled before the connection's other streams wait.
+        .stream_receive_window(VarInt::from_u32(4 << 20))
+        .receive_window(VarInt::from_u32(256 << 20))
         .send_window(128 << 20)
         .keep_alive_interval(Some(KEEP_ALIVE))
         .max_idle_timeout(Some(
@@ -118,19 +121,35 @@ pub fn client_config(
 }
 
 /// Which of `names` the client's certificate (already verified against the client
-/// CA) is valid for, as a server name would be checked: its SAN DNS names or IP
-/// addresses. `None`: no certificate, or none of the names.
+/// CA) names exactly, as a SAN DNS name or IP address. `None`: no certificate, none of
+/// the names, or more than one (a certificate must say which client it is). A wildcard
+/// SAN (`*.example`) names no client: it would stand for every client under it.
 pub fn client_name<'n>(
     identity: Option<&[CertificateDer<'_>]>,
     names: &'n [String],
 ) -> Option<&'n str> {
     let leaf = identity?.first()?;
     let cert = webpki::EndEntityCert::try_from(leaf).ok()?;
-    names.iter().map(String::as_str).find(|n| {
-        ServerName::try_from(*n)
+    let valid = |n: &str| {
+        ServerName::try_from(n)
             .map(|sn| cert.verify_is_valid_for_subject_name(&sn).is_ok())
             .unwrap_or(false)
-    })
+    };
+    let exact = |n: &str| {
+        if !valid(n) {
+            return false;
+        }
+        // A wildcard covering `n` would cover any other first label too.
+        match n.split_once('.') {
+            Some((_, rest)) if n.parse::<std::net::IpAddr>().is_err() => {
+                !valid(&format!("wanmirror-wildcard-probe.{rest}"))
+            }
+            _ => true,
+        }
+    };
+    let mut found = names.iter().map(String::as_str).filter(|n| exact(n));
+    let first = found.next()?;
+    found.next().is_none().then_some(first)
 }
 
 /// The certificates a QUIC connection's peer presented.
@@ -160,6 +179,14 @@ mod tests {
         assert_eq!(client_name(Some(&[c]), &names), Some("dc-c"));
         let other = cert_for(&["dc-z", "mirror.dc-z.example"]);
         assert_eq!(client_name(Some(&[other]), &names), None);
+        // A wildcard stands for no client; a certificate naming two is refused.
+        let wild = cert_for(&["*.example"]);
+        let dotted = vec!["dc-b.example".to_string()];
+        assert_eq!(client_name(Some(&[wild]), &dotted), None);
+        let exact = cert_for(&["dc-b.example"]);
+        assert_eq!(client_name(Some(&[exact]), &dotted), Some("dc-b.example"));
+        let both = cert_for(&["dc-b", "dc-c"]);
+        assert_eq!(client_name(Some(&[both]), &names), None);
         assert_eq!(client_name(None, &names), None);
         let ip = cert_for(&["127.0.0.1"]);
         assert_eq!(

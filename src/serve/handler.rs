@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use kafka_protocol::ResponseError;
 use quinn::{RecvStream, SendStream, VarInt};
 
 use super::{Client, Ctx};
@@ -25,7 +26,7 @@ const PUSH_BYTES: usize = 1 << 20;
 /// How long a push's local long poll waits for data.
 const PUSH_WAIT: Duration = Duration::from_millis(500);
 /// The most leaves a tree request may have (a hash each, 32 bytes, kept per stream).
-const MAX_LEAVES: u64 = 1 << 22;
+const MAX_LEAVES: u64 = 1 << 20;
 /// Bytes per local fetch while hashing.
 const HASH_FETCH: usize = 8 << 20;
 
@@ -42,6 +43,20 @@ enum Fail {
 impl From<KafkaError> for Fail {
     fn from(e: KafkaError) -> Fail {
         Fail::Refuse(kafka_error(&e))
+    }
+}
+
+impl Fail {
+    /// An error frame carrying a Kafka error code.
+    fn with_kafka(self, code: i16) -> Fail {
+        match self {
+            Fail::Refuse(Frame::Error { message, .. }) => Fail::Refuse(Frame::Error {
+                code: ErrorCode::Kafka,
+                kafka: code,
+                message,
+            }),
+            other => other,
+        }
     }
 }
 
@@ -307,24 +322,21 @@ async fn subscribe(
     tracing::debug!(client = %client.allowed.name, %topic, partition, offset, "push subscription");
     let (mut next, mut hw_sent) = (offset, end);
     loop {
+        // Retried with metadata refreshed (a new leader) up to the retry deadline;
+        // then the client gets the error and subscribes again.
         let f = tokio::select! {
-            f = src.fetch(topic, partition, next, PUSH_BYTES as i32, PUSH_WAIT) => f,
-            // The client reset the stream (it went to pieces, or is gone).
+            f = src.retry("push", || src.fetch(topic, partition, next, PUSH_BYTES as i32, PUSH_WAIT)) => f?,
+            // The client stopped the stream (it went to pieces, or is gone).
             _ = send.stopped() => return Err(Fail::Gone),
-        };
-        let f = match f {
-            Ok(f) => f,
-            Err(e) if e.is_retriable() => {
-                tracing::debug!(%topic, partition, error = %e, "push fetch failed; retrying");
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                continue;
-            }
-            Err(e) => return Err(e.into()),
         };
         let (records, _) = whole_batches(&f.records, -1);
         if let Some(n) = last_next(&records) {
             next = next.max(n);
         }
+        // Bytes that are not batches go out once, and the push ends there: the
+        // mirror stops the partition naming the offset, and pushing them again would
+        // only loop.
+        let corrupt = last_len(&records) < records.len();
         if records.is_empty() && f.high_watermark == hw_sent {
             continue;
         }
@@ -338,6 +350,10 @@ async fn subscribe(
         io::send_batches(send, f.high_watermark, records)
             .await
             .map_err(|_| Fail::Gone)?;
+        if corrupt {
+            tracing::warn!(client = %client.allowed.name, %topic, partition, offset = next, "corrupt data in the source log; push ended there");
+            return Ok(());
+        }
     }
 }
 
@@ -355,9 +371,22 @@ async fn tree(
 ) -> Result<(), Fail> {
     allowed(client, topic)?;
     if from < 0 || to < from || leaf_offsets <= 0 {
-        return Err(Fail::Bad(format!(
-            "tree over [{from}, {to}) in leaves of {leaf_offsets} offsets"
-        )));
+        return Err(refuse(
+            ErrorCode::BadFrame,
+            format!("no tree over [{from}, {to}) in leaves of {leaf_offsets} offsets"),
+        ));
+    }
+    // Leaves past the log's end would hash nothing at the client's cost of nothing.
+    let src = &ctx.source;
+    let (_, end) = src
+        .retry("log bounds", || src.bounds(topic, partition))
+        .await?;
+    if to > end {
+        return Err(refuse(
+            ErrorCode::Kafka,
+            format!("{topic}/{partition}: a tree up to {to} asked, the log ends at {end}"),
+        )
+        .with_kafka(ResponseError::OffsetOutOfRange.code()));
     }
     let n = LeafHasher::leaf_count(from, to, leaf_offsets);
     if n > MAX_LEAVES {
@@ -373,8 +402,12 @@ async fn tree(
         partition,
         fetch_bytes: HASH_FETCH,
     };
-    let (leaves, _) =
-        crate::verify::hashing::hash_range(&reader, from, to, leaf_offsets, &|_| {}).await?;
+    let built = tokio::select! {
+        r = crate::verify::hashing::hash_range(&reader, from, to, leaf_offsets, &|_| {}) => r,
+        // The client gave up: stop reading for it.
+        _ = send.stopped() => return Err(Fail::Gone),
+    };
+    let (leaves, _) = built?;
     let tree = Tree::from_leaves(&leaves.iter().map(|l| l.hash).collect::<Vec<_>>());
     tracing::info!(
         client = %client.allowed.name, %topic, partition, from, to, leaves = leaves.len(),
@@ -406,9 +439,11 @@ async fn tree(
                 .await?;
             }
             Ok(Some(Frame::Counts { first, count })) => {
-                let counts = (first..first.saturating_add(count as u64))
-                    .map(|i| leaves.get(i as usize).map_or(0, |l| l.records))
-                    .collect();
+                // Only leaves that exist: a count is never an allocation the client
+                // chooses.
+                let from = (first as usize).min(leaves.len());
+                let to = from.saturating_add(count as usize).min(leaves.len());
+                let counts = leaves[from..to].iter().map(|l| l.records).collect();
                 put(send, &Frame::LeafCounts { counts }).await?;
             }
             Ok(None) => return Ok(()),
@@ -457,12 +492,31 @@ fn whole_batches(records: &Bytes, end: i64) -> (Bytes, Option<(i64, i64)>) {
     (records.slice(..pos), first)
 }
 
+/// The bytes of `records` that are whole batches with headers that parse.
+fn last_len(records: &Bytes) -> usize {
+    let mut pos = 0usize;
+    while records.len() - pos >= HEADER_LEN {
+        let Ok(h) = parse_header(&records[pos..]) else {
+            break;
+        };
+        if h.size() > records.len() - pos {
+            break;
+        }
+        pos += h.size();
+    }
+    pos
+}
+
 /// The offset after the last batch of whole batches.
 fn last_next(records: &Bytes) -> Option<i64> {
     let mut pos = 0usize;
     let mut next = None;
     while records.len() - pos >= HEADER_LEN {
-        let h = parse_header(&records[pos..]).ok()?;
+        // Past a header that does not parse, the last good batch's end is the answer:
+        // the bytes after it go on for the mirror to name, and are not pushed again.
+        let Ok(h) = parse_header(&records[pos..]) else {
+            break;
+        };
         if h.size() > records.len() - pos {
             break;
         }

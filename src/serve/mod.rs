@@ -47,6 +47,36 @@ pub(crate) struct Ctx {
     pub source: Source,
     pub cluster: String,
     pub max_in_flight: usize,
+    /// Per client name, whatever connection it comes on: its answer-byte budget and
+    /// its open connections.
+    clients: std::sync::Mutex<std::collections::HashMap<String, (Arc<Semaphore>, usize)>>,
+}
+
+/// Connections one client may hold open at once (a mirror opens at most 8).
+const MAX_CONNECTIONS: usize = 16;
+
+impl Ctx {
+    /// The client's budget, with one more connection counted; `None` if it holds
+    /// the most it may already.
+    fn join(&self, name: &str) -> Option<Arc<Semaphore>> {
+        let mut m = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        let kib = (self.max_in_flight / 1024).clamp(1, u32::MAX as usize / 2);
+        let e = m
+            .entry(name.to_string())
+            .or_insert_with(|| (Arc::new(Semaphore::new(kib)), 0));
+        if e.1 >= MAX_CONNECTIONS {
+            return None;
+        }
+        e.1 += 1;
+        Some(e.0.clone())
+    }
+
+    fn leave(&self, name: &str) {
+        let mut m = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(e) = m.get_mut(name) {
+            e.1 = e.1.saturating_sub(1);
+        }
+    }
 }
 
 /// One connected client.
@@ -132,6 +162,7 @@ impl Server {
                 source: Source::Brokers(cluster),
                 cluster: cfg.cluster.clone(),
                 max_in_flight: cfg.max_in_flight_bytes,
+                clients: Default::default(),
             }),
         };
         Ok((
@@ -143,12 +174,15 @@ impl Server {
         ))
     }
 
-    /// Closes every client connection and stops accepting.
-    pub fn close(&self) {
+    /// Closes every client connection and stops accepting; waits (a little) until
+    /// the clients were told, so they reconnect at once instead of after the idle
+    /// timeout.
+    pub async fn close(&self) {
         self.endpoint.close(
             quinn::VarInt::from_u32(close::SHUTDOWN),
             b"server shutting down",
         );
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
     }
 }
 
@@ -196,10 +230,19 @@ async fn connection(ctx: Arc<Ctx>, allowed: Vec<Allowed>, incoming: quinn::Incom
         .into_iter()
         .find(|a| a.name == name)
         .expect("the name came from this list");
+    let Some(budget) = ctx.join(&allowed.name) else {
+        let why = format!(
+            "client {} holds {MAX_CONNECTIONS} connections already",
+            allowed.name
+        );
+        tracing::warn!(%remote, reason = %why, "refused a client connection");
+        conn.close(quinn::VarInt::from_u32(close::LIMIT), why.as_bytes());
+        return;
+    };
     tracing::info!(client = %allowed.name, %remote, "client connected");
     let kib = (ctx.max_in_flight / 1024).clamp(1, u32::MAX as usize / 2);
     let client = Arc::new(Client {
-        budget: Arc::new(Semaphore::new(kib)),
+        budget,
         budget_kib: kib as u32,
         allowed,
         remote,
@@ -212,6 +255,7 @@ async fn connection(ctx: Arc<Ctx>, allowed: Vec<Allowed>, incoming: quinn::Incom
             }
             Err(e) => {
                 tracing::info!(client = %client.allowed.name, remote = %client.remote, reason = %e, "client disconnected");
+                ctx.leave(&client.allowed.name);
                 return;
             }
         }

@@ -173,6 +173,14 @@ impl Source {
         }
     }
 
+    /// The partition no longer tails here (its fetcher ended): a peer's push
+    /// subscription of it ends.
+    pub fn forget_tail(&self, topic: &str, partition: i32) {
+        if let Source::Peer(p) = self {
+            p.unsubscribe(topic, partition);
+        }
+    }
+
     /// The TCP pools open now (none through a peer).
     pub async fn pools(&self) -> Vec<Arc<Pool>> {
         match self {

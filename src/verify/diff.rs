@@ -275,6 +275,68 @@ async fn partition(
     let from = opts.from.unwrap_or(ss.max(ds));
     let to = opts.to.unwrap_or(se.max(de)).max(from);
     progress.add_total(2 * (to - from) as u64);
+    let c = compare(source, dest, p, from, to, opts, (se, de), progress).await?;
+    let mut notes = Vec::new();
+    if ss != ds {
+        notes.push(format!(
+            "log starts differ: source {ss}, destination {ds} (offsets below {} were not compared)",
+            ss.max(ds)
+        ));
+    }
+    if de < se {
+        notes.push(format!(
+            "destination ends at {de}, source at {se}: {} offsets missing at the tail",
+            se - de
+        ));
+    } else if de > se {
+        notes.push(format!(
+            "destination ends at {de}, past the source end {se}: {} extra offsets",
+            de - se
+        ));
+    }
+    Ok(PartitionDiff {
+        source_topic: source.topic.clone(),
+        dest_topic: dest.topic.clone(),
+        partition: p,
+        from,
+        to,
+        source_log_start: ss,
+        source_end: se,
+        dest_log_start: ds,
+        dest_end: de,
+        leaves: c.leaves,
+        identical: c.ranges.is_empty() && ss == ds && se == de,
+        ranges: c.ranges,
+        notes,
+        bytes_read: c.bytes_read,
+        nodes_compared: c.nodes_compared,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// What comparing one range of a partition pair found.
+pub struct Compared {
+    pub ranges: Vec<Range>,
+    pub leaves: u64,
+    pub nodes_compared: u64,
+    /// Batch bytes read here (a peer's side is read where it is).
+    pub bytes_read: u64,
+}
+
+/// Compares `[from, to)` of partition `p` on both sides: trees over leaves of
+/// `opts.leaf_offsets`, walked top-down, differing leaves narrowed to records. `ends`:
+/// each side's end offset (nothing is read past it).
+#[allow(clippy::too_many_arguments)]
+pub async fn compare(
+    source: &Side,
+    dest: &Side,
+    p: i32,
+    from: i64,
+    to: i64,
+    opts: &Options,
+    (se, de): (i64, i64),
+    progress: &dyn Progress,
+) -> Result<Compared, VerifyError> {
     let ((mut ta, ba), (mut tb, bb)) = tokio::try_join!(
         Hashes::build(source, p, from, to, opts, progress),
         Hashes::build(dest, p, from, to, opts, progress)
@@ -318,41 +380,11 @@ async fn partition(
             dest_records: tb.records(dest, &run).await?,
         });
     }
-    let mut notes = Vec::new();
-    if ss != ds {
-        notes.push(format!(
-            "log starts differ: source {ss}, destination {ds} (offsets below {} were not compared)",
-            ss.max(ds)
-        ));
-    }
-    if de < se {
-        notes.push(format!(
-            "destination ends at {de}, source at {se}: {} offsets missing at the tail",
-            se - de
-        ));
-    } else if de > se {
-        notes.push(format!(
-            "destination ends at {de}, past the source end {se}: {} extra offsets",
-            de - se
-        ));
-    }
-    Ok(PartitionDiff {
-        source_topic: source.topic.clone(),
-        dest_topic: dest.topic.clone(),
-        partition: p,
-        from,
-        to,
-        source_log_start: ss,
-        source_end: se,
-        dest_log_start: ds,
-        dest_end: de,
-        leaves: tb.leaves() as u64,
-        identical: ranges.is_empty() && ss == ds && se == de,
+    Ok(Compared {
         ranges,
-        notes,
-        bytes_read: ba + bb,
+        leaves: tb.leaves() as u64,
         nodes_compared: walk.nodes_asked,
-        seconds: started.elapsed().as_secs_f64(),
+        bytes_read: ba + bb,
     })
 }
 

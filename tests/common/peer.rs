@@ -196,6 +196,8 @@ pub struct UdpRelay {
     stop: Arc<AtomicBool>,
     /// Datagrams dropped while cut (the test shows the cut landed).
     pub dropped: Arc<AtomicU64>,
+    /// Bytes per second towards the client (0: as fast as they come).
+    rate: Arc<AtomicU64>,
 }
 
 impl UdpRelay {
@@ -208,7 +210,8 @@ impl UdpRelay {
         let cut = Arc::new(AtomicBool::new(false));
         let stop = Arc::new(AtomicBool::new(false));
         let dropped = Arc::new(AtomicU64::new(0));
-        let (c, s, d) = (cut.clone(), stop.clone(), dropped.clone());
+        let rate = Arc::new(AtomicU64::new(0));
+        let (c, s, d, r) = (cut.clone(), stop.clone(), dropped.clone(), rate.clone());
         thread::spawn(move || {
             let uppers: Arc<Mutex<Vec<(SocketAddr, UdpSocket)>>> = Arc::default();
             let mut buf = vec![0u8; 65536];
@@ -228,7 +231,7 @@ impl UdpRelay {
                         .unwrap();
                     let back = front.try_clone().unwrap();
                     let reader = up.try_clone().unwrap();
-                    let (c, s, d) = (c.clone(), s.clone(), d.clone());
+                    let (c, s, d, r) = (c.clone(), s.clone(), d.clone(), r.clone());
                     thread::spawn(move || {
                         let mut buf = vec![0u8; 65536];
                         while !s.load(Ordering::Relaxed) {
@@ -237,6 +240,13 @@ impl UdpRelay {
                                     d.fetch_add(1, Ordering::Relaxed);
                                 } else {
                                     let _ = back.send_to(&buf[..n], from);
+                                    // A slow link: the socket's buffer queues what
+                                    // arrives meanwhile (and drops past it, as a
+                                    // router would).
+                                    let bps = r.load(Ordering::Relaxed);
+                                    if let Some(ns) = (n as u64 * 1_000_000_000).checked_div(bps) {
+                                        thread::sleep(Duration::from_nanos(ns));
+                                    }
                                 }
                             }
                         }
@@ -252,7 +262,13 @@ impl UdpRelay {
             cut,
             stop,
             dropped,
+            rate,
         }
+    }
+
+    /// Carries at most `bytes_per_sec` towards the client.
+    pub fn throttle(&self, bytes_per_sec: u64) {
+        self.rate.store(bytes_per_sec, Ordering::Relaxed);
     }
 
     pub fn cut(&self) {

@@ -61,4 +61,11 @@ fn bytes_that_are_not_batches_pass_unchanged_for_the_mirror_to_name() {
     assert_eq!(first, None);
     assert_eq!(whole_batches(&Bytes::new(), -1), (Bytes::new(), None));
     assert_eq!(last_next(&Bytes::from_static(&[1, 2, 3])), None);
+    // A good batch and then garbage: the good one's end, and its length.
+    let (good, _) = log(&[(10, 5)]);
+    let mut mixed = BytesMut::from(&good[..]);
+    mixed.extend_from_slice(&bad);
+    let mixed = mixed.freeze();
+    assert_eq!(last_next(&mixed), Some(15));
+    assert_eq!(last_len(&mixed), good.len());
 }
