@@ -277,11 +277,18 @@ impl Peer {
 
     /// Opens a subscription: the server pushes the partition's batches from
     /// `offset` as they are appended, with no request per answer.
-    pub async fn subscribe(&self, topic: &str, partition: i32, offset: i64) -> Result<Frames> {
+    pub async fn subscribe(
+        &self,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+        max_wait: Duration,
+    ) -> Result<Frames> {
         let req = Frame::Subscribe {
             topic: topic.to_string(),
             partition,
             offset,
+            max_wait_ms: max_wait.as_millis().min(30_000) as u32,
         };
         // A subscription holds its stream for as long as the partition tails: they
         // are spread over the connections, each partition always on the same one.

@@ -125,11 +125,13 @@ pub enum Frame {
     },
     /// Server: whole batches as the source's broker stored them.
     Batches { high_watermark: i64, records: Bytes },
-    /// Client: push the partition's batches from `offset` as they are appended.
+    /// Client: push the partition's batches from `offset` as they are appended; the
+    /// server's long polls at its brokers wait up to `max_wait_ms`.
     Subscribe {
         topic: String,
         partition: i32,
         offset: i64,
+        max_wait_ms: u32,
     },
     /// Client: hash `[from, to)` in leaves of `leaf_offsets` offsets.
     Tree {
@@ -285,10 +287,12 @@ impl Frame {
                 topic,
                 partition,
                 offset,
+                max_wait_ms,
             } => {
                 put_str(out, topic);
                 out.put_i32(*partition);
                 out.put_i64(*offset);
+                out.put_u32(*max_wait_ms);
             }
             Frame::Tree {
                 topic,
@@ -592,6 +596,7 @@ fn parse(mut body: Bytes) -> Result<Frame, FrameError> {
             topic: f.string("topic")?,
             partition: f.i32("partition")?,
             offset: f.i64("offset")?,
+            max_wait_ms: f.u32("max wait")?,
         },
         0x09 => Frame::Tree {
             topic: f.string("topic")?,

@@ -23,8 +23,6 @@ const REQUEST_LIMIT: usize = 1 << 20;
 const MAX_FETCH: usize = 64 << 20;
 /// How much a push reads from the cluster at a time.
 const PUSH_BYTES: usize = 1 << 20;
-/// How long a push's local long poll waits for data.
-const PUSH_WAIT: Duration = Duration::from_millis(500);
 /// The most leaves a tree request may have (a hash each, 32 bytes, kept per stream).
 const MAX_LEAVES: u64 = 1 << 20;
 /// Bytes per local fetch while hashing.
@@ -127,7 +125,12 @@ pub(super) async fn stream(
             topic,
             partition,
             offset,
-        } => subscribe(&ctx, &client, &mut send, &topic, partition, offset).await,
+            max_wait_ms,
+        } => {
+            // At least a few ms: a zero wait would poll the brokers in a loop.
+            let wait = Duration::from_millis(max_wait_ms.clamp(5, 30_000) as u64);
+            subscribe(&ctx, &client, &mut send, &topic, partition, offset, wait).await
+        }
         Frame::Tree {
             topic,
             partition,
@@ -310,6 +313,7 @@ async fn subscribe(
     topic: &str,
     partition: i32,
     offset: i64,
+    wait: Duration,
 ) -> Result<(), Fail> {
     allowed(client, topic)?;
     let src = &ctx.source;
@@ -325,7 +329,7 @@ async fn subscribe(
         // Retried with metadata refreshed (a new leader) up to the retry deadline;
         // then the client gets the error and subscribes again.
         let f = tokio::select! {
-            f = src.retry("push", || src.fetch(topic, partition, next, PUSH_BYTES as i32, PUSH_WAIT)) => f?,
+            f = src.retry("push", || src.fetch(topic, partition, next, PUSH_BYTES as i32, wait)) => f?,
             // The client stopped the stream (it went to pieces, or is gone).
             _ = send.stopped() => return Err(Fail::Gone),
         };

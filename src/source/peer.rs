@@ -82,7 +82,7 @@ impl PeerSource {
     ) -> Result<Fetched> {
         let mut sub = match self.take(topic, partition) {
             Some(s) if s.next == offset => s,
-            _ => self.open(topic, partition, offset).await?,
+            _ => self.open(topic, partition, offset, max_wait).await?,
         };
         let first = match sub.held.take() {
             Some(h) => Some(Ok(h)),
@@ -134,8 +134,19 @@ impl PeerSource {
         Ok(f)
     }
 
-    async fn open(&self, topic: &str, partition: i32, offset: i64) -> Result<Sub> {
-        let mut frames = self.peer.subscribe(topic, partition, offset).await?;
+    async fn open(
+        &self,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+        max_wait: Duration,
+    ) -> Result<Sub> {
+        // The server long-polls its brokers with the mirror's tail wait: on brokers
+        // that hold a poll to its end (tansu), that wait is the push's latency floor.
+        let mut frames = self
+            .peer
+            .subscribe(topic, partition, offset, max_wait)
+            .await?;
         // The server answers a subscription with the partition's high watermark at
         // once (an empty push), so the first read knows where the end is.
         let (hw, first) = self.peer.pushed(&mut frames, topic, partition).await?;

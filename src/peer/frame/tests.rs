@@ -82,13 +82,14 @@ fn frame() -> impl Strategy<Value = Frame> {
                 }
             }
         ),
-        (name(), any::<i32>(), any::<i64>()).prop_map(|(topic, partition, offset)| {
-            Frame::Subscribe {
+        (name(), any::<i32>(), any::<i64>(), any::<u32>()).prop_map(
+            |(topic, partition, offset, max_wait_ms)| Frame::Subscribe {
                 topic,
                 partition,
                 offset,
+                max_wait_ms,
             }
-        }),
+        ),
         (
             name(),
             any::<i32>(),
