@@ -302,7 +302,25 @@ fn main() -> ExitCode {
                     "config ok: {} -> {}, topics {:?}, rename {:?}",
                     c.source.name, c.destination.name, c.mirror.topics, c.mirror.rename
                 );
-                println!("  {}: {}", c.source.name, s.describe());
+                match &c.source.peer {
+                    Some(peer) => {
+                        // The peer's TLS files are read as the mirror will read them.
+                        let t = c.source.peer_tls.clone().unwrap_or_default();
+                        let files = (t.ca.as_ref(), t.cert.as_ref(), t.key.as_ref());
+                        let (Some(ca), Some(cert), Some(key)) = files else {
+                            return fail("source.peer_tls: ca, cert and key are needed");
+                        };
+                        let quic = wanmirror::peer::tls::transport(c.source.peer_congestion, 0);
+                        if let Err(e) = wanmirror::peer::tls::client_config(ca, cert, key, quic) {
+                            return fail(&format!("config {}: source.peer_tls: {e}", c.path));
+                        }
+                        println!(
+                            "  {}: through the peer {peer} (QUIC, mutual TLS, {} connections, {:?})",
+                            c.source.name, c.source.peer_connections, c.source.peer_congestion
+                        );
+                    }
+                    None => println!("  {}: {}", c.source.name, s.describe()),
+                }
                 println!("  {}: {}", c.destination.name, d.describe());
                 ExitCode::SUCCESS
             }

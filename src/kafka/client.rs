@@ -18,9 +18,7 @@ use tokio::sync::Mutex;
 use super::backoff::Backoff;
 use super::connection::{Connection, SocketOptions};
 use super::error::{KafkaError, Result};
-use super::fetch_mux::{fetch_request, send_fetch, FetchMux, OnHead};
-use crate::transport::pool::{Lease, Pool};
-use crate::transport::sizer::PoolConfig;
+use super::fetch_mux::{fetch_request, send_fetch, FetchMux};
 
 /// One partition as metadata describes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,9 +52,6 @@ pub struct Cluster {
     name: String,
     bootstrap: Vec<String>,
     opts: SocketOptions,
-    pool: PoolConfig,
-    /// How often pools log their goodput and RTT.
-    report_every: Duration,
     /// Connections per broker that produce requests are spread over (see
     /// [`Cluster::set_produce_lanes`]).
     produce_lanes: AtomicUsize,
@@ -71,29 +66,11 @@ struct State {
     /// of partitions given other lanes.
     conns: HashMap<(i32, usize), Connection>,
     muxes: HashMap<i32, FetchMux>,
-    pools: HashMap<i32, Arc<Pool>>,
     bootstrap_conn: Option<Connection>,
 }
 
 impl Cluster {
     pub fn new(name: &str, bootstrap: &str, opts: SocketOptions) -> Arc<Cluster> {
-        Self::with_pool(
-            name,
-            bootstrap,
-            opts,
-            PoolConfig::default(),
-            Duration::from_secs(10),
-        )
-    }
-
-    /// A cluster whose catch-up fetches use pools of `pool` size per broker.
-    pub fn with_pool(
-        name: &str,
-        bootstrap: &str,
-        opts: SocketOptions,
-        pool: PoolConfig,
-        report_every: Duration,
-    ) -> Arc<Cluster> {
         Arc::new(Cluster {
             name: name.to_string(),
             bootstrap: bootstrap
@@ -102,8 +79,6 @@ impl Cluster {
                 .filter(|s| !s.is_empty())
                 .collect(),
             opts,
-            pool,
-            report_every,
             produce_lanes: AtomicUsize::new(1),
             state: Mutex::new(State::default()),
         })
@@ -114,7 +89,7 @@ impl Cluster {
     }
 
     /// How this cluster's connections are set up (security included).
-    pub(super) fn socket_options(&self) -> &SocketOptions {
+    pub(crate) fn socket_options(&self) -> &SocketOptions {
         &self.opts
     }
 
@@ -380,66 +355,11 @@ impl Cluster {
             .await
     }
 
-    /// A catch-up fetch of one offset range's start, over the broker's connection pool:
-    /// no long poll, no fetch session, so many can run in parallel for one partition.
-    /// `urgent`: the partition's writer waits for this one; it may open a connection
-    /// beyond the pool's current target instead of queueing.
-    pub async fn fetch_piece(
-        &self,
-        topic: &str,
-        partition: i32,
-        offset: i64,
-        max_bytes: i32,
-        urgent: bool,
-        on_head: Option<OnHead>,
-    ) -> Result<Fetched> {
-        self.lease(topic, partition, urgent)
-            .await?
-            .fetch(topic, partition, offset, max_bytes, Duration::ZERO, on_head)
-            .await
-    }
-
-    /// A place on a connection of the pool of the partition's leader, for a catch-up
-    /// fetch decided once the place is there (see [`Pool::lease`]).
-    pub async fn lease(&self, topic: &str, partition: i32, urgent: bool) -> Result<Lease> {
+    /// The leader of a partition and its address (for a connection pool of its own).
+    pub async fn leader_addr(&self, topic: &str, partition: i32) -> Result<(i32, String)> {
         let leader = self.leader_of(topic, partition).await?;
-        self.pool(leader).await?.lease(urgent).await
-    }
-
-    /// The partition switched between tailing and pieces (see [`Pool::note_switch`]).
-    pub async fn note_switch(&self, topic: &str, partition: i32) {
-        if let Ok(leader) = self.leader_of(topic, partition).await {
-            if let Ok(pool) = self.pool(leader).await {
-                pool.note_switch();
-            }
-        }
-    }
-
-    /// The connection pools open now, one per source broker fetched from.
-    pub async fn pools(&self) -> Vec<Arc<Pool>> {
-        let mut v: Vec<_> = self.state.lock().await.pools.values().cloned().collect();
-        v.sort_by_key(|p| p.broker());
-        v
-    }
-
-    async fn pool(&self, broker: i32) -> Result<Arc<Pool>> {
-        let mut st = self.state.lock().await;
-        let addr = self.addr_of(&st, broker)?;
-        match st.pools.get(&broker) {
-            Some(p) if p.addr() == addr => Ok(p.clone()),
-            _ => {
-                let p = Pool::spawn(
-                    &self.name,
-                    broker,
-                    &addr,
-                    self.opts.clone(),
-                    self.pool,
-                    self.report_every,
-                );
-                st.pools.insert(broker, p.clone());
-                Ok(p)
-            }
-        }
+        let st = self.state.lock().await;
+        Ok((leader, self.addr_of(&st, leader)?))
     }
 
     fn addr_of(&self, st: &State, broker: i32) -> Result<String> {

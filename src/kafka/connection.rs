@@ -25,11 +25,11 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use super::error::{KafkaError, Result};
 use super::expect::{Expect, OVERSHOOT};
+use super::limit::Limit;
 use super::peek::HEAD_BYTES;
 use super::security::{login::login, Security};
 use super::shape;
 use super::versions::Versions;
-use crate::transport::limit::Limit;
 
 /// Largest response frame we accept; larger means a corrupt stream.
 const MAX_FRAME: usize = 256 * 1024 * 1024;

@@ -9,6 +9,7 @@ pub mod error;
 pub mod expect;
 pub mod fetch_mux;
 pub mod groups;
+pub mod limit;
 pub mod membership;
 pub mod peek;
 pub mod reader;

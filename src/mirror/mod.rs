@@ -36,8 +36,8 @@ use crate::config::{Config, TopicFilter};
 use crate::groups::member;
 use crate::kafka::client::Cluster;
 use crate::kafka::connection::SocketOptions;
+use crate::kafka::limit::Limit;
 use crate::source::Source;
-use crate::transport::limit::Limit;
 use crate::transport::sizer::PoolConfig;
 use error::MirrorError;
 use offset_map::OffsetMap;
@@ -318,7 +318,7 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<Outcome, StartError
     let limit = t.max_mbit.map(|m| Arc::new(Limit::new(m)));
     let (mut recv_buffer, mut initial) = (sock.recv_buffer, t.pool_initial);
     if let Some(m) = t.max_mbit {
-        let (each, n) = crate::transport::limit::capped_connections(m, t.pool_initial, t.pool_min);
+        let (each, n) = crate::kafka::limit::capped_connections(m, t.pool_initial, t.pool_min);
         // A receive buffer set by the operator wins.
         recv_buffer = recv_buffer.or(Some(each));
         initial = n;

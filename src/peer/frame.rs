@@ -151,7 +151,7 @@ pub enum Frame {
     Counts { first: u64, count: u32 },
     /// Server: one record count per asked leaf.
     LeafCounts { counts: Vec<u64> },
-    /// Either side: the request failed; the stream ends after this.
+    /// Server: the request failed; the stream ends after this.
     Error {
         code: ErrorCode,
         /// The Kafka error code when `code` is [`ErrorCode::Kafka`], else 0.

@@ -22,6 +22,7 @@ use crate::kafka::connection::SocketOptions;
 use crate::kafka::error::KafkaError;
 use crate::peer::io::close;
 use crate::peer::tls::{client_name, peer_certs, server_config, transport};
+use crate::source::broker::Brokers;
 use crate::source::Source;
 use crate::transport::sizer::PoolConfig;
 use config::{Allowed, ServeConfig};
@@ -114,7 +115,7 @@ impl Server {
             path: p.clone(),
             message,
         })?;
-        let cluster = Cluster::with_pool(
+        let cluster = Cluster::new(
             &cfg.cluster,
             &cfg.bootstrap,
             SocketOptions {
@@ -124,14 +125,6 @@ impl Server {
                 retry_deadline: Duration::from_secs(5),
                 ..SocketOptions::default()
             },
-            // Next to the brokers a few connections carry any rate: what made the
-            // WAN need many is the round trip, and there is none here.
-            PoolConfig {
-                min: 1,
-                max: 32,
-                initial: 4,
-            },
-            Duration::from_secs(60),
         );
         cluster.refresh(None).await.map_err(|e| ServeError::Kafka {
             cluster: cfg.cluster.clone(),
@@ -159,7 +152,17 @@ impl Server {
             endpoint: endpoint.clone(),
             allowed,
             ctx: Arc::new(Ctx {
-                source: Source::Brokers(cluster),
+                // Next to the brokers a few connections carry any rate: what made
+                // the WAN need many is the round trip, and there is none here.
+                source: Source::Brokers(Arc::new(Brokers::new(
+                    cluster,
+                    PoolConfig {
+                        min: 1,
+                        max: 32,
+                        initial: 4,
+                    },
+                    Duration::from_secs(60),
+                ))),
                 cluster: cfg.cluster.clone(),
                 max_in_flight: cfg.max_in_flight_bytes,
                 clients: Default::default(),

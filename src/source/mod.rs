@@ -2,6 +2,7 @@
 //! `wanmirror serve` next to them over QUIC. One interface, two implementations: the
 //! pipeline (catch-up pieces, tailing, the resume check, diff) does not care which.
 
+pub mod broker;
 pub mod peer;
 
 use std::collections::BTreeMap;
@@ -17,27 +18,34 @@ use crate::peer::client::{Peer, PeerLease, PeerSettings};
 use crate::peer::tls::{client_config, transport};
 use crate::transport::pool::{Lease as PoolLease, Pool};
 use crate::transport::sizer::PoolConfig;
+use broker::Brokers;
 use peer::PeerSource;
 
 /// A source of batches.
 #[derive(Clone)]
 pub enum Source {
     /// The cluster's brokers, straight across the WAN.
-    Brokers(Arc<Cluster>),
+    Brokers(Arc<Brokers>),
     /// A peer in the source DC.
     Peer(Arc<PeerSource>),
 }
 
 impl From<Arc<Cluster>> for Source {
+    /// The brokers of `c`, with a default catch-up pool (the slow paths: the resume
+    /// check, diff, tests).
     fn from(c: Arc<Cluster>) -> Source {
-        Source::Brokers(c)
+        Source::Brokers(Arc::new(Brokers::new(
+            c,
+            PoolConfig::default(),
+            Duration::from_secs(10),
+        )))
     }
 }
 
 impl Source {
     pub fn name(&self) -> &str {
         match self {
-            Source::Brokers(c) => c.name(),
+            Source::Brokers(b) => b.cluster.name(),
             Source::Peer(p) => p.peer.name(),
         }
     }
@@ -45,7 +53,7 @@ impl Source {
     /// The brokers, when the source is read straight from them.
     pub fn brokers(&self) -> Option<&Arc<Cluster>> {
         match self {
-            Source::Brokers(c) => Some(c),
+            Source::Brokers(b) => Some(&b.cluster),
             Source::Peer(_) => None,
         }
     }
@@ -57,7 +65,7 @@ impl Source {
         Fut: std::future::Future<Output = Result<T>>,
     {
         match self {
-            Source::Brokers(c) => c.retry(what, op).await,
+            Source::Brokers(b) => b.cluster.retry(what, op).await,
             Source::Peer(p) => p.peer.retry(what, op).await,
         }
     }
@@ -65,7 +73,7 @@ impl Source {
     /// Every topic (through a peer: every topic this client may read).
     pub async fn topics(&self) -> Result<Vec<TopicMeta>> {
         match self {
-            Source::Brokers(c) => c.refresh(None).await,
+            Source::Brokers(b) => b.cluster.refresh(None).await,
             Source::Peer(p) => Ok(p
                 .peer
                 .topics(&[], false, false)
@@ -92,7 +100,7 @@ impl Source {
     /// peer, is not listed for this client).
     pub async fn partition_count(&self, topic: &str) -> Result<Option<usize>> {
         match self {
-            Source::Brokers(c) => Ok(c.topic(topic).await?.map(|t| t.partitions.len())),
+            Source::Brokers(b) => Ok(b.cluster.topic(topic).await?.map(|t| t.partitions.len())),
             Source::Peer(p) => Ok(p
                 .peer
                 .topics(&[topic.to_string()], false, false)
@@ -105,7 +113,7 @@ impl Source {
 
     pub async fn topic_configs(&self, topic: &str) -> Result<BTreeMap<String, String>> {
         match self {
-            Source::Brokers(c) => c.topic_configs(topic).await,
+            Source::Brokers(b) => b.cluster.topic_configs(topic).await,
             Source::Peer(p) => p.peer.topic_configs(topic).await,
         }
     }
@@ -117,7 +125,7 @@ impl Source {
     /// Log start and high watermark.
     pub async fn bounds(&self, topic: &str, partition: i32) -> Result<(i64, i64)> {
         match self {
-            Source::Brokers(c) => c.bounds(topic, partition).await,
+            Source::Brokers(b) => b.cluster.bounds(topic, partition).await,
             Source::Peer(p) => p.peer.bounds(topic, partition).await,
         }
     }
@@ -134,7 +142,11 @@ impl Source {
         max_wait: Duration,
     ) -> Result<Fetched> {
         match self {
-            Source::Brokers(c) => c.fetch(topic, partition, offset, max_bytes, max_wait).await,
+            Source::Brokers(b) => {
+                b.cluster
+                    .fetch(topic, partition, offset, max_bytes, max_wait)
+                    .await
+            }
             Source::Peer(p) => p.tail(topic, partition, offset, max_bytes, max_wait).await,
         }
     }
@@ -159,7 +171,7 @@ impl Source {
     /// leader, or a stream to the peer.
     pub async fn lease(&self, topic: &str, partition: i32, urgent: bool) -> Result<Lease> {
         match self {
-            Source::Brokers(c) => Ok(Lease::Pool(c.lease(topic, partition, urgent).await?)),
+            Source::Brokers(b) => Ok(Lease::Pool(b.lease(topic, partition, urgent).await?)),
             Source::Peer(p) => Ok(Lease::Peer(p.peer.lease().await?)),
         }
     }
@@ -168,7 +180,7 @@ impl Source {
     /// of the partition ends (its data would cross the WAN for nothing).
     pub async fn note_switch(&self, topic: &str, partition: i32) {
         match self {
-            Source::Brokers(c) => c.note_switch(topic, partition).await,
+            Source::Brokers(b) => b.note_switch(topic, partition).await,
             Source::Peer(p) => p.unsubscribe(topic, partition),
         }
     }
@@ -184,7 +196,7 @@ impl Source {
     /// The TCP pools open now (none through a peer).
     pub async fn pools(&self) -> Vec<Arc<Pool>> {
         match self {
-            Source::Brokers(c) => c.pools().await,
+            Source::Brokers(b) => b.pools().await,
             Source::Peer(_) => Vec::new(),
         }
     }
@@ -206,13 +218,11 @@ pub fn from_config(
     report_every: Duration,
 ) -> std::result::Result<Source, ConfigError> {
     let Some(addr) = &c.peer else {
-        return Ok(Source::Brokers(Cluster::with_pool(
-            &c.name,
-            &c.bootstrap,
-            sock,
+        return Ok(Source::Brokers(Arc::new(Brokers::new(
+            Cluster::new(&c.name, &c.bootstrap, sock),
             pool,
             report_every,
-        )));
+        ))));
     };
     let bad = |message: String| ConfigError::Invalid {
         path: path.to_string(),

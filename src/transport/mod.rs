@@ -1,6 +1,8 @@
-//! Transport: how bytes cross the WAN. Today a pool of TCP connections per source
-//! broker with an adaptive size; later, peers over QUIC.
+//! Transport: how bytes cross the WAN to the source's brokers: a pool of TCP
+//! connections per broker with an adaptive size. It sits beside the Kafka client
+//! (it uses its connections and fetch helpers; the client does not use it). The
+//! other transport, QUIC to a peer, is `peer/`; `source/` puts both behind one
+//! interface.
 
-pub mod limit;
 pub mod pool;
 pub mod sizer;

@@ -214,7 +214,8 @@ pub fn status_json(config: &std::path::Path) -> (i32, serde_json::Value) {
 pub fn answer_bytes(bootstrap: &str, topic: &str, offset: i64, max_bytes: i32) -> (usize, usize) {
     use wanmirror::kafka::batch::split_batches;
     runtime().block_on(async {
-        let c = Cluster::new("dc-a", bootstrap, SocketOptions::default());
+        let c: wanmirror::source::Source =
+            Cluster::new("dc-a", bootstrap, SocketOptions::default()).into();
         let f = c
             .fetch_piece(topic, 0, offset, max_bytes, false, None)
             .await
@@ -230,7 +231,8 @@ pub fn answer_bytes(bootstrap: &str, topic: &str, offset: i64, max_bytes: i32) -
 pub fn one_batch_answers(bootstrap: &str, topic: &str, offsets: &[i64]) -> Vec<(i64, i64, i64)> {
     use wanmirror::kafka::batch::split_batches;
     runtime().block_on(async {
-        let c = Cluster::new("dc-a", bootstrap, SocketOptions::default());
+        let c: wanmirror::source::Source =
+            Cluster::new("dc-a", bootstrap, SocketOptions::default()).into();
         let mut out = Vec::new();
         let mut told = 0;
         for &offset in offsets {
