@@ -482,6 +482,8 @@ def one_run(profile, contender, args, cfgdir):
         wire_mbit = copied_wire * 8 / elapsed / 1e6
         gb = copied_bytes / 1e9
         carried = samples.carried()
+        if contender == "wanmirror-quic":
+            cc = f"{QUIC_CONGESTION} (QUIC)"  # the hosts' TCP setting does not apply to it
         res = {
             "broker": BROKER, "congestion_control": cc, "records": records, "copied_records": copied,
             "duplicates": dups, "capped": capped,
@@ -656,6 +658,8 @@ def live_run(profile, contender, args, cfgdir):
             serve_cpu = serve_stop(*serve)
             cpu = cpu + serve_cpu if serve_cpu is not None else None
         gb = r["records"] * size / 1e9
+        if contender == "wanmirror-quic":
+            cc = f"{QUIC_CONGESTION} (QUIC)"
         return {
             "broker": BROKER, "congestion_control": cc, "tail_wait_ms": wait_ms,
             "rate_records_s": rate, "records": n, "copied_records": r["records"],
@@ -838,6 +842,8 @@ def merge(args):
     for k, v in union.items():
         setattr(args, k, ",".join(v))
     args.merged_from = ",".join(sources)
+    # The results record where they came from by directory name, never by path.
+    args.merge = args.merged_from
     write_outputs(results, args, Path(args.out))
 
 

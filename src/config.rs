@@ -112,6 +112,7 @@ fn check_peer(peer: &str, c: &ClusterConfig) -> Result<(), (&'static str, String
             ));
         }
     }
+    t.check().map_err(|m| ("source.peer_tls", m))?;
     if !(1..=8).contains(&c.peer_connections) {
         return Err(("source.peer_connections", "must be 1..=8".into()));
     }
@@ -483,6 +484,12 @@ impl Config {
                 sasl.check().map_err(|m| bad(section(field, "sasl"), m))?;
             }
         }
+        if self.source.peer.is_some() && self.transport.max_mbit.is_some() {
+            return Err(bad(
+                "transport.max_mbit",
+                "the cap applies to reads from the source's brokers; through a peer it does not hold: remove it or [source] peer".into(),
+            ));
+        }
         if self.source.peer.is_some() && self.groups.is_some() {
             return Err(bad(
                 "groups",
@@ -730,6 +737,32 @@ topics = ["orders", "payments\\..*"]
 
     fn err(text: &str) -> String {
         Config::parse("t", text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn a_peer_source_needs_its_tls_and_excludes_what_it_cannot_carry() {
+        let peer = GOOD.replace(
+            "bootstrap = \"127.0.0.1:19092\"",
+            "peer = \"dc-a.example:7400\"\n[source.peer_tls]\nca = \"ca.pem\"\ncert = \"c.pem\"\nkey = \"c.key\"",
+        );
+        let c = Config::parse("t", &peer).unwrap();
+        assert_eq!(c.source.peer.as_deref(), Some("dc-a.example:7400"));
+        assert_eq!(c.source.peer_connections, 4);
+        assert_eq!(c.mirror.verify_interval_secs, 600);
+        assert!(err(&peer.replace("key = \"c.key\"", "")).contains("key is missing"));
+        assert!(err(&peer.replace("dc-a.example:7400", "dc-a")).contains("source.peer"));
+        assert!(err(&format!("{peer}[transport]\nmax_mbit = 100\n")).contains("transport.max_mbit"));
+        assert!(err(&format!("{peer}[groups]\nsync = [\"a\"]\n")).contains("groups"));
+        let no_peer = GOOD.replace(
+            "[destination]",
+            "[source.peer_tls]\nca = \"ca.pem\"\n[destination]",
+        );
+        assert!(err(&no_peer).contains("set without peer"));
+        let on_dest = GOOD.replace(
+            "bootstrap = \"127.0.0.1:29092\"",
+            "bootstrap = \"127.0.0.1:29092\"\npeer = \"x:1\"",
+        );
+        assert!(err(&on_dest).contains("destination.peer"));
     }
 
     #[test]

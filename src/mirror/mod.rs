@@ -49,6 +49,9 @@ pub struct Shared {
     pub filter: TopicFilter,
     pub source: Source,
     pub dest: Arc<Cluster>,
+    /// The destination as a reader of batches (the resume check, reconciliation):
+    /// one, so that its catch-up pool is shared, not one per partition.
+    pub dest_reader: Source,
     pub map: Arc<OffsetMap>,
     /// How partitions are fenced against other writers.
     pub fencing: Fencing,
@@ -403,6 +406,7 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<Outcome, StartError
     let mut shared = Shared {
         filter,
         source,
+        dest_reader: Source::from(dest.clone()),
         dest,
         map,
         fencing: Fencing::PerPartition(config.fence_id()),

@@ -104,7 +104,7 @@ pub async fn run(shared: Arc<Shared>, job: Job, grant: Grant) -> Result<(), Mirr
     let (producer_id, own_epoch) = grant.producer;
     // Continue the producer sequence of the partition's last batch where it is ours:
     // every write is then conditional on nobody having written since (sink::lineage).
-    let last = last_batch(dst, dt, p, dest_end, cfg.fetch_bytes).await?;
+    let last = last_batch(&shared.dest_reader, dt, p, dest_end, cfg.fetch_bytes).await?;
     let (producer_epoch, sequence) = lineage(last.as_ref(), producer_id, own_epoch);
     let mut cursor = Cursor::new(dest_end, cfg.gap_policy);
     let mut sink = PartitionSink {
@@ -123,6 +123,7 @@ pub async fn run(shared: Arc<Shared>, job: Job, grant: Grant) -> Result<(), Mirr
         acked: Vec::new(),
         produced: Vec::new(),
         fills: Default::default(),
+        reader: shared.dest_reader.clone(),
     };
     pad_to(&shared, &job, &mut cursor, &mut sink, src_start).await?;
     // Resumed: caught up or behind from here (a caught-up partition may get no data

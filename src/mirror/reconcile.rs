@@ -15,7 +15,6 @@ use tokio::sync::watch;
 use super::error::MirrorError;
 use super::partition::Job;
 use super::Shared;
-use crate::source::Source;
 use crate::verify::diff::{compare, Options, Progress, Side};
 
 /// Offsets per leaf: the diff's default.
@@ -69,7 +68,7 @@ pub async fn run(
         topic: job.source_topic.clone(),
     };
     let dest = Side {
-        source: Source::from(shared.dest.clone()),
+        source: shared.dest_reader.clone(),
         topic: job.dest_topic.clone(),
     };
     let opts = Options {

@@ -47,6 +47,8 @@ pub struct PartitionSink {
     /// Every range filled with filler records (`[first, last]`), for continuous
     /// reconciliation, which compares only what was copied.
     pub fills: Arc<std::sync::Mutex<Vec<(i64, i64)>>>,
+    /// The destination as a reader (the last batch, after a refused write).
+    pub reader: crate::source::Source,
 }
 
 /// The producer epoch and sequence a partition's next write carries.
@@ -251,7 +253,14 @@ impl PartitionSink {
             .retry("end offset", || c.end_offset(&self.topic, self.partition))
             .await
             .map_err(|e| MirrorError::kafka(c.name(), e))?;
-        let last = last_batch(c, &self.topic, self.partition, end, self.fetch_bytes).await?;
+        let last = last_batch(
+            &self.reader,
+            &self.topic,
+            self.partition,
+            end,
+            self.fetch_bytes,
+        )
+        .await?;
         let ours = last.is_some_and(|h| {
             h.producer_id == self.producer_id && h.producer_epoch == self.producer_epoch
         });

@@ -2,10 +2,8 @@
 //! source at the same offsets (content, not CRC: producer fields differ by design).
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 use crate::kafka::batch::BatchHeader;
-use crate::kafka::client::Cluster;
 use crate::kafka::error::KafkaError;
 use crate::kafka::reader::PartitionReader;
 use crate::kafka::records::Content;
@@ -24,7 +22,7 @@ pub async fn verify_tail(
     let p = job.partition;
     let fetch_bytes = shared.config.mirror.fetch_bytes;
     let dest_recs = PartitionReader {
-        source: &Source::from(shared.dest.clone()),
+        source: &shared.dest_reader,
         topic: &job.dest_topic,
         partition: p,
         fetch_bytes,
@@ -131,15 +129,14 @@ fn read_err(cluster: &str, e: KafkaError) -> MirrorError {
 
 /// The header of the last batch below `end` in a partition, if there is one.
 pub async fn last_batch(
-    cluster: &Arc<Cluster>,
+    source: &Source,
     topic: &str,
     partition: i32,
     end: i64,
     fetch_bytes: usize,
 ) -> Result<Option<BatchHeader>, MirrorError> {
-    let source = Source::from(cluster.clone());
     let r = PartitionReader {
-        source: &source,
+        source,
         topic,
         partition,
         fetch_bytes,
@@ -147,14 +144,14 @@ pub async fn last_batch(
     let log_start = r
         .log_start()
         .await
-        .map_err(|e| read_err(cluster.name(), e))?;
+        .map_err(|e| read_err(source.name(), e))?;
     if end <= log_start {
         return Ok(None);
     }
     let batches = r
         .batches_from(end - 1, log_start)
         .await
-        .map_err(|e| read_err(cluster.name(), e))?;
+        .map_err(|e| read_err(source.name(), e))?;
     Ok(batches
         .first()
         .filter(|b| b.header.base_offset < end)

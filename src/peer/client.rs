@@ -191,7 +191,7 @@ impl Peer {
             .unwrap_or_default())
     }
 
-    /// A place for one catch-up fetch on the connection with the fewest in flight.
+    /// A place for one catch-up fetch; the fetch goes round robin over the connections.
     pub async fn lease(self: &Arc<Self>) -> Result<PeerLease> {
         let queued = Instant::now();
         let permit = self
@@ -378,7 +378,8 @@ impl Peer {
     /// Opens a stream (connecting if needed) and sends `req` on it. Data requests
     /// (fetches) go round robin over the connections, so each has its congestion
     /// window open when a burst comes; the rest (listings, subscriptions, trees) go
-    /// on the first, so that a diff or a quiet mirror opens one connection only.
+    /// on the first (subscriptions are spread, see [`Peer::subscribe`]), so that a
+    /// diff opens one connection only.
     pub(crate) async fn request(
         &self,
         req: &Frame,
@@ -476,7 +477,7 @@ impl Peer {
             },
             // The serve side failed reading its cluster: retried, then the partition
             // restarts (a broker may come back).
-            ErrorCode::Unavailable | ErrorCode::Limit | ErrorCode::Internal => {
+            ErrorCode::Unavailable | ErrorCode::Internal => {
                 self.lost(&format!("{api} failed on the serve side: {message}"))
             }
             ErrorCode::UnknownTopic => match what {

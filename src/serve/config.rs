@@ -33,7 +33,8 @@ pub struct ServeConfig {
     /// what crosses the WAN): "bbr" (default), "cubic" or "newreno".
     #[serde(default)]
     pub congestion: Congestion,
-    /// Streams a client may have open at once.
+    /// Streams one client connection may have open at once (a tailing partition
+    /// holds one; a client has up to 8 connections).
     #[serde(default = "default_streams")]
     pub max_streams: u32,
     /// Answer bytes a client may have in flight at once (read from the cluster and

@@ -325,11 +325,15 @@ async fn subscribe(
         .map_err(|_| Fail::Gone)?;
     tracing::debug!(client = %client.allowed.name, %topic, partition, offset, "push subscription");
     let (mut next, mut hw_sent) = (offset, end);
+    // Grown while the next batch is larger than what is asked (a broker answers
+    // with part of it, or nothing): doubled up to the largest answer, with a short
+    // pause so that the brokers are not asked in a tight loop.
+    let mut ask = PUSH_BYTES;
     loop {
         // Retried with metadata refreshed (a new leader) up to the retry deadline;
         // then the client gets the error and subscribes again.
         let f = tokio::select! {
-            f = src.retry("push", || src.fetch(topic, partition, next, PUSH_BYTES as i32, wait)) => f?,
+            f = src.retry("push", || src.fetch(topic, partition, next, ask as i32, wait)) => f?,
             // The client stopped the stream (it went to pieces, or is gone).
             _ = send.stopped() => return Err(Fail::Gone),
         };
@@ -341,6 +345,12 @@ async fn subscribe(
         // mirror stops the partition naming the offset, and pushing them again would
         // only loop.
         let corrupt = last_len(&records) < records.len();
+        if records.is_empty() && next < f.high_watermark {
+            ask = (ask * 2).min(MAX_FETCH);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        } else if !records.is_empty() {
+            ask = PUSH_BYTES;
+        }
         if records.is_empty() && f.high_watermark == hw_sent {
             continue;
         }

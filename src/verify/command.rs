@@ -58,6 +58,8 @@ pub async fn run(req: DiffRequest) -> Result<Report, VerifyError> {
         Target::Config { config, topic } => config_pairs(&config, topic, sock).await?,
     };
     let bar = Bar::new(req.progress);
+    // One reader of the destination for every pair: one catch-up pool.
+    let dest_reader = Source::from(dest.clone());
     let mut partitions = Vec::new();
     for (st, dt) in pairs {
         let found = diff::topic(
@@ -66,7 +68,7 @@ pub async fn run(req: DiffRequest) -> Result<Report, VerifyError> {
                 topic: st,
             },
             Side {
-                source: Source::from(dest.clone()),
+                source: dest_reader.clone(),
                 topic: dt,
             },
             req.options.clone(),
