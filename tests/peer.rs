@@ -8,8 +8,6 @@ use std::time::Duration;
 
 use common::peer::*;
 use common::*;
-use wanmirror::kafka::reader::PartitionReader;
-use wanmirror::source::Source;
 
 /// A batch's base offset, offset delta, count, attributes, timestamps and records.
 type Shape = (i64, i32, i32, i16, i64, i64, Vec<u8>);
@@ -17,37 +15,21 @@ type Shape = (i64, i32, i32, i16, i64, i64, Vec<u8>);
 /// Every destination batch's content and shape: what must match between a copy
 /// through the peer and a copy over TCP. Producer fields and the CRC differ by design.
 fn batch_shapes(bootstrap: &str, topic: &str, partition: i32) -> Vec<Shape> {
-    runtime().block_on(async {
-        let c: Source =
-            wanmirror::kafka::client::Cluster::new("t", bootstrap, Default::default()).into();
-        let (_, end) = c.bounds(topic, partition).await.expect("bounds");
-        let r = PartitionReader {
-            source: &c,
-            topic,
-            partition,
-            fetch_bytes: 1 << 20,
-        };
-        let mut out = Vec::new();
-        let mut at = 0;
-        while at < end {
-            let batches = r.fetch(at).await.expect("fetch");
-            assert!(!batches.is_empty(), "{topic}/{partition}: nothing at {at}");
-            for b in batches {
-                let h = b.header;
-                at = h.next_offset();
-                out.push((
-                    h.base_offset,
-                    h.last_offset_delta,
-                    h.record_count,
-                    h.attributes,
-                    h.base_timestamp,
-                    h.max_timestamp,
-                    b.bytes[61..].to_vec(),
-                ));
-            }
-        }
-        out
-    })
+    all_batches(bootstrap, topic, partition)
+        .into_iter()
+        .map(|b| {
+            let h = b.header;
+            (
+                h.base_offset,
+                h.last_offset_delta,
+                h.record_count,
+                h.attributes,
+                h.base_timestamp,
+                h.max_timestamp,
+                b.bytes[61..].to_vec(),
+            )
+        })
+        .collect()
 }
 
 #[test]

@@ -17,9 +17,6 @@ use common::*;
 use rdkafka::consumer::Consumer;
 use rdkafka::producer::{BaseRecord, Producer};
 use wanmirror::demo::broker::{free_port, TansuBroker};
-use wanmirror::kafka::client::Cluster;
-use wanmirror::kafka::connection::SocketOptions;
-use wanmirror::kafka::reader::PartitionReader;
 
 const TOPICS: [&str; 3] = ["t0", "t1", "t2"];
 const SESSION_MS: u64 = 6000;
@@ -127,33 +124,19 @@ fn exactly(ports: &[u16], n: usize) -> Option<BTreeMap<u16, Owned>> {
     (all.len() == n).then_some(by)
 }
 
-/// The (producer id, epoch) of every batch of a destination partition, in offset order.
+/// The (base offset, producer id, epoch) of every batch of a destination partition,
+/// in offset order.
 fn stamps(bootstrap: &str, topic: &str, partition: i32) -> Vec<(i64, i64, i16)> {
-    runtime().block_on(async {
-        let c = Cluster::new("t", bootstrap, SocketOptions::default());
-        let end = c.end_offset(topic, partition).await.expect("end");
-        let r = PartitionReader {
-            source: &c.clone().into(),
-            topic,
-            partition,
-            fetch_bytes: 1 << 20,
-        };
-        let mut out = Vec::new();
-        let mut at = 0;
-        while at < end {
-            let batches = r.fetch(at).await.expect("fetch");
-            assert!(!batches.is_empty(), "{topic}/{partition}: nothing at {at}");
-            for b in batches {
-                out.push((
-                    b.header.base_offset,
-                    b.header.producer_id,
-                    b.header.producer_epoch,
-                ));
-                at = b.header.next_offset();
-            }
-        }
-        out
-    })
+    all_batches(bootstrap, topic, partition)
+        .iter()
+        .map(|b| {
+            (
+                b.header.base_offset,
+                b.header.producer_id,
+                b.header.producer_epoch,
+            )
+        })
+        .collect()
 }
 
 /// Worker processes of one group, each with its config and metrics port.

@@ -437,6 +437,35 @@ pub fn consume_all_via(bootstrap: &str, topic: &str, partition: i32, access: &Ac
     out
 }
 
+/// Every batch of a partition from its start to its end, in offset order, read with
+/// the mirror's own reader (what tests check batch by batch: producer stamps, shapes).
+pub fn all_batches(
+    bootstrap: &str,
+    topic: &str,
+    partition: i32,
+) -> Vec<wanmirror::kafka::batch::RawBatch> {
+    runtime().block_on(async {
+        let c = Cluster::new("t", bootstrap, SocketOptions::default());
+        let end = c.end_offset(topic, partition).await.expect("end");
+        let source = c.into();
+        let r = wanmirror::kafka::reader::PartitionReader {
+            source: &source,
+            topic,
+            partition,
+            fetch_bytes: 1 << 20,
+        };
+        let mut out = Vec::new();
+        let mut at = 0;
+        while at < end {
+            let batches = r.fetch(at).await.expect("fetch");
+            assert!(!batches.is_empty(), "{topic}/{partition}: nothing at {at}");
+            at = batches.last().map_or(at, |b| b.header.next_offset());
+            out.extend(batches);
+        }
+        out
+    })
+}
+
 /// Asserts that a destination partition is a record-by-record copy of the source.
 pub fn assert_same<A: Broker, B: Broker>(
     pair: &Pair<A, B>,
