@@ -21,6 +21,16 @@ use wanmirror::demo::broker::{free_port, TansuBroker};
 const TOPICS: [&str; 3] = ["t0", "t1", "t2"];
 const SESSION_MS: u64 = 6000;
 
+/// The longest a kill -9 may take to move a member's partitions, as
+/// docs/configuration.md promises it: the session timeout for the coordinator to
+/// drop the member, two watch ticks a second apart for the leader to see it gone
+/// (tansu starts no rebalance itself), and a JoinGroup held for up to twice the
+/// session timeout plus 5 s while the others rejoin. Measured unloaded: 9-11 s; a
+/// loaded machine has needed 17 s.
+fn takeover_bound() -> Duration {
+    Duration::from_millis(3 * SESSION_MS) + Duration::from_secs(7)
+}
+
 /// Writes one small record to every partition of every topic every 50 ms until
 /// dropped.
 struct Traffic {
@@ -276,7 +286,7 @@ fn three_workers_share_partitions_take_over_and_fence_a_zombie() {
         12,
         any,
         killed,
-        Duration::from_millis(SESSION_MS) + Duration::from_secs(30),
+        takeover_bound() + Duration::from_secs(10),
         Duration::from_millis(100),
         "no takeover",
     );
@@ -287,7 +297,7 @@ fn three_workers_share_partitions_take_over_and_fence_a_zombie() {
         SESSION_MS
     );
     assert!(
-        takeover < Duration::from_millis(SESSION_MS) + Duration::from_secs(10),
+        takeover < takeover_bound(),
         "took {takeover:?}: {}",
         w.logs()
     );
@@ -519,7 +529,7 @@ fn two_workers_on_kafkas_coordinator() {
         12,
         any,
         killed,
-        Duration::from_secs(60),
+        takeover_bound() + Duration::from_secs(10),
         quarter,
         "no takeover",
     );
@@ -530,7 +540,7 @@ fn two_workers_on_kafkas_coordinator() {
         SESSION_MS
     );
     assert!(
-        takeover < Duration::from_millis(SESSION_MS) + Duration::from_secs(10),
+        takeover < takeover_bound(),
         "took {takeover:?}: {}",
         w.logs()
     );
