@@ -43,7 +43,8 @@ pub struct ClusterConfig {
     /// the serve side otherwise than the host in `peer`.
     #[serde(default)]
     pub peer_tls: Option<TlsSettings>,
-    /// QUIC connections to the peer (1-8).
+    /// Most QUIC connections to the peer (1-8): the pool starts at half and adapts
+    /// its size to the goodput, as the TCP pool does.
     #[serde(default = "default_peer_connections")]
     pub peer_connections: usize,
     /// Congestion control of the peer connections: "bbr" (default), "cubic", "newreno".
@@ -62,7 +63,7 @@ fn default_verify_interval() -> u64 {
 }
 
 fn default_peer_connections() -> usize {
-    4
+    8
 }
 
 /// Checks a comma-separated `host:port` list.
@@ -747,7 +748,7 @@ topics = ["orders", "payments\\..*"]
         );
         let c = Config::parse("t", &peer).unwrap();
         assert_eq!(c.source.peer.as_deref(), Some("dc-a.example:7400"));
-        assert_eq!(c.source.peer_connections, 4);
+        assert_eq!(c.source.peer_connections, 8);
         assert_eq!(c.mirror.verify_interval_secs, 600);
         assert!(err(&peer.replace("key = \"c.key\"", "")).contains("key is missing"));
         assert!(err(&peer.replace("dc-a.example:7400", "dc-a")).contains("source.peer"));

@@ -315,7 +315,7 @@ fn main() -> ExitCode {
                             return fail(&format!("config {}: source.peer_tls: {e}", c.path));
                         }
                         println!(
-                            "  {}: through the peer {peer} (QUIC, mutual TLS, {} connections, {:?})",
+                            "  {}: through the peer {peer} (QUIC, mutual TLS, up to {} connections, {:?})",
                             c.source.name, c.source.peer_connections, c.source.peer_congestion
                         );
                     }

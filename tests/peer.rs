@@ -118,6 +118,17 @@ fn a_copy_through_the_peer_is_offset_and_byte_identical() {
     assert!(batch_shapes(&b, "dc-a.sizes", 0) == batch_shapes(&b, "tcp.sizes", 0));
 }
 
+/// Topic "big" in the source: 4 partitions of 6,000 records of 1,500 bytes (36 MB,
+/// 24,000 records); the producer, for more.
+fn big_backlog(pair: &Pair) -> rdkafka::producer::BaseProducer {
+    create_topic(&pair.a.bootstrap(), "big", 4);
+    let p = producer(&pair.a.bootstrap(), "none", true);
+    for part in 0..4 {
+        produce(&p, "big", part, &sample(6000, part as u64, |_| 1500));
+    }
+    p
+}
+
 /// A serve in front of the pair's source with certificates for `clients`, each
 /// allowed `topics`.
 fn serve_for(pair: &Pair, clients: &[&str], topics: &[&str]) -> (Serve, std::path::PathBuf) {
@@ -144,11 +155,7 @@ fn dest_total(pair: &Pair, topic: &str, partitions: i32) -> i64 {
 #[test]
 fn tails_are_pushed_and_a_kill_of_either_side_mid_copy_loses_nothing() {
     let pair = Pair::start();
-    create_topic(&pair.a.bootstrap(), "big", 4);
-    let p = producer(&pair.a.bootstrap(), "none", true);
-    for part in 0..4 {
-        produce(&p, "big", part, &sample(6000, part as u64, |_| 1500));
-    }
+    let p = big_backlog(&pair);
     let total = 24_000;
     let (mut serve, certs) = serve_for(&pair, &["dc-b"], &["big"]);
     // A link of about 8 MB/s: the 36 MB copy takes seconds, so kills land in it.
@@ -683,4 +690,114 @@ fn continuous_reconciliation_verifies_the_copy_and_stops_a_partition_that_differ
     let st = m.wait(Duration::from_secs(30));
     // A stopped partition makes the exit code 1.
     assert_eq!(st.code(), Some(1), "{}", m.log_text());
+}
+
+/// The peer's pool of QUIC connections sizes itself: a backlog makes it probe past
+/// its starting half, the metrics show it, and once only pushes are left it shrinks
+/// and closes the connections it no longer wants (the serve side sees them go).
+#[test]
+fn the_peer_pool_grows_under_a_backlog_and_closes_surplus_connections_when_idle() {
+    let pair = Pair::start();
+    let p = big_backlog(&pair);
+    let (serve, certs) = serve_for(&pair, &["dc-b"], &["big"]);
+    // About 4 MB/s: the 36 MB backlog lasts several of the sizer's 1 s windows.
+    let relay = UdpRelay::start(serve.port);
+    relay.throttle(4_000_000);
+    let cfg = pair.dir.path().join("peer.toml");
+    let metrics = wanmirror::demo::broker::free_port().expect("a free port");
+    peer_config(
+        &cfg,
+        &format!("127.0.0.1:{}", relay.port),
+        &certs,
+        "dc-b",
+        &pair.b.bootstrap(),
+        &["big"],
+        &format!("rename = \"{{topic}}\"\n[metrics]\nlisten = \"127.0.0.1:{metrics}\""),
+    );
+    let mut m = Mirror::spawn_logging(
+        &cfg,
+        &[],
+        "info,wanmirror::peer=debug,wanmirror::source=debug",
+    );
+    let target = |body: &str| {
+        metric_value(
+            body,
+            "wanmirror_pool_target_connections{source_cluster=\"dc-a\",broker=\"peer\"}",
+        )
+    };
+    eventually(Duration::from_secs(60), "the pool grows", || {
+        m.log_text().contains("peer connection pool resized")
+    });
+    let log = m.log_text();
+    let grew = log
+        .lines()
+        .find(|l| l.contains("peer connection pool resized"))
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        grew.contains("from=4") && grew.contains("to=8") && grew.contains("change=Grew"),
+        "{log}"
+    );
+    let (_, body) = get_http(metrics, "/metrics");
+    assert!(target(&body).is_some_and(|t| t >= 4.0), "{body}");
+    let at_growth = dest_total(&pair, "big", 4);
+    assert!(
+        at_growth < 24_000,
+        "the pool grew only after the backlog was copied ({at_growth})"
+    );
+
+    eventually(Duration::from_secs(120), "the backlog copied", || {
+        dest_total(&pair, "big", 4) == 24_000
+    });
+    // Only pushes now: after 15 idle windows the pool comes down a step a window.
+    eventually(Duration::from_secs(90), "the idle pool shrinks", || {
+        let (_, body) = get_http(metrics, "/metrics");
+        target(&body).is_some_and(|t| t <= 2.0)
+    });
+    assert!(m.log_text().contains("change=Idle"), "{}", m.log_text());
+    // Subscriptions move off the surplus connections, which then close.
+    eventually(
+        Duration::from_secs(30),
+        "the surplus connections closed",
+        || {
+            let (_, body) = get_http(metrics, "/metrics");
+            let open = metric_value(
+                &body,
+                "wanmirror_pool_connections{source_cluster=\"dc-a\",broker=\"peer\"}",
+            );
+            open.is_some_and(|o| o <= 2.0)
+        },
+    );
+    let closed = serve
+        .log_text()
+        .lines()
+        .filter(|l| l.contains("client disconnected") && l.contains("pool shrank"))
+        .count();
+    assert!(closed >= 2, "{}", serve.log_text());
+    assert!(
+        m.log_text()
+            .contains("moving a subscription off a surplus peer connection"),
+        "{}",
+        m.log_text()
+    );
+    for l in m
+        .log_text()
+        .lines()
+        .filter(|l| l.contains("peer connection pool"))
+    {
+        eprintln!("{l}");
+    }
+    // The partitions' subscriptions still carry new records.
+    for part in 0..4 {
+        produce(&p, "big", part, &sample(10, part as u64 + 20, |_| 100));
+    }
+    eventually(
+        Duration::from_secs(60),
+        "pushed records after the shrink",
+        || dest_total(&pair, "big", 4) == 24_040,
+    );
+    assert!(m.running(), "{}", m.log_text());
+    for part in 0..4 {
+        assert_same(&pair, "big", "big", part);
+    }
 }

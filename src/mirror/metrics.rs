@@ -21,13 +21,13 @@ use tokio::net::{TcpListener, TcpStream};
 
 use super::offset_map::now_ms;
 use super::{PartState, Shared};
-use crate::transport::pool::Pool;
+use crate::transport::pool::PoolFigures;
 
 type Labels = Vec<(String, String)>;
 
-/// The whole exposition, as a scrape gets it; `pools` are the source's connection
-/// pools open now.
-pub fn render(shared: &Shared, pools: &[Arc<Pool>]) -> String {
+/// The whole exposition, as a scrape gets it; `pools` are the source's catch-up
+/// pools open now, by their `broker` label.
+pub fn render(shared: &Shared, pools: &[(String, PoolFigures)]) -> String {
     let mut reg = <Registry>::default();
     let cluster = shared.config.source.name.clone();
     let part = |topic: &str, p: i32| -> Labels {
@@ -207,12 +207,11 @@ pub fn render(shared: &Shared, pools: &[Arc<Pool>]) -> String {
     let target = Family::<Labels, Gauge>::default();
     let goodput = Family::<Labels, Gauge<f64, AtomicU64>>::default();
     let rtt = Family::<Labels, Gauge<f64, AtomicU64>>::default();
-    for p in pools {
-        let f = p.figures();
+    for (broker, f) in pools {
         let b = || -> Labels {
             vec![
                 ("source_cluster".into(), cluster.clone()),
-                ("broker".into(), p.broker().to_string()),
+                ("broker".into(), broker.clone()),
             ]
         };
         conns.get_or_create(&b()).set(f.connections as i64);
@@ -338,7 +337,7 @@ async fn answer(mut sock: TcpStream, shared: &Shared) -> std::io::Result<()> {
         (Some(b"GET"), Some(p)) if p == b"/metrics" || p.starts_with(b"/metrics?") => (
             "200 OK",
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            render(shared, &shared.source.pools().await),
+            render(shared, &shared.source.pool_figures().await),
         ),
         (Some(b"GET"), _) => (
             "404 Not Found",

@@ -344,7 +344,7 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<Outcome, StartError
         Duration::from_secs(config.mirror.progress_interval_secs),
     )?;
     if let Some(p) = &config.source.peer {
-        tracing::info!(cluster = %config.source.name, peer = %p, connections = config.source.peer_connections, congestion = ?config.source.peer_congestion, "source read through a peer over QUIC");
+        tracing::info!(cluster = %config.source.name, peer = %p, max_connections = config.source.peer_connections, congestion = ?config.source.peer_congestion, "source read through a peer over QUIC");
     }
     let dest = Cluster::new(
         &config.destination.name,

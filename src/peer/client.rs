@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,12 +15,13 @@ use kafka_protocol::ResponseError;
 use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore};
 
 use super::frame::{ErrorCode, Frame, PartitionInfo, TopicInfo, VERSION};
-use super::io::{self, close, Frames, ReadFail};
+use super::io::{self, close, Frames, Hold, ReadFail};
 use crate::kafka::client::Fetched;
 use crate::kafka::connection::ConnStats;
 use crate::kafka::error::{KafkaError, Result};
 use crate::kafka::fetch_mux::OnHead;
 use crate::kafka::peek;
+use crate::transport::pool::PoolFigures;
 
 /// How long a topic's listed bounds answer `bounds` for other partitions.
 const BOUNDS_FOR: Duration = Duration::from_millis(500);
@@ -50,8 +51,11 @@ pub struct PeerSettings {
     /// The name its certificate is checked against (the host of `addr` by default).
     pub server_name: String,
     pub quic: quinn::ClientConfig,
-    /// QUIC connections kept open (1..=8).
+    /// Most QUIC connections the pool may open (1..=8); it starts at half and
+    /// adapts (`sizing.rs`).
     pub connections: usize,
+    /// How often the pool's state is logged.
+    pub report_every: Duration,
     /// Catch-up fetches in flight at once over all connections.
     pub streams: usize,
     pub request_timeout: Duration,
@@ -62,7 +66,21 @@ pub struct PeerSettings {
 pub struct Peer {
     s: PeerSettings,
     endpoint: quinn::Endpoint,
-    slots: Vec<Slot>,
+    pub(super) slots: Vec<Slot>,
+    /// How many slots take new requests: the sizer's size (`sizing.rs`). Slots past
+    /// it finish what they carry, then close.
+    pub(super) target: AtomicUsize,
+    /// Catch-up fetches in flight now, and the most at once since the sizer's last
+    /// window.
+    pub(super) fetching: AtomicUsize,
+    pub(super) peak_fetching: AtomicUsize,
+    /// Subscriptions open: the pool keeps enough connections for them.
+    pub(super) subscriptions: Arc<AtomicUsize>,
+    /// Whether the sizer runs (it starts with the first catch-up lease: a diff or a
+    /// tail-only mirror never needs more than the first connections).
+    sizing: AtomicBool,
+    /// What the sizer's last window measured, for the metrics endpoint.
+    pub(super) figures: std::sync::Mutex<PoolFigures>,
     /// Places for catch-up fetches (streams), as the TCP pool's leases.
     places: Arc<Semaphore>,
     ids: AtomicU64,
@@ -72,8 +90,11 @@ pub struct Peer {
     pub(crate) agent: std::sync::Mutex<String>,
 }
 
-struct Slot {
-    conn: Mutex<Option<quinn::Connection>>,
+pub(super) struct Slot {
+    pub(super) conn: Mutex<Option<quinn::Connection>>,
+    /// Streams open on the slot's connection (requests in flight, subscriptions,
+    /// trees).
+    pub(super) open: Arc<AtomicUsize>,
 }
 
 impl Peer {
@@ -88,8 +109,15 @@ impl Peer {
             slots: (0..n)
                 .map(|_| Slot {
                     conn: Mutex::new(None),
+                    open: Arc::new(AtomicUsize::new(0)),
                 })
                 .collect(),
+            target: AtomicUsize::new(super::sizing::pool_config(n).initial),
+            fetching: AtomicUsize::new(0),
+            peak_fetching: AtomicUsize::new(0),
+            subscriptions: Arc::new(AtomicUsize::new(0)),
+            sizing: AtomicBool::new(false),
+            figures: std::sync::Mutex::new(PoolFigures::default()),
             s,
             endpoint,
             ids: AtomicU64::new(1),
@@ -104,6 +132,25 @@ impl Peer {
 
     pub fn addr(&self) -> &str {
         &self.s.addr
+    }
+
+    pub(super) fn settings(&self) -> &PeerSettings {
+        &self.s
+    }
+
+    /// Slots taking new requests now (1..=connections): the sizer's size, and
+    /// never fewer than the open subscriptions need.
+    pub fn active(&self) -> usize {
+        let subs = self.subscriptions.load(Ordering::Relaxed);
+        let target = self.target.load(Ordering::Relaxed);
+        target
+            .max(super::sizing::for_subscriptions(subs))
+            .clamp(1, self.slots.len())
+    }
+
+    /// The pool as of the sizer's last window (zeros before the first catch-up).
+    pub fn figures(&self) -> PoolFigures {
+        *self.figures.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Runs `op` again after transient failures (a lost stream or connection, a
@@ -193,6 +240,9 @@ impl Peer {
 
     /// A place for one catch-up fetch; the fetch goes round robin over the connections.
     pub async fn lease(self: &Arc<Self>) -> Result<PeerLease> {
+        if !self.sizing.swap(true, Ordering::Relaxed) {
+            super::sizing::start(self);
+        }
         let queued = Instant::now();
         let permit = self
             .places
@@ -232,6 +282,7 @@ impl Peer {
             max_bytes: max_bytes.max(1) as u32,
             max_wait_ms: max_wait.as_millis().min(u32::MAX as u128) as u32,
         };
+        let _fetching = Fetching::new(self);
         let (slot, mut frames) = self.request(&req, stats, true).await?;
         let what = Some((topic, partition));
         let mut on_head = on_head;
@@ -283,7 +334,7 @@ impl Peer {
         partition: i32,
         offset: i64,
         max_wait: Duration,
-    ) -> Result<Frames> {
+    ) -> Result<(usize, Frames)> {
         let req = Frame::Subscribe {
             topic: topic.to_string(),
             partition,
@@ -292,8 +343,9 @@ impl Peer {
         };
         // A subscription holds its stream for as long as the partition tails: they
         // are spread over the connections, each partition always on the same one.
-        let slot = spread(topic, partition, self.slots.len());
-        Ok(self.request_on(slot, &req, None).await?.1)
+        let slot = spread(topic, partition, self.active());
+        let (slot, frames) = self.request_on(slot, &req, None).await?;
+        Ok((slot, frames.holding(Hold::new(&self.subscriptions))))
     }
 
     /// The next pushed answer of a subscription: (high watermark, records).
@@ -387,7 +439,7 @@ impl Peer {
         data: bool,
     ) -> Result<(usize, Frames)> {
         let slot = if data {
-            self.next_id() as usize % self.slots.len()
+            self.next_id() as usize % self.active()
         } else {
             0
         };
@@ -415,12 +467,15 @@ impl Peer {
         req: &Frame,
         stats: Option<Arc<ConnStats>>,
     ) -> Result<(usize, Frames)> {
+        // Counted before the stream opens, so the sizer never closes the connection
+        // under a request about to start on it.
+        let hold = Hold::new(&self.slots[slot].open);
         let (mut send, recv) = self.stream_on(slot).await?;
         io::send(&mut send, req)
             .await
             .map_err(|e| self.lost(&format!("sending a request: {e}")))?;
         let _ = send.finish();
-        let mut frames = Frames::new(recv);
+        let mut frames = Frames::new(recv).holding(hold);
         if let Some(s) = stats {
             frames = frames.counting(s);
         }
@@ -717,6 +772,23 @@ impl RemoteTree {
     /// Ends the stream: the server drops the tree.
     pub fn finish(mut self) {
         let _ = self.send.finish();
+    }
+}
+
+/// Counts a catch-up fetch in flight, for the sizer's window.
+struct Fetching<'p>(&'p Peer);
+
+impl<'p> Fetching<'p> {
+    fn new(p: &'p Peer) -> Fetching<'p> {
+        let now = p.fetching.fetch_add(1, Ordering::Relaxed) + 1;
+        p.peak_fetching.fetch_max(now, Ordering::Relaxed);
+        Fetching(p)
+    }
+}
+
+impl Drop for Fetching<'_> {
+    fn drop(&mut self) {
+        self.0.fetching.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

@@ -1,6 +1,6 @@
 //! Frames on QUIC streams: the thin async side of `frame.rs`.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
@@ -26,6 +26,26 @@ pub struct Frames {
     counter: Option<Arc<ConnStats>>,
     /// The largest frame taken from this stream.
     limit: usize,
+    /// Counts the stream (on its connection, as a subscription) while the frames
+    /// are read.
+    _holds: Vec<Hold>,
+}
+
+/// Counts one open stream on a connection while held: the client's pool closes a
+/// connection it no longer wants only once nothing is open on it.
+pub struct Hold(Arc<AtomicUsize>);
+
+impl Hold {
+    pub fn new(count: &Arc<AtomicUsize>) -> Hold {
+        count.fetch_add(1, Ordering::Relaxed);
+        Hold(count.clone())
+    }
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Frames {
@@ -35,6 +55,7 @@ impl Frames {
             buf: BytesMut::new(),
             counter: None,
             limit: frame::MAX_FRAME,
+            _holds: Vec::new(),
         }
     }
 
@@ -46,6 +67,12 @@ impl Frames {
 
     pub fn counting(mut self, c: Arc<ConnStats>) -> Frames {
         self.counter = Some(c);
+        self
+    }
+
+    /// Keeps `h` (a count the stream is in) until the frames are dropped.
+    pub fn holding(mut self, h: Hold) -> Frames {
+        self._holds.push(h);
         self
     }
 

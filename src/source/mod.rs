@@ -16,7 +16,7 @@ use crate::kafka::error::Result;
 use crate::kafka::fetch_mux::OnHead;
 use crate::peer::client::{Peer, PeerLease, PeerSettings};
 use crate::peer::tls::{client_config, transport};
-use crate::transport::pool::{Lease as PoolLease, Pool};
+use crate::transport::pool::{Lease as PoolLease, PoolFigures};
 use crate::transport::sizer::PoolConfig;
 use broker::Brokers;
 use peer::PeerSource;
@@ -193,11 +193,17 @@ impl Source {
         }
     }
 
-    /// The TCP pools open now (none through a peer).
-    pub async fn pools(&self) -> Vec<Arc<Pool>> {
+    /// The catch-up pools as of their last sizing windows, each with its `broker`
+    /// label: a TCP pool per source broker, or the peer's QUIC pool as "peer".
+    pub async fn pool_figures(&self) -> Vec<(String, PoolFigures)> {
         match self {
-            Source::Brokers(b) => b.pools().await,
-            Source::Peer(_) => Vec::new(),
+            Source::Brokers(b) => b
+                .pools()
+                .await
+                .iter()
+                .map(|p| (p.broker().to_string(), p.figures()))
+                .collect(),
+            Source::Peer(p) => vec![("peer".to_string(), p.peer.figures())],
         }
     }
 
@@ -246,6 +252,7 @@ pub fn from_config(
         server_name,
         quic,
         connections: c.peer_connections,
+        report_every,
         streams: pool.max.max(16),
         request_timeout: sock.request_timeout,
         retry_deadline: sock.retry_deadline,

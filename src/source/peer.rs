@@ -33,6 +33,8 @@ struct Sub {
     rx: mpsc::Receiver<Result<(i64, Bytes)>>,
     /// Pushed bytes beyond what one read could take.
     held: Option<(i64, Bytes)>,
+    /// The peer connection it is on.
+    slot: usize,
     task: JoinHandle<()>,
 }
 
@@ -81,7 +83,15 @@ impl PeerSource {
         max_wait: Duration,
     ) -> Result<Fetched> {
         let mut sub = match self.take(topic, partition) {
-            Some(s) if s.next == offset => s,
+            Some(s) if s.next == offset && s.slot < self.peer.active() => s,
+            Some(s) if s.next == offset => {
+                // The pool shrank under it: opened again from the same offset on a
+                // connection the pool keeps, so the surplus one can close. What was
+                // pushed and not read yet is pushed again.
+                tracing::debug!(%topic, partition, offset, connection = s.slot, "moving a subscription off a surplus peer connection");
+                drop(s);
+                self.open(topic, partition, offset, max_wait).await?
+            }
             _ => self.open(topic, partition, offset, max_wait).await?,
         };
         let first = match sub.held.take() {
@@ -143,7 +153,7 @@ impl PeerSource {
     ) -> Result<Sub> {
         // The server long-polls its brokers with the mirror's tail wait: on brokers
         // that hold a poll to its end (tansu), that wait is the push's latency floor.
-        let mut frames = self
+        let (slot, mut frames) = self
             .peer
             .subscribe(topic, partition, offset, max_wait)
             .await?;
@@ -169,6 +179,7 @@ impl PeerSource {
             high_watermark: hw,
             rx,
             held: None,
+            slot,
             task,
         })
     }
