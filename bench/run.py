@@ -19,7 +19,9 @@ DST_ADDR = "127.0.0.1:9092"
 CONTENDERS = ["baseline", "wanmirror-1conn", "wanmirror-default", "wanmirror-quic"]
 # wanmirror-capped: the default wanmirror with `transport.max_mbit` at --max-mbit
 # (half the link by default), to check the cap holds.
-ALL_CONTENDERS = CONTENDERS + ["mm2", "wanmirror-capped"]
+# wanmirror-quic-cubic and -newreno: wanmirror-quic with that congestion control on
+# both ends (wanmirror-quic itself uses --quic-congestion, BBR by default).
+ALL_CONTENDERS = CONTENDERS + ["mm2", "wanmirror-capped", "wanmirror-quic-cubic", "wanmirror-quic-newreno"]
 BROKER = "tansu"  # --broker
 KAFKA = {}  # "libs", "home": the Apache Kafka jars, found once (kafka_setup)
 
@@ -233,7 +235,7 @@ MAX_MBIT = 100  # --max-mbit: the cap of wanmirror-capped
 # namespace next to the broker; they talk QUIC across the emulated link.
 PEER_ADDR = "10.201.0.1:7400"
 QUIC_CONGESTION = "bbr"  # --quic-congestion
-PEER_CONNECTIONS = 4  # --peer-connections
+PEER_CONNECTIONS = 8  # --peer-connections
 
 
 def pki(cfgdir):
@@ -245,7 +247,17 @@ def pki(cfgdir):
     return d
 
 
-def serve_start(procs, cfgdir):
+def is_quic(contender):
+    """wanmirror-quic, or one of its variants with another congestion control."""
+    return contender.startswith("wanmirror-quic")
+
+
+def quic_cc(contender):
+    """The congestion control of a QUIC contender: its suffix, or --quic-congestion."""
+    return contender.removeprefix("wanmirror-quic-") if contender != "wanmirror-quic" else QUIC_CONGESTION
+
+
+def serve_start(procs, cfgdir, congestion):
     """Starts `wanmirror serve` in the source namespace under /usr/bin/time (its CPU
     counts for the contender) and waits until it listens."""
     d = pki(cfgdir)
@@ -253,7 +265,7 @@ def serve_start(procs, cfgdir):
     cfg.write_text(
         f'[serve]\ncluster = "dc-a"\nbootstrap = "{SRC_ADDR}"\nlisten = "{PEER_ADDR}"\n'
         f'cert = "{d / "serve.pem"}"\nkey = "{d / "serve.key"}"\nclient_ca = "{d / "ca.pem"}"\n'
-        f'congestion = "{QUIC_CONGESTION}"\n\n[[serve.client]]\nname = "dc-b"\ntopics = [".*"]\n')
+        f'congestion = "{congestion}"\n\n[[serve.client]]\nname = "dc-b"\ntopics = [".*"]\n')
     log = cfgdir / "serve.log"
     timefile = cfgdir / "serve-time.txt"
     timefile.unlink(missing_ok=True)
@@ -286,9 +298,9 @@ def mirror_config(path, topics, contender, wait_ms=100):
     elif contender == "wanmirror-capped":
         extra = f"\n[transport]\nmax_mbit = {MAX_MBIT}\n"
     source = f'bootstrap = "{SRC_ADDR}"'
-    if contender == "wanmirror-quic":
+    if is_quic(contender):
         d = path.parent / "pki"
-        source = (f'peer = "{PEER_ADDR}"\npeer_connections = {PEER_CONNECTIONS}\npeer_congestion = "{QUIC_CONGESTION}"\n'
+        source = (f'peer = "{PEER_ADDR}"\npeer_connections = {PEER_CONNECTIONS}\npeer_congestion = "{quic_cc(contender)}"\n'
                   f'[source.peer_tls]\nca = "{d / "ca.pem"}"\ncert = "{d / "client-dc-b.pem"}"\nkey = "{d / "client-dc-b.key"}"')
     path.write_text(
         f'[source]\nname = "dc-a"\n{source}\n[destination]\nname = "dc-b"\n'
@@ -419,7 +431,7 @@ def one_run(profile, contender, args, cfgdir):
                           "--partitions", str(args.partitions), "--bytes", str(args.dataset_mb * 1_000_000)])
         records, payload, wire = pre["records"], pre["bytes"], pre["wire_bytes"]
         src_ends = ends(SRC_NS, SRC_ADDR, "bench", wire=False)["partitions"]
-        serve = serve_start(procs, cfgdir) if contender == "wanmirror-quic" else None
+        serve = serve_start(procs, cfgdir, quic_cc(contender)) if is_quic(contender) else None
         timefile = cfgdir / "time.txt"
         cmd = ["/usr/bin/time", "-o", str(timefile), "-f", "%e %U %S %M"] + \
             contender_cmd(contender, "bench", records, False, cfgdir, args.partitions)
@@ -482,8 +494,8 @@ def one_run(profile, contender, args, cfgdir):
         wire_mbit = copied_wire * 8 / elapsed / 1e6
         gb = copied_bytes / 1e9
         carried = samples.carried()
-        if contender == "wanmirror-quic":
-            cc = f"{QUIC_CONGESTION} (QUIC)"  # the hosts' TCP setting does not apply to it
+        if is_quic(contender):
+            cc = f"{quic_cc(contender)} (QUIC)"  # the hosts' TCP setting does not apply to it
         res = {
             "broker": BROKER, "congestion_control": cc, "records": records, "copied_records": copied,
             "duplicates": dups, "capped": capped,
@@ -605,7 +617,7 @@ def live_run(profile, contender, args, cfgdir):
         rate = int(profile["live_pct"] / 100 * profile["rate_mbit"] * 1e6 / 8 / size)
         n = rate * args.live_secs
         wait_ms = live_wait_ms()
-        serve = serve_start(procs, cfgdir) if contender == "wanmirror-quic" else None
+        serve = serve_start(procs, cfgdir, quic_cc(contender)) if is_quic(contender) else None
         timefile = cfgdir / "time.txt"
         if contender == "mm2":
             wb(SRC_NS, ["preload", "--bootstrap", SRC_ADDR, "--topic", "live-probe", "--partitions", "1", "--bytes", "0"])
@@ -658,8 +670,8 @@ def live_run(profile, contender, args, cfgdir):
             serve_cpu = serve_stop(*serve)
             cpu = cpu + serve_cpu if serve_cpu is not None else None
         gb = r["records"] * size / 1e9
-        if contender == "wanmirror-quic":
-            cc = f"{QUIC_CONGESTION} (QUIC)"
+        if is_quic(contender):
+            cc = f"{quic_cc(contender)} (QUIC)"
         return {
             "broker": BROKER, "congestion_control": cc, "tail_wait_ms": wait_ms,
             "rate_records_s": rate, "records": n, "copied_records": r["records"],
@@ -879,7 +891,7 @@ def main():
     ap.add_argument("--live-record-bytes", type=int, default=1024, help="record size in the live profiles (random bytes)")
     ap.add_argument("--quic-congestion", choices=["bbr", "cubic", "newreno"], default="bbr",
                     help="congestion control of wanmirror-quic's peer connections (both ends)")
-    ap.add_argument("--peer-connections", type=int, default=4, help="QUIC connections of wanmirror-quic (1-8)")
+    ap.add_argument("--peer-connections", type=int, default=8, help="most QUIC connections of wanmirror-quic (1-8; the pool adapts)")
     ap.add_argument("--merge", default="", help="run nothing: combine the results of these result directories "
                     "(comma-separated, same dataset and cap) into one table and chart in --out")
     args = ap.parse_args()

@@ -94,10 +94,10 @@ enum Cmd {
         #[arg(long)]
         no_wire: bool,
     },
-    /// Micro-benchmark of `wanmirror diff` leaf hashing on one core (JSON: MB/s
-    /// median, min, max over `runs`).
+    /// Micro-benchmark of leaf hashing as `wanmirror diff` and `serve` do it (JSON:
+    /// MB/s of record payload, median, min, max over `runs`, all threads together).
     Hash {
-        /// Record payload bytes hashed per run.
+        /// Record payload bytes hashed per run and thread.
         #[arg(long, default_value_t = 256_000_000)]
         bytes: usize,
         /// Value size of the synthetic records.
@@ -105,6 +105,15 @@ enum Cmd {
         record_bytes: usize,
         #[arg(long, default_value_t = 7)]
         runs: usize,
+        /// Partitions hashed at once, each on a thread of its own (as the hashing
+        /// workers of verify/hashing.rs): 1 and 2 give the rate on one and two cores.
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
+        /// Hash stored batches: encode the records into batches with this codec
+        /// (none, gzip, snappy, lz4, zstd) and decode them in every run, as the
+        /// hashing worker does. Without it, records are hashed as they are.
+        #[arg(long)]
+        codec: Option<String>,
     },
     /// Read `records` stamped records (keys 0..records) from the destination and print
     /// (JSON) latency percentiles, records seen once and twice, and how far behind the
@@ -624,7 +633,9 @@ fn main() -> Result<()> {
             bytes,
             record_bytes,
             runs,
-        } => hash_speed(bytes, record_bytes, runs),
+            threads,
+            codec,
+        } => hash_speed(bytes, record_bytes, runs, threads, codec.as_deref())?,
         Cmd::LatencyConsume {
             bootstrap,
             topic,
@@ -646,13 +657,21 @@ fn main() -> Result<()> {
 }
 
 /// Leaf hashing throughput: synthetic records (key, value, two headers) fed through
-/// the same `LeafHasher` the diff uses, timed per run on this thread.
-fn hash_speed(bytes: usize, record_bytes: usize, runs: usize) {
-    use wanmirror::kafka::records::Content;
+/// the same `LeafHasher` the diff uses (decoded from stored batches first with
+/// `codec`), on `threads` threads at once, each hashing a partition of its own.
+fn hash_speed(
+    bytes: usize,
+    record_bytes: usize,
+    runs: usize,
+    threads: usize,
+    codec: Option<&str>,
+) -> Result<()> {
+    use wanmirror::kafka::batch::split_valid;
+    use wanmirror::kafka::records::{decode, encode, Content};
     use wanmirror::verify::leaf::LeafHasher;
     let mut rng = rand::rng();
     let pool: Vec<u8> = (0..record_bytes + 4096).map(|_| rng.random()).collect();
-    let mut records: Vec<Content> = (0..4096)
+    let records: Vec<Content> = (0..4096)
         .map(|i| Content {
             offset: i,
             timestamp: 1_700_000_000_000 + i,
@@ -669,33 +688,78 @@ fn hash_speed(bytes: usize, record_bytes: usize, runs: usize) {
     };
     let batch_bytes: usize = records.iter().map(per).sum();
     let rounds = (bytes / batch_bytes).max(1);
-    let mut speeds = Vec::new();
-    for _ in 0..runs.max(1) {
-        let started = Instant::now();
+    // Stored batches of 256 records each, as a producer would have written them.
+    let code = match codec {
+        None => None,
+        Some("none") => Some(0),
+        Some("gzip") => Some(1),
+        Some("snappy") => Some(2),
+        Some("lz4") => Some(3),
+        Some("zstd") => Some(4),
+        Some(other) => bail!("--codec {other}: none, gzip, snappy, lz4 or zstd"),
+    };
+    let stored = match code {
+        Some(c) => {
+            let mut all = Vec::new();
+            for chunk in records.chunks(256) {
+                let b = encode(chunk, c).map_err(|e| anyhow::anyhow!(e))?;
+                all.extend(split_valid(&b).0);
+            }
+            Some(all)
+        }
+        None => None,
+    };
+    let stored_bytes: usize = stored
+        .as_ref()
+        .map_or(0, |b| b.iter().map(|b| b.bytes.len()).sum());
+    let one = |mut records: Vec<Content>| {
         let mut h = LeafHasher::new(0, (rounds * records.len()) as i64, 4096);
         let mut offset = 0i64;
         for _ in 0..rounds {
-            for r in records.iter_mut() {
-                r.offset = offset;
-                offset += 1;
-                h.push(r);
+            if let Some(batches) = &stored {
+                // The worker's path: decompress and parse, then hash.
+                for r in decode(batches).expect("batches we encoded decode") {
+                    let mut r = r;
+                    r.offset = offset;
+                    offset += 1;
+                    h.push(&r);
+                }
+            } else {
+                for r in records.iter_mut() {
+                    r.offset = offset;
+                    offset += 1;
+                    h.push(r);
+                }
             }
         }
-        let leaves = h.finish();
-        std::hint::black_box(leaves);
+        std::hint::black_box(h.finish());
+    };
+    let mut speeds = Vec::new();
+    for _ in 0..runs.max(1) {
+        let started = Instant::now();
+        std::thread::scope(|s| {
+            for _ in 0..threads.max(1) {
+                let recs = records.clone();
+                s.spawn(|| one(recs));
+            }
+        });
         let secs = started.elapsed().as_secs_f64();
-        speeds.push((rounds * batch_bytes) as f64 / secs / 1e6);
+        speeds.push((threads.max(1) * rounds * batch_bytes) as f64 / secs / 1e6);
     }
     speeds.sort_by(f64::total_cmp);
     println!(
         "{}",
         serde_json::json!({
             "record_bytes": record_bytes,
-            "bytes_per_run": rounds * batch_bytes,
+            "threads": threads.max(1),
+            "codec": codec.unwrap_or("(records, no batches)"),
+            "stored_bytes_per_4096_records": stored_bytes,
+            "bytes_per_run": threads.max(1) * rounds * batch_bytes,
             "runs": speeds.len(),
             "MBps_median": speeds[speeds.len() / 2],
             "MBps_min": speeds[0],
             "MBps_max": speeds[speeds.len() - 1],
         })
     );
+    Ok(())
 }
