@@ -6,7 +6,7 @@ One command: `python3 bench/run.py` (root). `--smoke` runs one small profile.
 `--broker kafka` runs Apache Kafka (KRaft, single node) in both DCs instead of tansu.
 Results: bench/results/results.{json,md} and goodput.png.
 """
-import argparse, base64, json, os, shutil, signal, statistics, subprocess, sys, tempfile, time, uuid
+import argparse, base64, json, os, re, shutil, signal, statistics, subprocess, sys, tempfile, time, uuid
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -290,8 +290,16 @@ def serve_stop(p, timefile):
     return float(fields[1]) + float(fields[2]) if len(fields) == 4 else None
 
 
-def mirror_config(path, topics, contender, wait_ms=100):
+# The mirror's metrics endpoint in the live profiles, on the destination namespace's
+# loopback: its replication latency is the part of the end-to-end latency that is the
+# mirror's and the brokers' append and acknowledgement, without the reading consumer.
+METRICS_PORT = 9464
+
+
+def mirror_config(path, topics, contender, wait_ms=100, metrics=False):
     extra = ""
+    if metrics:
+        extra += f'\n[metrics]\nlisten = "127.0.0.1:{METRICS_PORT}"\n'
     if contender == "wanmirror-1conn":
         # Catch-up over a single pooled connection (plus the long-poll one when tailing).
         extra = "\n[transport]\npool_min = 1\npool_max = 1\npool_initial = 1\n"
@@ -368,7 +376,7 @@ def mm2_cmd(cfg):
                          "-XX:+ExplicitGCInvokesConcurrent", "-Djava.awt.headless=true"))
 
 
-def contender_cmd(contender, topic, records, tail, cfgdir, partitions=1, wait_ms=None):
+def contender_cmd(contender, topic, records, tail, cfgdir, partitions=1, wait_ms=None, metrics=False):
     """`wait_ms`: how long a fetch at the source's end waits for new data (the
     mirror's `tail_wait_ms`, the baseline's and MM2's fetch wait); by default 100 ms
     for the mirror and the baseline, and the Java consumer's 500 ms for MM2."""
@@ -381,7 +389,7 @@ def contender_cmd(contender, topic, records, tail, cfgdir, partitions=1, wait_ms
                 "--topic", topic, "--dest-topic", f"dc-a.{topic}", "--records", str(0 if tail else records),
                 "--fetch-wait-ms", str(wait_ms or 100)]
     cfg = cfgdir / f"{contender}-{topic}.toml"
-    mirror_config(cfg, [topic], contender, wait_ms or 100)
+    mirror_config(cfg, [topic], contender, wait_ms or 100, metrics)
     return [str(REL / "wanmirror"), "run", "--config", str(cfg)] + ([] if tail else ["--stop-at-end"])
 
 
@@ -602,6 +610,22 @@ def live_wait_ms():
     return 20 if BROKER == "tansu" else 500
 
 
+def mirror_latency():
+    """The mirror's replication latency quantiles in ms, from its metrics endpoint."""
+    try:
+        out = subprocess.run(ns(DST_NS, ["curl", "-s", "--max-time", "5", f"http://127.0.0.1:{METRICS_PORT}/metrics"]),
+                             capture_output=True, text=True, timeout=15).stdout
+    except subprocess.TimeoutExpired:
+        return {}
+    q = {}
+    for line in out.splitlines():
+        if line.startswith("wanmirror_replication_latency_seconds{"):
+            m = re.search(r'quantile="([^"]+)"\}\s+(\S+)', line)
+            if m:
+                q[m.group(1)] = round(float(m.group(2)) * 1000, 1)
+    return q
+
+
 def live_run(profile, contender, args, cfgdir):
     """A live stream: the contender runs first, tailing an empty topic of
     `--partitions` partitions; then records of `--live-record-bytes` random bytes are
@@ -623,7 +647,7 @@ def live_run(profile, contender, args, cfgdir):
             wb(SRC_NS, ["preload", "--bootstrap", SRC_ADDR, "--topic", "live-probe", "--partitions", "1", "--bytes", "0"])
             cmd = contender_cmd(contender, "live|live-probe", 0, True, cfgdir, parts, wait_ms)
         else:
-            cmd = contender_cmd(contender, topic, 0, True, cfgdir, parts, wait_ms)
+            cmd = contender_cmd(contender, topic, 0, True, cfgdir, parts, wait_ms, metrics=True)
         log = subprocess.DEVNULL
         if args.logs:
             Path(args.logs).mkdir(parents=True, exist_ok=True)
@@ -661,6 +685,7 @@ def live_run(profile, contender, args, cfgdir):
             out, _ = cons.communicate()
         carried = samples.carried()
         samples.stop()
+        mirror_lat = mirror_latency() if contender.startswith("wanmirror") else {}
         stop_contender(p, 20)
         r = json.loads(out.strip().splitlines()[-1])
         fields = timefile.read_text().split()[-4:] if timefile.exists() else []
@@ -678,6 +703,10 @@ def live_run(profile, contender, args, cfgdir):
             "copied_pct": round(100 * r["records"] / n, 2) if n else None, "duplicates": r["duplicates"],
             "produce_s": round(pace["seconds"], 2), "produce_max_behind_ms": pace["max_behind_ms"],
             "lat_p50_ms": r["p50_ms"], "lat_p99_ms": r["p99_ms"], "lat_p999_ms": r["p999_ms"], "lat_max_ms": r["max_ms"],
+            # The mirror's own view (wanmirror_replication_latency_seconds over the last
+            # 60 s): a batch's timestamp (the producer's) to the destination's
+            # acknowledgement, so without the reading consumer's polls.
+            "mirror_lat_p50_ms": mirror_lat.get("0.5"), "mirror_lat_p99_ms": mirror_lat.get("0.99"),
             # Still to copy when the load stopped, in records and in seconds of load.
             "lag_at_stop_records": r["lag_at_stop_records"],
             "lag_at_stop_s": round(r["lag_at_stop_records"] / rate, 2) if rate else None,
@@ -768,15 +797,16 @@ def dup_note(results, title, where):
 
 
 def live_table(results, args):
-    lines = ["| RTT ms | loss % | load % of link | contender | latency p50 ms | p99 ms | p99.9 ms | max ms | lag at load stop, s of load | drain s | copied % | CPU s/GB | RSS MB |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| RTT ms | loss % | load % of link | contender | latency p50 ms | p99 ms | p99.9 ms | max ms | mirror's own p50 / p99 ms | lag at load stop, s of load | drain s | copied % | CPU s/GB | RSS MB |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     fmt = FMT
     for r in results:
         s, pr = r["summary"], r["profile"]
         undrained = sum(1 for x in r["runs"] if x.get("drain_s") is None)
         drain = fmt(s, "drain_s") + (f" ({undrained} of {len(r['runs'])} never drained)" if undrained else "")
         lines.append(f"| {pr['rtt_ms']:g} | {pr['loss_pct']:g} | {pr['live_pct']:g} | {r['contender']} | {fmt(s, 'lat_p50_ms')} | "
-                     f"{fmt(s, 'lat_p99_ms')} | {fmt(s, 'lat_p999_ms')} | {fmt(s, 'lat_max_ms')} | {fmt(s, 'lag_at_stop_s')} | "
+                     f"{fmt(s, 'lat_p99_ms')} | {fmt(s, 'lat_p999_ms')} | {fmt(s, 'lat_max_ms')} | "
+                     f"{fmt(s, 'mirror_lat_p50_ms')} / {fmt(s, 'mirror_lat_p99_ms')} | {fmt(s, 'lag_at_stop_s')} | "
                      f"{drain} | {fmt(s, 'copied_pct')} | {fmt(s, 'cpu_s_per_GB')} | {fmt(s, 'peak_rss_MB')} |")
     lines += dup_note(results, "Records read twice at the destination (per run)",
                       lambda pr: f"{pr['loss_pct']:g} % loss / {pr['live_pct']:g} % load")
@@ -786,7 +816,9 @@ def live_table(results, args):
          "share of the link rate (payload) for %d s, stamped with their send time; latency is read time in the destination DC "
          "minus that stamp (records that never arrived are not in it: see copied). Lag at load stop: records not yet read when "
          "the load stopped (never-arrived ones included), in seconds of load. Drain: seconds from "
-         "the load's end until the last record was read (a run that never drained waited %d s).\n") % (
+         "the load's end until the last record was read (a run that never drained waited %d s). Mirror's own: the mirror's "
+         "wanmirror_replication_latency_seconds at the load's end (a batch's producer timestamp to the destination's "
+         "acknowledgement, the last 60 s): the end-to-end figure without the reading consumer's polls.\n") % (
         args.broker, wait, args.runs, args.rate_mbit, args.partitions, args.live_record_bytes, args.live_secs, args.live_drain_cap)
 
 

@@ -698,7 +698,7 @@ fn continuous_reconciliation_verifies_the_copy_and_stops_a_partition_that_differ
 #[test]
 fn the_peer_pool_grows_under_a_backlog_and_closes_surplus_connections_when_idle() {
     let pair = Pair::start();
-    let p = big_backlog(&pair);
+    big_backlog(&pair);
     let (serve, certs) = serve_for(&pair, &["dc-b"], &["big"]);
     // About 4 MB/s: the 36 MB backlog lasts several of the sizer's 1 s windows.
     let relay = UdpRelay::start(serve.port);
@@ -719,10 +719,10 @@ fn the_peer_pool_grows_under_a_backlog_and_closes_surplus_connections_when_idle(
         &[],
         "info,wanmirror::peer=debug,wanmirror::source=debug",
     );
-    let target = |body: &str| {
+    let pool = |body: &str, what: &str| {
         metric_value(
             body,
-            "wanmirror_pool_target_connections{source_cluster=\"dc-a\",broker=\"peer\"}",
+            &format!("wanmirror_pool_{what}{{source_cluster=\"dc-a\",broker=\"peer\"}}"),
         )
     };
     eventually(Duration::from_secs(60), "the pool grows", || {
@@ -738,64 +738,67 @@ fn the_peer_pool_grows_under_a_backlog_and_closes_surplus_connections_when_idle(
         grew.contains("from=4") && grew.contains("to=8") && grew.contains("change=Grew"),
         "{log}"
     );
-    let (_, body) = get_http(metrics, "/metrics");
-    assert!(target(&body).is_some_and(|t| t >= 4.0), "{body}");
     let at_growth = dest_total(&pair, "big", 4);
     assert!(
         at_growth < 24_000,
         "the pool grew only after the backlog was copied ({at_growth})"
     );
-
+    // More connections than the four it started with open as fetches reach the new
+    // slots (serve logs each).
+    eventually(Duration::from_secs(60), "a fifth connection", || {
+        serve.log_text().matches("client connected").count() >= 5
+    });
     eventually(Duration::from_secs(120), "the backlog copied", || {
         dest_total(&pair, "big", 4) == 24_000
     });
-    // Only pushes now: after 15 idle windows the pool comes down a step a window.
+
+    // Records keep coming while the pool shrinks, so subscriptions move with pushes
+    // under way. Only pushes now: after 15 idle windows the pool comes down a step a
+    // window, to one connection (4 subscriptions need no more).
+    let mut traffic = Traffic::start(&pair.a.bootstrap(), &["big"], 4);
     eventually(Duration::from_secs(90), "the idle pool shrinks", || {
         let (_, body) = get_http(metrics, "/metrics");
-        target(&body).is_some_and(|t| t <= 2.0)
+        pool(&body, "target_connections").is_some_and(|t| t <= 1.0)
     });
     assert!(m.log_text().contains("change=Idle"), "{}", m.log_text());
-    // Subscriptions move off the surplus connections, which then close.
+    // Subscriptions on the surplus connections move, and those connections close.
     eventually(
         Duration::from_secs(30),
         "the surplus connections closed",
         || {
             let (_, body) = get_http(metrics, "/metrics");
-            let open = metric_value(
-                &body,
-                "wanmirror_pool_connections{source_cluster=\"dc-a\",broker=\"peer\"}",
-            );
-            open.is_some_and(|o| o <= 2.0)
+            pool(&body, "connections").is_some_and(|o| o <= 1.0)
         },
+    );
+    let log = m.log_text();
+    let placed_past_first = log
+        .lines()
+        .filter(|l| l.contains("peer subscription open") && !l.contains("connection=0"))
+        .count();
+    assert!(
+        placed_past_first > 0,
+        "every subscription opened on the first connection: the move was not exercised\n{log}"
+    );
+    assert!(
+        log.contains("moving a subscription off a surplus peer connection"),
+        "{log}"
     );
     let closed = serve
         .log_text()
         .lines()
         .filter(|l| l.contains("client disconnected") && l.contains("pool shrank"))
         .count();
-    assert!(closed >= 2, "{}", serve.log_text());
-    assert!(
-        m.log_text()
-            .contains("moving a subscription off a surplus peer connection"),
-        "{}",
-        m.log_text()
-    );
-    for l in m
-        .log_text()
+    assert!(closed >= 4, "{}", serve.log_text());
+    for l in log
         .lines()
-        .filter(|l| l.contains("peer connection pool"))
+        .filter(|l| l.contains("peer connection pool") || l.contains("moving a subscription"))
     {
         eprintln!("{l}");
     }
-    // The partitions' subscriptions still carry new records.
-    for part in 0..4 {
-        produce(&p, "big", part, &sample(10, part as u64 + 20, |_| 100));
-    }
-    eventually(
-        Duration::from_secs(60),
-        "pushed records after the shrink",
-        || dest_total(&pair, "big", 4) == 24_040,
-    );
+    let rounds = traffic.finish();
+    eventually(Duration::from_secs(60), "the pushed records", || {
+        dest_total(&pair, "big", 4) == 24_000 + 4 * rounds as i64
+    });
     assert!(m.running(), "{}", m.log_text());
     for part in 0..4 {
         assert_same(&pair, "big", "big", part);

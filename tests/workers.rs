@@ -8,76 +8,24 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::proxy::Proxy;
 use common::*;
 use rdkafka::consumer::Consumer;
-use rdkafka::producer::{BaseRecord, Producer};
 use wanmirror::demo::broker::{free_port, TansuBroker};
 
 const TOPICS: [&str; 3] = ["t0", "t1", "t2"];
 const SESSION_MS: u64 = 6000;
 
 /// The longest a kill -9 may take to move a member's partitions, as
-/// docs/configuration.md promises it: the session timeout for the coordinator to
-/// drop the member, two watch ticks a second apart for the leader to see it gone
-/// (tansu starts no rebalance itself), and a JoinGroup held for up to twice the
-/// session timeout plus 5 s while the others rejoin. Measured unloaded: 9-11 s; a
-/// loaded machine has needed 17 s.
+/// docs/configuration.md ("Failures") bounds it: the session timeout for the
+/// coordinator to drop the member, two watch ticks a second apart for the leader to
+/// see it gone (tansu starts no rebalance itself), and a JoinGroup held for up to
+/// twice the session timeout plus 5 s while the others rejoin. Measured unloaded:
+/// 9-11 s; a loaded machine has needed 17 s.
 fn takeover_bound() -> Duration {
     Duration::from_millis(3 * SESSION_MS) + Duration::from_secs(7)
-}
-
-/// Writes one small record to every partition of every topic every 50 ms until
-/// dropped.
-struct Traffic {
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<u64>>,
-}
-
-impl Traffic {
-    fn start(bootstrap: &str) -> Traffic {
-        let stop = Arc::new(AtomicBool::new(false));
-        let (s, b) = (stop.clone(), bootstrap.to_string());
-        let thread = std::thread::spawn(move || {
-            let p = producer(&b, "none", false);
-            let mut n = 0u64;
-            while !s.load(Ordering::Relaxed) {
-                for t in TOPICS {
-                    for part in 0..4 {
-                        let v = format!("{t}-{part}-{n}");
-                        let _ = p.send(BaseRecord::<(), str>::to(t).partition(part).payload(&v));
-                    }
-                }
-                p.poll(Duration::ZERO);
-                n += 1;
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            p.flush(Duration::from_secs(30)).expect("flush");
-            n
-        });
-        Traffic {
-            stop,
-            thread: Some(thread),
-        }
-    }
-
-    /// Stops writing and waits for every record to be acknowledged.
-    fn finish(&mut self) -> u64 {
-        self.stop.store(true, Ordering::Relaxed);
-        self.thread
-            .take()
-            .map_or(0, |t| t.join().expect("producer"))
-    }
-}
-
-impl Drop for Traffic {
-    fn drop(&mut self) {
-        self.finish();
-    }
 }
 
 /// One worker's config: the shared group, its own metrics port.
@@ -261,7 +209,7 @@ fn three_workers_share_partitions_take_over_and_fence_a_zombie() {
     for t in TOPICS {
         create_topic(&a, t, 4);
     }
-    let mut traffic = Traffic::start(&a);
+    let mut traffic = Traffic::start(&a, &TOPICS, 4);
     let mut w = Workers::start(pair.dir.path(), &a, &b, "w", 3);
     let ports = w.ports.clone();
     let quarter = Duration::from_millis(250);
@@ -507,7 +455,7 @@ fn two_workers_on_kafkas_coordinator() {
     for t in TOPICS {
         common::scenarios::topic(&pair.a, t, 4);
     }
-    let mut traffic = Traffic::start(&a);
+    let mut traffic = Traffic::start(&a, &TOPICS, 4);
     let mut w = Workers::start(pair.dir.path(), &a, &b, "k", 2);
     let ports = w.ports.clone();
     let quarter = Duration::from_millis(250);

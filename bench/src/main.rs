@@ -736,10 +736,10 @@ fn hash_speed(
     };
     let mut speeds = Vec::new();
     for _ in 0..runs.max(1) {
+        let copies: Vec<Vec<Content>> = (0..threads.max(1)).map(|_| records.clone()).collect();
         let started = Instant::now();
         std::thread::scope(|s| {
-            for _ in 0..threads.max(1) {
-                let recs = records.clone();
+            for recs in copies {
                 s.spawn(|| one(recs));
             }
         });

@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,6 +16,7 @@ use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore};
 
 use super::frame::{ErrorCode, Frame, PartitionInfo, TopicInfo, VERSION};
 use super::io::{self, close, Frames, Hold, ReadFail};
+use super::pool::Pool;
 use crate::kafka::client::Fetched;
 use crate::kafka::connection::ConnStats;
 use crate::kafka::error::{KafkaError, Result};
@@ -29,14 +30,6 @@ const BOUNDS_FOR: Duration = Duration::from_millis(500);
 /// Node ids per request: 12 bytes each, so 40 K ids is about 480 KB, under the
 /// server's 1 MiB request limit.
 const NODES_PER_REQUEST: usize = 40_000;
-
-/// The connection a partition's subscription always goes on.
-fn spread(topic: &str, partition: i32, slots: usize) -> usize {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    (topic, partition).hash(&mut h);
-    (h.finish() % slots.max(1) as u64) as usize
-}
 
 /// How long the QUIC handshake and the hello may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -52,7 +45,7 @@ pub struct PeerSettings {
     pub server_name: String,
     pub quic: quinn::ClientConfig,
     /// Most QUIC connections the pool may open (1..=8); it starts at half and
-    /// adapts (`sizing.rs`).
+    /// adapts (`pool.rs`).
     pub connections: usize,
     /// How often the pool's state is logged.
     pub report_every: Duration,
@@ -66,21 +59,8 @@ pub struct PeerSettings {
 pub struct Peer {
     s: PeerSettings,
     endpoint: quinn::Endpoint,
-    pub(super) slots: Vec<Slot>,
-    /// How many slots take new requests: the sizer's size (`sizing.rs`). Slots past
-    /// it finish what they carry, then close.
-    pub(super) target: AtomicUsize,
-    /// Catch-up fetches in flight now, and the most at once since the sizer's last
-    /// window.
-    pub(super) fetching: AtomicUsize,
-    pub(super) peak_fetching: AtomicUsize,
-    /// Subscriptions open: the pool keeps enough connections for them.
-    pub(super) subscriptions: Arc<AtomicUsize>,
-    /// Whether the sizer runs (it starts with the first catch-up lease: a diff or a
-    /// tail-only mirror never needs more than the first connections).
-    sizing: AtomicBool,
-    /// What the sizer's last window measured, for the metrics endpoint.
-    pub(super) figures: std::sync::Mutex<PoolFigures>,
+    /// The connections, and what sizes them (`pool.rs`).
+    pub(super) pool: Pool,
     /// Places for catch-up fetches (streams), as the TCP pool's leases.
     places: Arc<Semaphore>,
     ids: AtomicU64,
@@ -90,40 +70,23 @@ pub struct Peer {
     pub(crate) agent: std::sync::Mutex<String>,
 }
 
-pub(super) struct Slot {
-    pub(super) conn: Mutex<Option<quinn::Connection>>,
-    /// Streams open on the slot's connection (requests in flight, subscriptions,
-    /// trees).
-    pub(super) open: Arc<AtomicUsize>,
-}
-
 impl Peer {
     pub fn new(s: PeerSettings) -> std::result::Result<Arc<Peer>, String> {
         let bind: SocketAddr = "0.0.0.0:0".parse().expect("a valid address");
         let mut endpoint = quinn::Endpoint::client(bind)
             .map_err(|e| format!("cannot open a UDP socket for the peer: {e}"))?;
         endpoint.set_default_client_config(s.quic.clone());
-        let n = s.connections.clamp(1, 8);
-        Ok(Arc::new(Peer {
+        let peer = Arc::new(Peer {
             places: Arc::new(Semaphore::new(s.streams.max(1))),
-            slots: (0..n)
-                .map(|_| Slot {
-                    conn: Mutex::new(None),
-                    open: Arc::new(AtomicUsize::new(0)),
-                })
-                .collect(),
-            target: AtomicUsize::new(super::sizing::pool_config(n).initial),
-            fetching: AtomicUsize::new(0),
-            peak_fetching: AtomicUsize::new(0),
-            subscriptions: Arc::new(AtomicUsize::new(0)),
-            sizing: AtomicBool::new(false),
-            figures: std::sync::Mutex::new(PoolFigures::default()),
+            pool: Pool::new(s.connections),
             s,
             endpoint,
             ids: AtomicU64::new(1),
             bounds: Mutex::new(Default::default()),
             agent: std::sync::Mutex::new(String::new()),
-        }))
+        });
+        super::pool::start(&peer);
+        Ok(peer)
     }
 
     pub fn name(&self) -> &str {
@@ -138,19 +101,25 @@ impl Peer {
         &self.s
     }
 
-    /// Slots taking new requests now (1..=connections): the sizer's size, and
-    /// never fewer than the open subscriptions need.
+    /// Connections taking new requests now (the pool's size).
     pub fn active(&self) -> usize {
-        let subs = self.subscriptions.load(Ordering::Relaxed);
-        let target = self.target.load(Ordering::Relaxed);
-        target
-            .max(super::sizing::for_subscriptions(subs))
-            .clamp(1, self.slots.len())
+        self.pool.active()
     }
 
-    /// The pool as of the sizer's last window (zeros before the first catch-up).
+    /// The pool as of the sizer's last window.
     pub fn figures(&self) -> PoolFigures {
-        *self.figures.lock().unwrap_or_else(|p| p.into_inner())
+        self.pool.figures()
+    }
+
+    /// A partition switched between tailing and pieces: the demand changed under the
+    /// sizer's window.
+    pub fn note_switch(&self) {
+        self.pool.note_switch();
+    }
+
+    /// Counts an open subscription while held.
+    pub fn subscription(&self) -> Hold {
+        self.pool.subscription()
     }
 
     /// Runs `op` again after transient failures (a lost stream or connection, a
@@ -240,9 +209,6 @@ impl Peer {
 
     /// A place for one catch-up fetch; the fetch goes round robin over the connections.
     pub async fn lease(self: &Arc<Self>) -> Result<PeerLease> {
-        if !self.sizing.swap(true, Ordering::Relaxed) {
-            super::sizing::start(self);
-        }
         let queued = Instant::now();
         let permit = self
             .places
@@ -282,7 +248,7 @@ impl Peer {
             max_bytes: max_bytes.max(1) as u32,
             max_wait_ms: max_wait.as_millis().min(u32::MAX as u128) as u32,
         };
-        let _fetching = Fetching::new(self);
+        let _fetching = self.pool.fetch();
         let (slot, mut frames) = self.request(&req, stats, true).await?;
         let what = Some((topic, partition));
         let mut on_head = on_head;
@@ -341,11 +307,10 @@ impl Peer {
             offset,
             max_wait_ms: max_wait.as_millis().min(30_000) as u32,
         };
-        // A subscription holds its stream for as long as the partition tails: they
-        // are spread over the connections, each partition always on the same one.
-        let slot = spread(topic, partition, self.active());
-        let (slot, frames) = self.request_on(slot, &req, None).await?;
-        Ok((slot, frames.holding(Hold::new(&self.subscriptions))))
+        // A subscription holds its stream for as long as the partition tails: each
+        // goes on the least-loaded connection.
+        let slot = self.pool.least_loaded();
+        self.request_on(slot, &req, None).await
     }
 
     /// The next pushed answer of a subscription: (high watermark, records).
@@ -403,18 +368,9 @@ impl Peer {
     }
 
     /// Bytes this client's connections sent and received over UDP (what crossed the
-    /// WAN, QUIC and TLS overhead included).
+    /// WAN, QUIC and TLS overhead included), closed connections' too.
     pub async fn wire_bytes(&self) -> (u64, u64) {
-        let mut sent = 0;
-        let mut received = 0;
-        for s in &self.slots {
-            if let Some(c) = s.conn.lock().await.as_ref() {
-                let st = c.stats();
-                sent += st.udp_tx.bytes;
-                received += st.udp_rx.bytes;
-            }
-        }
-        (sent, received)
+        self.pool.wire_bytes().await
     }
 
     /// A stream with `req` sent and the send side left open (a tree's requests
@@ -428,10 +384,10 @@ impl Peer {
     }
 
     /// Opens a stream (connecting if needed) and sends `req` on it. Data requests
-    /// (fetches) go round robin over the connections, so each has its congestion
-    /// window open when a burst comes; the rest (listings, subscriptions, trees) go
-    /// on the first (subscriptions are spread, see [`Peer::subscribe`]), so that a
-    /// diff opens one connection only.
+    /// (fetches) go round robin over the pool's connections, so each has its
+    /// congestion window open when a burst comes; the rest (listings, trees) go on the
+    /// first, so that a diff opens one connection only (subscriptions: see
+    /// [`Peer::subscribe`]).
     pub(crate) async fn request(
         &self,
         req: &Frame,
@@ -468,8 +424,14 @@ impl Peer {
         stats: Option<Arc<ConnStats>>,
     ) -> Result<(usize, Frames)> {
         // Counted before the stream opens, so the sizer never closes the connection
-        // under a request about to start on it.
-        let hold = Hold::new(&self.slots[slot].open);
+        // under a request about to start on it; and if the pool shrank past the slot
+        // meanwhile, the request goes to one it keeps.
+        let mut slot = slot;
+        let mut hold = Hold::new(&self.pool.slots[slot].open);
+        while slot >= self.pool.active() {
+            slot %= self.pool.active();
+            hold = Hold::new(&self.pool.slots[slot].open);
+        }
         let (mut send, recv) = self.stream_on(slot).await?;
         io::send(&mut send, req)
             .await
@@ -552,11 +514,13 @@ impl Peer {
     /// The slot's connection, opened (and the hello exchanged) if it has none or its
     /// last one closed.
     async fn connection(&self, slot: usize) -> Result<quinn::Connection> {
-        let mut held = self.slots[slot].conn.lock().await;
+        let place = &self.pool.slots[slot];
+        let mut held = place.conn.lock().await;
         if let Some(c) = held.as_ref().filter(|c| c.close_reason().is_none()) {
             return Ok(c.clone());
         }
-        if held.take().is_some() {
+        if let Some(old) = held.take() {
+            self.pool.retire(&old);
             tracing::info!(peer = %self.s.addr, connection = slot, "peer connection closed; reconnecting");
         }
         let c = tokio::time::timeout(CONNECT_TIMEOUT, self.connect())
@@ -572,6 +536,7 @@ impl Peer {
                 })
             })?;
         tracing::debug!(peer = %self.s.addr, connection = slot, rtt_ms = c.rtt().as_millis() as u64, "peer connection open");
+        place.generation.fetch_add(1, Ordering::Relaxed);
         *held = Some(c.clone());
         Ok(c)
     }
@@ -772,23 +737,6 @@ impl RemoteTree {
     /// Ends the stream: the server drops the tree.
     pub fn finish(mut self) {
         let _ = self.send.finish();
-    }
-}
-
-/// Counts a catch-up fetch in flight, for the sizer's window.
-struct Fetching<'p>(&'p Peer);
-
-impl<'p> Fetching<'p> {
-    fn new(p: &'p Peer) -> Fetching<'p> {
-        let now = p.fetching.fetch_add(1, Ordering::Relaxed) + 1;
-        p.peak_fetching.fetch_max(now, Ordering::Relaxed);
-        Fetching(p)
-    }
-}
-
-impl Drop for Fetching<'_> {
-    fn drop(&mut self) {
-        self.0.fetching.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

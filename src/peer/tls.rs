@@ -52,10 +52,11 @@ pub fn transport(congestion: Congestion, max_streams: u32) -> TransportConfig {
         .max_idle_timeout(Some(
             IdleTimeout::try_from(IDLE_TIMEOUT).expect("15 s is a valid idle timeout"),
         ));
-    // The side that sends the data asks the other to acknowledge every tenth packet
-    // rather than every second: on a path carrying tens of thousands of datagrams a
-    // second, each acknowledgement is a datagram sent and processed, and they were a
-    // large part of both ends' CPU (docs/peer-protocol.md, "Figures").
+    // Each end asks the other to acknowledge every tenth packet rather than every
+    // second (only the side receiving the data has many to acknowledge): on a path
+    // carrying tens of thousands of datagrams a second, each acknowledgement is a
+    // datagram sent and processed, and they were a large part of both ends' CPU
+    // (docs/peer-protocol.md, "The client side").
     let mut acks = AckFrequencyConfig::default();
     acks.ack_eliciting_threshold(VarInt::from_u32(ACK_EVERY - 1));
     t.ack_frequency_config(Some(acks));

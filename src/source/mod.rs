@@ -181,7 +181,10 @@ impl Source {
     pub async fn note_switch(&self, topic: &str, partition: i32) {
         match self {
             Source::Brokers(b) => b.note_switch(topic, partition).await,
-            Source::Peer(p) => p.unsubscribe(topic, partition),
+            Source::Peer(p) => {
+                p.peer.note_switch();
+                p.unsubscribe(topic, partition)
+            }
         }
     }
 

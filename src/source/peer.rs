@@ -14,6 +14,7 @@ use crate::kafka::batch::split_valid;
 use crate::kafka::client::Fetched;
 use crate::kafka::error::Result;
 use crate::peer::client::Peer;
+use crate::peer::io::Hold;
 
 /// Pushed answers a subscription may hold before the stream's flow control stops
 /// the server: a few, so a slow writer does not fill memory.
@@ -35,7 +36,17 @@ struct Sub {
     held: Option<(i64, Bytes)>,
     /// The peer connection it is on.
     slot: usize,
+    /// Counts it in the pool's subscriptions until dropped (here, not in the task,
+    /// which ends only after the abort: the pool sees a move at once).
+    _count: Hold,
     task: JoinHandle<()>,
+}
+
+impl Sub {
+    /// Nothing pushed is waiting to be read.
+    fn idle(&self) -> bool {
+        self.held.is_none() && self.rx.is_empty()
+    }
 }
 
 impl Drop for Sub {
@@ -83,11 +94,11 @@ impl PeerSource {
         max_wait: Duration,
     ) -> Result<Fetched> {
         let mut sub = match self.take(topic, partition) {
-            Some(s) if s.next == offset && s.slot < self.peer.active() => s,
+            Some(s) if s.next == offset && (s.slot < self.peer.active() || !s.idle()) => s,
             Some(s) if s.next == offset => {
                 // The pool shrank under it: opened again from the same offset on a
-                // connection the pool keeps, so the surplus one can close. What was
-                // pushed and not read yet is pushed again.
+                // connection the pool keeps, so the surplus one can close. Only
+                // between pushes, so that nothing crosses the WAN twice.
                 tracing::debug!(%topic, partition, offset, connection = s.slot, "moving a subscription off a surplus peer connection");
                 drop(s);
                 self.open(topic, partition, offset, max_wait).await?
@@ -160,7 +171,7 @@ impl PeerSource {
         // The server answers a subscription with the partition's high watermark at
         // once (an empty push), so the first read knows where the end is.
         let (hw, first) = self.peer.pushed(&mut frames, topic, partition).await?;
-        tracing::debug!(%topic, partition, offset, high_watermark = hw, "peer subscription open");
+        tracing::debug!(%topic, partition, offset, high_watermark = hw, connection = slot, "peer subscription open");
         let (tx, rx) = mpsc::channel(QUEUE);
         let _ = tx.try_send(Ok((hw, first)));
         let peer = self.peer.clone();
@@ -180,6 +191,7 @@ impl PeerSource {
             rx,
             held: None,
             slot,
+            _count: self.peer.subscription(),
             task,
         })
     }

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
-use super::sizer::{Change, PoolConfig, Sizer, Window};
+use super::sizer::{rtt_median_max, window_after, Change, PoolConfig, Sizer, Window};
 use crate::kafka::client::Fetched;
 use crate::kafka::connection::{ConnStats, Connection, SocketOptions};
 use crate::kafka::error::Result;
@@ -450,20 +450,6 @@ impl Drop for Lease {
     }
 }
 
-/// Per-window statistics of RTTs, for one log line.
-fn rtt_summary(reports: &[ConnReport]) -> (f64, f64) {
-    let mut rtts: Vec<f64> = reports
-        .iter()
-        .map(|r| r.srtt_ms)
-        .filter(|r| *r > 0.0)
-        .collect();
-    if rtts.is_empty() {
-        return (0.0, 0.0);
-    }
-    rtts.sort_by(f64::total_cmp);
-    (rtts[rtts.len() / 2], rtts[rtts.len() - 1])
-}
-
 async fn size_loop(pool: Weak<Pool>, mut sizer: Sizer, report_every: Duration) {
     let mut last_total = 0u64;
     let mut last = Instant::now();
@@ -480,9 +466,8 @@ async fn size_loop(pool: Weak<Pool>, mut sizer: Sizer, report_every: Duration) {
         last_total = total;
         let busy = pool.waited.swap(false, Ordering::Relaxed);
         let switched = pool.switched.swap(false, Ordering::Relaxed);
-        let (median_rtt, max_rtt) = rtt_summary(&reports);
-        // A window must span many round trips to mean anything on a lossy path.
-        window = Duration::from_secs_f64((median_rtt * 5.0 / 1000.0).clamp(1.0, 5.0));
+        let (median_rtt, max_rtt) = rtt_median_max(reports.iter().map(|r| r.srtt_ms).collect());
+        window = window_after(median_rtt);
         let goodput = bytes as f64 / elapsed.as_secs_f64();
         // The cap is shared by every pool of the cluster: each compares the count of
         // held-back reads with what it saw at its own last window.

@@ -86,6 +86,23 @@ enum Phase {
     },
 }
 
+/// How long the window after one with this median RTT lasts: five RTTs, 1 to 5 s. A
+/// window must span many round trips to mean anything on a lossy path.
+pub fn window_after(median_rtt_ms: f64) -> std::time::Duration {
+    std::time::Duration::from_secs_f64((median_rtt_ms * 5.0 / 1000.0).clamp(1.0, 5.0))
+}
+
+/// Median and largest of the connections' RTTs in ms (zeros, which mean "not
+/// measured yet", left out); (0, 0) when none was measured.
+pub fn rtt_median_max(mut rtts: Vec<f64>) -> (f64, f64) {
+    rtts.retain(|r| *r > 0.0);
+    if rtts.is_empty() {
+        return (0.0, 0.0);
+    }
+    rtts.sort_by(f64::total_cmp);
+    (rtts[rtts.len() / 2], rtts[rtts.len() - 1])
+}
+
 /// Windows to wait after a failed probe before trying again.
 const HOLD_WINDOWS: u32 = 4;
 /// A growth that raised goodput by at least this share is kept.

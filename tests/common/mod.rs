@@ -19,6 +19,8 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig;
@@ -654,4 +656,55 @@ pub fn metric_value(body: &str, prefix: &str) -> Option<f64> {
         .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
         .collect();
     (!vals.is_empty()).then(|| vals.iter().sum())
+}
+
+/// Writes one small record to each of the first `partitions` partitions of every
+/// topic every 50 ms until finished or dropped.
+pub struct Traffic {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<u64>>,
+}
+
+impl Traffic {
+    pub fn start(bootstrap: &str, topics: &[&str], partitions: i32) -> Traffic {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (s, b) = (stop.clone(), bootstrap.to_string());
+        let topics: Vec<String> = topics.iter().map(|t| t.to_string()).collect();
+        let thread = std::thread::spawn(move || {
+            let p = producer(&b, "none", false);
+            let mut n = 0u64;
+            while !s.load(Ordering::Relaxed) {
+                for t in &topics {
+                    for part in 0..partitions {
+                        let v = format!("{t}-{part}-{n}");
+                        let _ = p.send(BaseRecord::<(), str>::to(t).partition(part).payload(&v));
+                    }
+                }
+                p.poll(Duration::ZERO);
+                n += 1;
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            p.flush(Duration::from_secs(30)).expect("flush");
+            n
+        });
+        Traffic {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops writing and waits for every record to be acknowledged; the rounds
+    /// written.
+    pub fn finish(&mut self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread
+            .take()
+            .map_or(0, |t| t.join().expect("producer"))
+    }
+}
+
+impl Drop for Traffic {
+    fn drop(&mut self) {
+        self.finish();
+    }
 }
