@@ -302,9 +302,9 @@ def mirror_config(path, topics, contender, wait_ms=100, metrics=False):
         extra += f'\n[metrics]\nlisten = "127.0.0.1:{METRICS_PORT}"\n'
     if contender == "wanmirror-1conn":
         # Catch-up over a single pooled connection (plus the long-poll one when tailing).
-        extra = "\n[transport]\npool_min = 1\npool_max = 1\npool_initial = 1\n"
+        extra += "\n[transport]\npool_min = 1\npool_max = 1\npool_initial = 1\n"
     elif contender == "wanmirror-capped":
-        extra = f"\n[transport]\nmax_mbit = {MAX_MBIT}\n"
+        extra += f"\n[transport]\nmax_mbit = {MAX_MBIT}\n"
     source = f'bootstrap = "{SRC_ADDR}"'
     if is_quic(contender):
         d = path.parent / "pki"
@@ -620,7 +620,7 @@ def mirror_latency():
     q = {}
     for line in out.splitlines():
         if line.startswith("wanmirror_replication_latency_seconds{"):
-            m = re.search(r'quantile="([^"]+)"\}\s+(\S+)', line)
+            m = re.search(r'quantile="([^"]+)"[^}]*\}\s+(\S+)', line)
             if m:
                 q[m.group(1)] = round(float(m.group(2)) * 1000, 1)
     return q
@@ -674,6 +674,7 @@ def live_run(profile, contender, args, cfgdir):
                                           "--size", str(size), "--seconds", str(args.live_secs), "--linger-ms", "5"]),
                               capture_output=True, text=True, check=True)
         pace = json.loads(prod.stderr.strip().splitlines()[-1])
+        mirror_lat = mirror_latency() if contender.startswith("wanmirror") else {}
         # Written whole, then renamed: the consumer reads it while it runs.
         (cfgdir / "load_end.tmp").write_text(str(pace["end_ms"]))
         (cfgdir / "load_end.tmp").rename(load_end)
@@ -685,7 +686,6 @@ def live_run(profile, contender, args, cfgdir):
             out, _ = cons.communicate()
         carried = samples.carried()
         samples.stop()
-        mirror_lat = mirror_latency() if contender.startswith("wanmirror") else {}
         stop_contender(p, 20)
         r = json.loads(out.strip().splitlines()[-1])
         fields = timefile.read_text().split()[-4:] if timefile.exists() else []
@@ -703,9 +703,9 @@ def live_run(profile, contender, args, cfgdir):
             "copied_pct": round(100 * r["records"] / n, 2) if n else None, "duplicates": r["duplicates"],
             "produce_s": round(pace["seconds"], 2), "produce_max_behind_ms": pace["max_behind_ms"],
             "lat_p50_ms": r["p50_ms"], "lat_p99_ms": r["p99_ms"], "lat_p999_ms": r["p999_ms"], "lat_max_ms": r["max_ms"],
-            # The mirror's own view (wanmirror_replication_latency_seconds over the last
-            # 60 s): a batch's timestamp (the producer's) to the destination's
-            # acknowledgement, so without the reading consumer's polls.
+            # The mirror's own view (wanmirror_replication_latency_seconds when the load
+            # stopped, over its last 30-60 s): a batch's timestamp (the producer's) to
+            # the destination's acknowledgement, so without the reading consumer's polls.
             "mirror_lat_p50_ms": mirror_lat.get("0.5"), "mirror_lat_p99_ms": mirror_lat.get("0.99"),
             # Still to copy when the load stopped, in records and in seconds of load.
             "lag_at_stop_records": r["lag_at_stop_records"],
@@ -817,8 +817,8 @@ def live_table(results, args):
          "minus that stamp (records that never arrived are not in it: see copied). Lag at load stop: records not yet read when "
          "the load stopped (never-arrived ones included), in seconds of load. Drain: seconds from "
          "the load's end until the last record was read (a run that never drained waited %d s). Mirror's own: the mirror's "
-         "wanmirror_replication_latency_seconds at the load's end (a batch's producer timestamp to the destination's "
-         "acknowledgement, the last 60 s): the end-to-end figure without the reading consumer's polls.\n") % (
+         "wanmirror_replication_latency_seconds read when the load stopped (a batch's producer timestamp to the destination's "
+         "acknowledgement, over its last 30-60 s): the end-to-end figure without the reading consumer's polls.\n") % (
         args.broker, wait, args.runs, args.rate_mbit, args.partitions, args.live_record_bytes, args.live_secs, args.live_drain_cap)
 
 

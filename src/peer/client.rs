@@ -15,7 +15,7 @@ use kafka_protocol::ResponseError;
 use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore};
 
 use super::frame::{ErrorCode, Frame, PartitionInfo, TopicInfo, VERSION};
-use super::io::{self, close, Frames, Hold, ReadFail};
+use super::io::{self, close, Frames, Hold, ReadFail, StallWatch};
 use super::pool::Pool;
 use crate::kafka::client::Fetched;
 use crate::kafka::connection::ConnStats;
@@ -104,6 +104,11 @@ impl Peer {
     /// Connections taking new requests now (the pool's size).
     pub fn active(&self) -> usize {
         self.pool.active()
+    }
+
+    /// Connections subscriptions are kept on (see [`Pool::subscription_slots`]).
+    pub fn subscription_slots(&self) -> usize {
+        self.pool.subscription_slots()
     }
 
     /// The pool as of the sizer's last window.
@@ -249,11 +254,11 @@ impl Peer {
             max_wait_ms: max_wait.as_millis().min(u32::MAX as u128) as u32,
         };
         let _fetching = self.pool.fetch();
-        let (slot, mut frames) = self.request(&req, stats, true).await?;
+        let progress = stats.unwrap_or_default();
+        let (slot, mut frames) = self.request(&req, Some(progress.clone()), true).await?;
         let what = Some((topic, partition));
         let mut on_head = on_head;
-        let deadline = self.s.request_timeout + max_wait;
-        let answer = tokio::time::timeout(deadline, async {
+        let answer = async {
             loop {
                 match self.answer(&mut frames, "Fetch", what).await? {
                     Frame::Head {
@@ -281,15 +286,27 @@ impl Peer {
                     other => return Err(self.unexpected("Fetch", &other)),
                 }
             }
-        })
-        .await;
-        answer.unwrap_or_else(|_| {
-            Err(KafkaError::Timeout {
-                addr: self.s.addr.clone(),
-                api: "peer Fetch",
-                ms: deadline.as_millis() as u64,
-            })
-        })
+        };
+        // A timeout when the answer's bytes stop, not when the whole answer is late:
+        // on a slow path many answers share the connections (`StallWatch`).
+        let first = self.s.request_timeout + max_wait;
+        let mut watch = StallWatch::new(Instant::now(), first, self.s.request_timeout);
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        tokio::pin!(answer);
+        loop {
+            tokio::select! {
+                r = &mut answer => return r,
+                _ = tick.tick() => {
+                    if watch.stalled(Instant::now(), progress.bytes_in.load(Ordering::Relaxed)) {
+                        return Err(KafkaError::Timeout {
+                            addr: self.s.addr.clone(),
+                            api: "peer Fetch (no bytes for the request timeout)",
+                            ms: self.s.request_timeout.as_millis() as u64,
+                        });
+                    }
+                }
+            }
+        }
     }
 
     /// Opens a subscription: the server pushes the partition's batches from

@@ -124,6 +124,76 @@ pub async fn send_batches(
     s.write_all_chunks(&mut parts).await
 }
 
+/// Whether an answer arriving on a stream has stalled, from a counter of its bytes.
+///
+/// A connection's streams share its congestion window, so on a slow path a large
+/// answer arrives slowly while others arrive beside it: what counts is whether bytes
+/// still come, not how long the whole answer takes. (A deadline on the whole answer
+/// turned a slow link into a livelock: every answer timed out before it was whole,
+/// and was asked for again.)
+#[derive(Debug, Clone)]
+pub struct StallWatch {
+    last: u64,
+    since: std::time::Instant,
+    started: bool,
+    /// How long the first byte may take (the server may wait for data first).
+    first: std::time::Duration,
+    /// How long the bytes may stop once they came.
+    quiet: std::time::Duration,
+}
+
+impl StallWatch {
+    pub fn new(
+        now: std::time::Instant,
+        first: std::time::Duration,
+        quiet: std::time::Duration,
+    ) -> StallWatch {
+        StallWatch {
+            last: 0,
+            since: now,
+            started: false,
+            first,
+            quiet,
+        }
+    }
+
+    /// Takes the counter's value at `now`; true once it has not grown for too long.
+    pub fn stalled(&mut self, now: std::time::Instant, bytes: u64) -> bool {
+        if bytes != self.last {
+            self.last = bytes;
+            self.since = now;
+            self.started = true;
+            return false;
+        }
+        let limit = if self.started { self.quiet } else { self.first };
+        now.saturating_duration_since(self.since) >= limit
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn an_answer_stalls_only_when_its_bytes_stop() {
+        let t0 = Instant::now();
+        let s = |x: u64| t0 + Duration::from_secs(x);
+        let mut w = StallWatch::new(t0, Duration::from_secs(40), Duration::from_secs(30));
+        // Before the first byte: the longer wait.
+        assert!(!w.stalled(s(39), 0));
+        assert!(w.clone().stalled(s(40), 0));
+        // Bytes trickling in keep it alive however long the whole takes.
+        for i in 1..=100 {
+            assert!(!w.stalled(s(39 + 20 * i), i));
+        }
+        // Then silence: stalled after `quiet`, counted from the last byte.
+        let last = s(39 + 2000);
+        assert!(!w.stalled(last + Duration::from_secs(29), 100));
+        assert!(w.stalled(last + Duration::from_secs(30), 100));
+    }
+}
+
 /// Stream error codes (QUIC `RESET_STREAM` / `STOP_SENDING`).
 pub mod code {
     /// The stream carried a frame that does not decode or does not belong there.

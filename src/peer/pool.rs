@@ -104,11 +104,21 @@ impl Pool {
             .clamp(1, self.slots.len())
     }
 
-    /// The slot for a new subscription: the active one with the fewest streams open,
-    /// so subscriptions spread evenly however the pool's size moved since the others
+    /// Slots subscriptions go on: the sizer's size, and enough for the subscriptions.
+    /// Not counting fetches, whose number swings with a catch-up: subscriptions
+    /// placed on a slot only a burst of fetches opened would have to move again.
+    pub(super) fn subscription_slots(&self) -> usize {
+        self.target
+            .load(Ordering::Relaxed)
+            .max(for_streams(self.subscriptions.load(Ordering::Relaxed)))
+            .clamp(1, self.slots.len())
+    }
+
+    /// The slot for a new subscription: the one with the fewest streams open, so
+    /// subscriptions spread evenly however the pool's size moved since the others
     /// opened; the lowest of equals, so a shrinking pool moves each one once.
     pub(super) fn least_loaded(&self) -> usize {
-        (0..self.active())
+        (0..self.subscription_slots())
             .min_by_key(|&i| self.slots[i].open.load(Ordering::Relaxed))
             .unwrap_or(0)
     }
@@ -140,14 +150,18 @@ impl Pool {
 
     /// UDP bytes sent and received by every connection so far, closed ones included.
     pub(super) async fn wire_bytes(&self) -> (u64, u64) {
+        // Every slot held while counting, so a connection retired meanwhile is
+        // counted once: here or in the retired totals.
+        let mut held = Vec::with_capacity(self.slots.len());
+        for s in &self.slots {
+            held.push(s.conn.lock().await);
+        }
         let mut sent = self.retired_tx.load(Ordering::Relaxed);
         let mut received = self.retired_rx.load(Ordering::Relaxed);
-        for s in &self.slots {
-            if let Some(c) = s.conn.lock().await.as_ref() {
-                let st = c.stats();
-                sent += st.udp_tx.bytes;
-                received += st.udp_rx.bytes;
-            }
+        for c in held.iter().filter_map(|h| h.as_ref()) {
+            let st = c.stats();
+            sent += st.udp_tx.bytes;
+            received += st.udp_rx.bytes;
         }
         (sent, received)
     }
@@ -166,14 +180,12 @@ impl Drop for Fetching<'_> {
     }
 }
 
-/// Starts the sizing task, when there is a runtime to run it.
+/// Starts the sizing task; it ends when the peer is dropped. (A peer exists only
+/// inside a runtime: its QUIC endpoint needs one.)
 pub(super) fn start(peer: &Arc<Peer>) {
-    let Ok(rt) = tokio::runtime::Handle::try_current() else {
-        return;
-    };
     let sizer = Sizer::new(pool_config(peer.pool.slots.len()));
     let every = peer.settings().report_every;
-    rt.spawn(size_loop(Arc::downgrade(peer), sizer, every));
+    tokio::spawn(size_loop(Arc::downgrade(peer), sizer, every));
 }
 
 /// One open connection's counters at a window's end.
@@ -199,7 +211,6 @@ struct Counters {
 /// Reads every slot's connection; closes the surplus ones nothing is open on.
 async fn sample(peer: &Peer) -> Vec<Option<Sample>> {
     let pool = &peer.pool;
-    let active = pool.active();
     let mut out = Vec::with_capacity(pool.slots.len());
     for (i, slot) in pool.slots.iter().enumerate() {
         let mut held = slot.conn.lock().await;
@@ -207,7 +218,9 @@ async fn sample(peer: &Peer) -> Vec<Option<Sample>> {
             out.push(None);
             continue;
         };
-        let surplus = i >= active;
+        // Read under the slot's lock: a lock waited for (a connect) may have taken
+        // long enough for the size to change.
+        let surplus = i >= pool.active();
         let open = slot.open.load(Ordering::Relaxed);
         if surplus && open == 0 {
             tracing::debug!(peer = %peer.addr(), connection = i, "closing a surplus peer connection");

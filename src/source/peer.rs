@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use tokio::sync::mpsc;
@@ -34,18 +34,30 @@ struct Sub {
     rx: mpsc::Receiver<Result<(i64, Bytes)>>,
     /// Pushed bytes beyond what one read could take.
     held: Option<(i64, Bytes)>,
-    /// The peer connection it is on.
+    /// The peer connection it is on, and since when the pool no longer keeps it.
     slot: usize,
+    surplus_since: Option<Instant>,
     /// Counts it in the pool's subscriptions until dropped (here, not in the task,
     /// which ends only after the abort: the pool sees a move at once).
     _count: Hold,
     task: JoinHandle<()>,
 }
 
+/// How long a subscription on a surplus connection waits for a moment with nothing
+/// pushed waiting before it moves anyway (a busy partition may never have one).
+const MOVE_WITHIN: Duration = Duration::from_secs(10);
+
 impl Sub {
-    /// Nothing pushed is waiting to be read.
-    fn idle(&self) -> bool {
-        self.held.is_none() && self.rx.is_empty()
+    /// Whether to open it again on another connection: its own is past the `slots`
+    /// the pool keeps for subscriptions, and nothing pushed waits to be read (so
+    /// little crosses twice), or it has waited for that long enough.
+    fn must_move(&mut self, slots: usize) -> bool {
+        if self.slot < slots {
+            self.surplus_since = None;
+            return false;
+        }
+        let since = *self.surplus_since.get_or_insert_with(Instant::now);
+        (self.held.is_none() && self.rx.is_empty()) || since.elapsed() >= MOVE_WITHIN
     }
 }
 
@@ -94,16 +106,24 @@ impl PeerSource {
         max_wait: Duration,
     ) -> Result<Fetched> {
         let mut sub = match self.take(topic, partition) {
-            Some(s) if s.next == offset && (s.slot < self.peer.active() || !s.idle()) => s,
-            Some(s) if s.next == offset => {
-                // The pool shrank under it: opened again from the same offset on a
-                // connection the pool keeps, so the surplus one can close. Only
-                // between pushes, so that nothing crosses the WAN twice.
-                tracing::debug!(%topic, partition, offset, connection = s.slot, "moving a subscription off a surplus peer connection");
-                drop(s);
+            Some(mut s) if s.next == offset => {
+                if s.must_move(self.peer.subscription_slots()) {
+                    // The pool shrank under it: opened again from the same offset on
+                    // a connection the pool keeps, so the surplus one can close.
+                    tracing::debug!(%topic, partition, offset, connection = s.slot, "moving a subscription off a surplus peer connection");
+                    drop(s);
+                    self.open(topic, partition, offset, max_wait).await?
+                } else {
+                    s
+                }
+            }
+            // Another offset (the reader went back): the old one ends before the new
+            // one opens, so its pushes stop at once.
+            Some(old) => {
+                drop(old);
                 self.open(topic, partition, offset, max_wait).await?
             }
-            _ => self.open(topic, partition, offset, max_wait).await?,
+            None => self.open(topic, partition, offset, max_wait).await?,
         };
         let first = match sub.held.take() {
             Some(h) => Some(Ok(h)),
@@ -191,6 +211,7 @@ impl PeerSource {
             rx,
             held: None,
             slot,
+            surplus_since: None,
             _count: self.peer.subscription(),
             task,
         })
@@ -203,4 +224,49 @@ fn next_after(records: &Bytes) -> Option<i64> {
         .0
         .last()
         .map(|b| b.header.next_offset())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    fn sub(slot: usize) -> (Sub, mpsc::Sender<Result<(i64, Bytes)>>) {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let s = Sub {
+            next: 0,
+            high_watermark: 0,
+            rx,
+            held: None,
+            slot,
+            surplus_since: None,
+            _count: Hold::new(&Arc::new(AtomicUsize::new(0))),
+            task: tokio::spawn(async {}),
+        };
+        (s, tx)
+    }
+
+    #[tokio::test]
+    async fn a_subscription_moves_off_a_surplus_slot_between_pushes_or_after_waiting() {
+        let (mut s, tx) = sub(2);
+        // Its slot is kept: it stays, pushes waiting or not.
+        assert!(!s.must_move(3));
+        tx.send(Ok((1, Bytes::new()))).await.unwrap();
+        assert!(!s.must_move(3));
+        // The pool shrank past it with a push waiting: not yet.
+        assert!(!s.must_move(2));
+        assert!(s.surplus_since.is_some());
+        // Waited long enough: it moves even so.
+        s.surplus_since = Some(Instant::now() - MOVE_WITHIN);
+        assert!(s.must_move(2));
+        // Kept again, the wait starts over; with nothing waiting it moves at once.
+        assert!(!s.must_move(3));
+        assert!(s.surplus_since.is_none());
+        s.rx.recv().await.unwrap().unwrap();
+        assert!(s.must_move(2));
+        // Held bytes count as waiting.
+        let (mut s, _tx) = sub(1);
+        s.held = Some((1, Bytes::from_static(b"x")));
+        assert!(!s.must_move(1));
+    }
 }
