@@ -91,8 +91,8 @@ fn refuses_a_partition_whose_destination_holds_a_foreign_record() {
 fn list_offsets_latest_is_the_high_watermark() {
     use bytes::Bytes;
     use rdkafka::consumer::{BaseConsumer, Consumer};
-    use wanmirror::kafka::reader::PartitionReader;
     use wanmirror::kafka::records::{encode, Content};
+    use wanmirror::source::reader::PartitionReader;
 
     let pair = kafka_pair();
     topic(&pair.a, "lo", 1);

@@ -12,7 +12,6 @@ pub mod groups;
 pub mod limit;
 pub mod membership;
 pub mod peek;
-pub mod reader;
 pub mod records;
 pub mod security;
 pub mod shape;

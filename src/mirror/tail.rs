@@ -5,11 +5,11 @@ use std::collections::BTreeMap;
 
 use crate::kafka::batch::BatchHeader;
 use crate::kafka::error::KafkaError;
-use crate::kafka::reader::PartitionReader;
 use crate::kafka::records::Content;
 use crate::mirror::error::MirrorError;
 use crate::mirror::partition::Job;
 use crate::mirror::Shared;
+use crate::source::reader::PartitionReader;
 use crate::source::Source;
 
 /// Compares the records of the destination's last batch with the source.

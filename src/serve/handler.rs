@@ -11,9 +11,9 @@ use quinn::{RecvStream, SendStream, VarInt};
 use super::{Client, Ctx};
 use crate::kafka::batch::{parse_header, HEADER_LEN};
 use crate::kafka::error::KafkaError;
-use crate::kafka::reader::PartitionReader;
 use crate::peer::frame::{ErrorCode, Frame, PartitionInfo, TopicInfo, VERSION};
 use crate::peer::io::{self, code, Frames, ReadFail};
+use crate::source::reader::PartitionReader;
 use crate::verify::leaf::LeafHasher;
 use crate::verify::tree::{NodeId, Tree};
 

@@ -4,6 +4,7 @@
 
 pub mod broker;
 pub mod peer;
+pub mod reader;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

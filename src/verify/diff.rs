@@ -13,8 +13,8 @@ use super::hashing::hash_range;
 use super::leaf::{leaf_range, narrow, Hash, Leaf};
 use super::tree::{NodeId, Tree};
 use super::walk::Walk;
-use crate::kafka::reader::PartitionReader;
 use crate::peer::client::RemoteTree;
+use crate::source::reader::PartitionReader;
 use crate::source::Source;
 
 /// One side of a comparison: a topic in a cluster (read through its brokers, or

@@ -11,8 +11,8 @@ use tokio::sync::{oneshot, Semaphore};
 use super::leaf::{Leaf, LeafHasher};
 use crate::kafka::batch::RawBatch;
 use crate::kafka::error::{KafkaError, Result};
-use crate::kafka::reader::PartitionReader;
 use crate::kafka::records::decode;
+use crate::source::reader::PartitionReader;
 
 /// Batch bytes read ahead of the worker, in KiB: enough to keep it busy while the next
 /// fetch is out, bounded so that a fast reader does not fill memory.

@@ -450,7 +450,7 @@ pub fn all_batches(
         let c = Cluster::new("t", bootstrap, SocketOptions::default());
         let end = c.end_offset(topic, partition).await.expect("end");
         let source = c.into();
-        let r = wanmirror::kafka::reader::PartitionReader {
+        let r = wanmirror::source::reader::PartitionReader {
             source: &source,
             topic,
             partition,

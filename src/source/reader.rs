@@ -1,10 +1,10 @@
 //! Reading a partition's batches and records at arbitrary offsets, for the slow paths:
 //! the resume check and `wanmirror diff`. Catch-up fetches over the pool, no long polls.
 
-use super::batch::{split_batches, RawBatch};
-use super::error::{KafkaError, Result};
-use super::records::{decode, Content};
-use crate::source::Source;
+use super::Source;
+use crate::kafka::batch::{split_batches, RawBatch};
+use crate::kafka::error::{KafkaError, Result};
+use crate::kafka::records::{decode, Content};
 
 pub struct PartitionReader<'a> {
     pub source: &'a Source,
