@@ -580,9 +580,14 @@ impl Peer {
             max: VERSION,
             agent: format!("wanmirror {}", env!("CARGO_PKG_VERSION")),
         };
-        io::send(&mut send, &hello)
-            .await
-            .map_err(|e| self.lost(&format!("sending hello: {e}")))?;
+        // A refusal may close the connection while the hello is still being sent:
+        // the close carries the server's reason, which is the error to report.
+        if let Err(e) = io::send(&mut send, &hello).await {
+            return Err(conn.close_reason().map_or_else(
+                || self.lost(&format!("sending hello: {e}")),
+                |r| self.conn_err(&r),
+            ));
+        }
         let _ = send.finish();
         let mut frames = Frames::new(recv);
         match self.answer(&mut frames, "Hello", None).await {
