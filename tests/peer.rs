@@ -804,3 +804,57 @@ fn the_peer_pool_grows_under_a_backlog_and_closes_surplus_connections_when_idle(
         assert_same(&pair, "big", "big", part);
     }
 }
+
+/// Serve sends older fetches' answers first: through a slow path, eight fetches asked
+/// at once arrive one after another, the first at the link's full rate, instead of
+/// all together at the end (equal priorities share the link round robin).
+#[test]
+fn answers_through_a_slow_path_arrive_oldest_first() {
+    let pair = Pair::start();
+    big_backlog(&pair);
+    let (serve, certs) = serve_for(&pair, &["dc-b"], &["big"]);
+    let relay = UdpRelay::start(serve.port);
+    relay.throttle(4_000_000);
+    let (err, out) = raw_client(&certs, Some("dc-b"), relay.port, |conn| async move {
+        let start = std::time::Instant::now();
+        let mut reads = Vec::new();
+        // Opened one after another: stream order is request order.
+        for i in 0..8i64 {
+            let (mut s, mut r) = conn.open_bi().await.expect("stream");
+            let fetch = wanmirror::peer::frame::Frame::Fetch {
+                topic: "big".into(),
+                partition: (i % 4) as i32,
+                offset: (i / 4) * 2_000,
+                end: -1,
+                max_bytes: 1_000_000,
+                max_wait_ms: 0,
+            };
+            s.write_all(&fetch.to_bytes()).await.expect("write");
+            let _ = s.finish();
+            reads.push(tokio::spawn(async move {
+                let got = r.read_to_end(8 << 20).await.expect("an answer");
+                (start.elapsed().as_secs_f64(), got.len())
+            }));
+        }
+        let mut done = Vec::new();
+        for r in reads {
+            done.push(r.await.unwrap());
+        }
+        done
+    });
+    assert!(err.is_none(), "{err:?}");
+    let done = out.unwrap();
+    eprintln!("(seconds, bytes) per fetch, in request order: {done:?}");
+    for (_, bytes) in &done {
+        assert!(*bytes > 900_000, "{done:?}");
+    }
+    let t: Vec<f64> = done.iter().map(|d| d.0).collect();
+    // About 8 MB at 4 MB/s: the first answer is in after about an eighth of it.
+    assert!(t[7] > 1.0, "the path was not slow: {t:?}");
+    assert!(
+        t[0] < 0.4 * t[7],
+        "the first answer waited for the others: {t:?}"
+    );
+    let inversions = t.windows(2).filter(|w| w[1] < w[0]).count();
+    assert!(inversions <= 1, "answers arrived out of order: {t:?}");
+}

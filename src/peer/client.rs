@@ -12,10 +12,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kafka_protocol::ResponseError;
-use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Mutex;
 
 use super::frame::{ErrorCode, Frame, PartitionInfo, TopicInfo, VERSION};
 use super::io::{self, close, Frames, Hold, ReadFail, StallWatch};
+use super::places::{self, Place, Places};
 use super::pool::Pool;
 use crate::kafka::client::Fetched;
 use crate::kafka::connection::ConnStats;
@@ -49,7 +50,8 @@ pub struct PeerSettings {
     pub connections: usize,
     /// How often the pool's state is logged.
     pub report_every: Duration,
-    /// Catch-up fetches in flight at once over all connections.
+    /// Most catch-up fetches in flight at once over all connections; the pool sizes
+    /// the places below it (`places.rs`).
     pub streams: usize,
     pub request_timeout: Duration,
     pub retry_deadline: Duration,
@@ -61,8 +63,9 @@ pub struct Peer {
     endpoint: quinn::Endpoint,
     /// The connections, and what sizes them (`pool.rs`).
     pub(super) pool: Pool,
-    /// Places for catch-up fetches (streams), as the TCP pool's leases.
-    places: Arc<Semaphore>,
+    /// Places for catch-up fetches (streams), as the TCP pool's leases; sized by
+    /// the pool's window (`places.rs`).
+    pub(super) places: Places,
     ids: AtomicU64,
     /// Partition bounds by topic, and when they were listed.
     bounds: Mutex<std::collections::HashMap<String, (Instant, Vec<PartitionInfo>)>>,
@@ -77,7 +80,7 @@ impl Peer {
             .map_err(|e| format!("cannot open a UDP socket for the peer: {e}"))?;
         endpoint.set_default_client_config(s.quic.clone());
         let peer = Arc::new(Peer {
-            places: Arc::new(Semaphore::new(s.streams.max(1))),
+            places: Places::new(s.streams.clamp(1, places::FIRST_PLACES)),
             pool: Pool::new(s.connections),
             s,
             endpoint,
@@ -213,17 +216,17 @@ impl Peer {
     }
 
     /// A place for one catch-up fetch; the fetch goes round robin over the connections.
-    pub async fn lease(self: &Arc<Self>) -> Result<PeerLease> {
+    /// An `urgent` one (the writer waits for it) does not wait for a place.
+    pub async fn lease(self: &Arc<Self>, urgent: bool) -> Result<PeerLease> {
         let queued = Instant::now();
-        let permit = self
+        let place = self
             .places
-            .clone()
-            .acquire_owned()
+            .acquire(urgent)
             .await
-            .map_err(|_| self.lost("the peer client is closed"))?;
+            .ok_or_else(|| self.lost("the peer client is closed"))?;
         Ok(PeerLease {
             peer: self.clone(),
-            _permit: permit,
+            _place: place,
             stats: Arc::new(ConnStats::default()),
             queued: queued.elapsed(),
         })
@@ -276,12 +279,13 @@ impl Peer {
                         high_watermark,
                         records,
                     } => {
+                        self.pool.answered(records.len());
                         return Ok(Fetched {
                             records,
                             high_watermark,
                             conn: slot as u64 + 1,
                             queued: Duration::ZERO,
-                        })
+                        });
                     }
                     other => return Err(self.unexpected("Fetch", &other)),
                 }
@@ -766,7 +770,7 @@ impl RemoteTree {
 /// answer arrives, which the catch-up driver watches to steal stalled pieces.
 pub struct PeerLease {
     peer: Arc<Peer>,
-    _permit: OwnedSemaphorePermit,
+    _place: Place,
     stats: Arc<ConnStats>,
     queued: Duration,
 }

@@ -17,6 +17,7 @@ use tokio::sync::Mutex;
 
 use super::client::Peer;
 use super::io::{close, Hold};
+use super::places;
 use crate::transport::pool::PoolFigures;
 use crate::transport::sizer::{rtt_median_max, window_after, PoolConfig, Sizer, Window};
 
@@ -60,6 +61,10 @@ pub(super) struct Pool {
     /// Catch-up fetches in flight now, and the most at once since the last window.
     fetching: AtomicUsize,
     peak_fetching: AtomicUsize,
+    /// Catch-up answers taken, and their bytes (monotonic): what a fetch brings, for
+    /// sizing the places (`places.rs`).
+    answers: AtomicU64,
+    answer_bytes: AtomicU64,
     /// Subscriptions open.
     subscriptions: Arc<AtomicUsize>,
     /// A partition switched between tailing and pieces since the last window.
@@ -85,6 +90,8 @@ impl Pool {
             target: AtomicUsize::new(pool_config(n).initial),
             fetching: AtomicUsize::new(0),
             peak_fetching: AtomicUsize::new(0),
+            answers: AtomicU64::new(0),
+            answer_bytes: AtomicU64::new(0),
             subscriptions: Arc::new(AtomicUsize::new(0)),
             switched: AtomicBool::new(false),
             retired_tx: AtomicU64::new(0),
@@ -133,6 +140,12 @@ impl Pool {
         let now = self.fetching.fetch_add(1, Ordering::Relaxed) + 1;
         self.peak_fetching.fetch_max(now, Ordering::Relaxed);
         Fetching(self)
+    }
+
+    /// A catch-up answer of `bytes` came in.
+    pub(super) fn answered(&self, bytes: usize) {
+        self.answers.fetch_add(1, Ordering::Relaxed);
+        self.answer_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
     }
 
     pub(super) fn note_switch(&self) {
@@ -283,6 +296,7 @@ async fn size_loop(peer: Weak<Peer>, mut sizer: Sizer, report_every: Duration) {
     let mut last = Instant::now();
     let mut last_report = Instant::now();
     let mut since_report = Counters::default();
+    let mut answered = (0u64, 0u64);
     loop {
         tokio::time::sleep(window).await;
         let Some(peer) = peer.upgrade() else { return };
@@ -324,6 +338,21 @@ async fn size_loop(peer: Weak<Peer>, mut sizer: Sizer, report_every: Duration) {
             );
             pool.target.store(sizer.size(), Ordering::Relaxed);
         }
+        // The fetch places follow the link's rate and round trip (`places.rs`).
+        let now_answered = (
+            pool.answers.load(Ordering::Relaxed),
+            pool.answer_bytes.load(Ordering::Relaxed),
+        );
+        let (n, bytes) = (now_answered.0 - answered.0, now_answered.1 - answered.1);
+        answered = now_answered;
+        let rtt = Duration::from_secs_f64(median_rtt.max(0.0) / 1e3);
+        let avg = if n > 0 { bytes as f64 / n as f64 } else { 0.0 };
+        if let Some(t) = places::target(goodput, rtt, avg, peer.settings().streams) {
+            if t != peer.places.limit() {
+                tracing::debug!(peer = %peer.addr(), from = peer.places.limit(), to = t, answer_bytes = avg as u64, "peer fetch places resized");
+                peer.places.resize(t);
+            }
+        }
         *pool.figures.lock().unwrap_or_else(|p| p.into_inner()) = PoolFigures {
             connections: open.len(),
             target: sizer.size(),
@@ -338,7 +367,7 @@ async fn size_loop(peer: Weak<Peer>, mut sizer: Sizer, report_every: Duration) {
             let seen = std::mem::take(&mut since_report);
             tracing::info!(
                 peer = %peer.addr(), connections = open.len(), target = sizer.size(),
-                fetches_in_flight = in_flight, subscriptions = subs,
+                fetches_in_flight = in_flight, fetch_places = peer.places.limit(), subscriptions = subs,
                 goodput_mb_s = format!("{:.2}", goodput / 1e6),
                 rtt_ms_median = format!("{median_rtt:.1}"), rtt_ms_max = format!("{max_rtt:.1}"),
                 cwnd_kb = cwnd / 1024, mtu, lost_packets = seen.lost_packets,

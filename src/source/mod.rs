@@ -173,7 +173,7 @@ impl Source {
     pub async fn lease(&self, topic: &str, partition: i32, urgent: bool) -> Result<Lease> {
         match self {
             Source::Brokers(b) => Ok(Lease::Pool(b.lease(topic, partition, urgent).await?)),
-            Source::Peer(p) => Ok(Lease::Peer(p.peer.lease().await?)),
+            Source::Peer(p) => Ok(Lease::Peer(p.peer.lease(urgent).await?)),
         }
     }
 

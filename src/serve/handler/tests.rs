@@ -69,3 +69,27 @@ fn bytes_that_are_not_batches_pass_unchanged_for_the_mirror_to_name() {
     assert_eq!(last_next(&mixed), Some(15));
     assert_eq!(last_len(&mixed), good.len());
 }
+
+#[test]
+fn older_fetches_go_first_and_everything_else_before_them() {
+    let fetch = Frame::Fetch {
+        topic: "t".into(),
+        partition: 0,
+        offset: 0,
+        end: -1,
+        max_bytes: 1,
+        max_wait_ms: 0,
+    };
+    let sub = Frame::Subscribe {
+        topic: "t".into(),
+        partition: 0,
+        offset: 0,
+        max_wait_ms: 0,
+    };
+    assert!(priority(&fetch, 4) > priority(&fetch, 5));
+    assert!(priority(&fetch, 0) < priority(&sub, 1_000));
+    assert_eq!(priority(&sub, 7), i32::MAX);
+    // A connection's 2^31-th stream and later share the lowest priority; no overflow.
+    assert_eq!(priority(&fetch, u64::MAX), -i32::MAX);
+    assert_eq!(priority(&fetch, 1 << 31), -i32::MAX);
+}
