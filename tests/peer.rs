@@ -805,9 +805,10 @@ fn the_peer_pool_grows_under_a_backlog_and_closes_surplus_connections_when_idle(
     }
 }
 
-/// Serve sends older fetches' answers first: through a slow path, eight fetches asked
-/// at once arrive one after another, the first at the link's full rate, instead of
-/// all together at the end (equal priorities share the link round robin).
+/// Serve sends older fetches' answers first: through a slow path, sixteen fetches
+/// asked at once arrive one after another, the first at the link's full rate. With
+/// equal priorities QUIC shares the link round robin, and all of them would arrive
+/// together near the end: the first within 40 % of the time is what tells them apart.
 #[test]
 fn answers_through_a_slow_path_arrive_oldest_first() {
     let pair = Pair::start();
@@ -819,12 +820,12 @@ fn answers_through_a_slow_path_arrive_oldest_first() {
         let start = std::time::Instant::now();
         let mut reads = Vec::new();
         // Opened one after another: stream order is request order.
-        for i in 0..8i64 {
+        for i in 0..16i64 {
             let (mut s, mut r) = conn.open_bi().await.expect("stream");
             let fetch = wanmirror::peer::frame::Frame::Fetch {
                 topic: "big".into(),
                 partition: (i % 4) as i32,
-                offset: (i / 4) * 2_000,
+                offset: (i / 4) * 1_500,
                 end: -1,
                 max_bytes: 1_000_000,
                 max_wait_ms: 0,
@@ -849,12 +850,15 @@ fn answers_through_a_slow_path_arrive_oldest_first() {
         assert!(*bytes > 900_000, "{done:?}");
     }
     let t: Vec<f64> = done.iter().map(|d| d.0).collect();
-    // About 8 MB at 4 MB/s: the first answer is in after about an eighth of it.
-    assert!(t[7] > 1.0, "the path was not slow: {t:?}");
+    let last = t[t.len() - 1];
+    // About 20 MB at 4 MB/s: the first answer is in after a small part of it.
+    assert!(last > 2.0, "the path was not slow: {t:?}");
     assert!(
-        t[0] < 0.4 * t[7],
+        t[0] < 0.4 * last,
         "the first answer waited for the others: {t:?}"
     );
+    // And the rest follow in request order (serve reads them from the broker at
+    // about the same time, so an answer read late may swap with its neighbour).
     let inversions = t.windows(2).filter(|w| w[1] < w[0]).count();
-    assert!(inversions <= 1, "answers arrived out of order: {t:?}");
+    assert!(inversions <= 2, "answers arrived out of order: {t:?}");
 }

@@ -165,7 +165,7 @@ impl Peer {
             configs,
             bounds,
         };
-        let (_, mut frames) = self.request(&req, None, false).await?;
+        let (_, mut frames) = self.request(&req, false).await?;
         match self.answer(&mut frames, "List", None).await? {
             Frame::Topics { topics } => Ok(topics),
             other => Err(self.unexpected("List", &other)),
@@ -258,7 +258,7 @@ impl Peer {
         };
         let _fetching = self.pool.fetch();
         let progress = stats.unwrap_or_default();
-        let (slot, mut frames) = self.request(&req, Some(progress.clone()), true).await?;
+        let (slot, mut frames) = self.request(&req, true).await?;
         let what = Some((topic, partition));
         let mut on_head = on_head;
         let answer = async {
@@ -291,20 +291,29 @@ impl Peer {
                 }
             }
         };
-        // A timeout when the answer's bytes stop, not when the whole answer is late:
-        // on a slow path many answers share the connections (`StallWatch`).
+        // Progress is what the fetch's connection receives, on any stream: serve sends
+        // the oldest answers first, so a fetch waiting its turn gets nothing while
+        // its connection is busy, and is neither stalled nor worth a second copy.
+        // It times out when that stops for the request timeout, not when the whole
+        // answer is late (`StallWatch`; the first byte may take the server's wait on
+        // top).
+        let rx = self.pool.slots[slot].rx.clone();
+        let mut seen = rx.bytes_in.load(Ordering::Relaxed);
         let first = self.s.request_timeout + max_wait;
         let mut watch = StallWatch::new(Instant::now(), first, self.s.request_timeout);
-        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
         tokio::pin!(answer);
         loop {
             tokio::select! {
                 r = &mut answer => return r,
                 _ = tick.tick() => {
+                    let now = rx.bytes_in.load(Ordering::Relaxed);
+                    progress.bytes_in.fetch_add(now.saturating_sub(seen), Ordering::Relaxed);
+                    seen = now;
                     if watch.stalled(Instant::now(), progress.bytes_in.load(Ordering::Relaxed)) {
                         return Err(KafkaError::Timeout {
                             addr: self.s.addr.clone(),
-                            api: "peer Fetch (no bytes for the request timeout)",
+                            api: "peer Fetch (its connection received nothing for the request timeout)",
                             ms: self.s.request_timeout.as_millis() as u64,
                         });
                     }
@@ -331,7 +340,7 @@ impl Peer {
         // A subscription holds its stream for as long as the partition tails: each
         // goes on the least-loaded connection.
         let slot = self.pool.least_loaded();
-        self.request_on(slot, &req, None).await
+        self.request_on(slot, &req).await
     }
 
     /// The next pushed answer of a subscription: (high watermark, records).
@@ -409,18 +418,13 @@ impl Peer {
     /// congestion window open when a burst comes; the rest (listings, trees) go on the
     /// first, so that a diff opens one connection only (subscriptions: see
     /// [`Peer::subscribe`]).
-    pub(crate) async fn request(
-        &self,
-        req: &Frame,
-        stats: Option<Arc<ConnStats>>,
-        data: bool,
-    ) -> Result<(usize, Frames)> {
+    pub(crate) async fn request(&self, req: &Frame, data: bool) -> Result<(usize, Frames)> {
         let slot = if data {
             self.next_id() as usize % self.active()
         } else {
             0
         };
-        self.request_on(slot, req, stats).await
+        self.request_on(slot, req).await
     }
 
     /// A stream of its own on a slot's connection: the server admits a few hundred
@@ -438,12 +442,7 @@ impl Peer {
         }
     }
 
-    async fn request_on(
-        &self,
-        slot: usize,
-        req: &Frame,
-        stats: Option<Arc<ConnStats>>,
-    ) -> Result<(usize, Frames)> {
+    async fn request_on(&self, slot: usize, req: &Frame) -> Result<(usize, Frames)> {
         // Counted before the stream opens, so the sizer never closes the connection
         // under a request about to start on it; and if the pool shrank past the slot
         // meanwhile, the request goes to one it keeps.
@@ -458,10 +457,9 @@ impl Peer {
             .await
             .map_err(|e| self.lost(&format!("sending a request: {e}")))?;
         let _ = send.finish();
-        let mut frames = Frames::new(recv).holding(hold);
-        if let Some(s) = stats {
-            frames = frames.counting(s);
-        }
+        let frames = Frames::new(recv)
+            .holding(hold)
+            .counting(self.pool.slots[slot].rx.clone());
         Ok((slot, frames))
     }
 
@@ -766,8 +764,9 @@ impl RemoteTree {
     }
 }
 
-/// A place for one catch-up fetch (see [`Peer::lease`]); its counter grows as the
-/// answer arrives, which the catch-up driver watches to steal stalled pieces.
+/// A place for one catch-up fetch (see [`Peer::lease`]); its counter grows while the
+/// fetch's connection receives (see [`Peer::fetch`]), which the catch-up driver
+/// watches to steal stalled pieces.
 pub struct PeerLease {
     peer: Arc<Peer>,
     _place: Place,

@@ -124,11 +124,12 @@ pub async fn send_batches(
     s.write_all_chunks(&mut parts).await
 }
 
-/// Whether an answer arriving on a stream has stalled, from a counter of its bytes.
+/// Whether an answer has stalled, from a counter of bytes arriving for it (for a peer
+/// fetch: on its connection, any stream, since older answers go first).
 ///
 /// A connection's streams share its congestion window, so on a slow path a large
-/// answer arrives slowly while others arrive beside it: what counts is whether bytes
-/// still come, not how long the whole answer takes. (A deadline on the whole answer
+/// answer arrives slowly or waits behind others: what counts is whether bytes still
+/// come, not how long the whole answer takes. (A deadline on the whole answer
 /// turned a slow link into a livelock: every answer timed out before it was whole,
 /// and was asked for again.)
 #[derive(Debug, Clone)]

@@ -4,8 +4,8 @@
 //! fetch waits behind the answers asked for before it. Too many places and the last
 //! waits for seconds with no byte in, pieces wait in memory and slow ones are fetched
 //! twice; too few and the link idles between answers. The places cover what the link
-//! carries in a round trip plus [`QUEUE`]: enough to keep it full, little to wait for.
-//! Sized once per pool window from what crossed it (`pool.rs`).
+//! answers in a round trip plus [`QUEUE`]: enough to keep it full, little to wait for.
+//! Sized once per pool window from the answers it saw (`pool.rs`).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -20,19 +20,20 @@ pub const MIN_PLACES: usize = 8;
 /// Places before the first window measured anything.
 pub const FIRST_PLACES: usize = 64;
 
-/// The places for a link that carried `rate` bytes/s at a round trip of `rtt`, with
-/// answers of `answer` bytes on average; `None` when the window saw no answer (keep
-/// what there is). Between [`MIN_PLACES`] and `max` (at least 1).
+/// The places for a window in which `answers_per_sec` fetches were answered (with
+/// data) at a round trip of `rtt`: by Little's law, what keeps each fetch in the
+/// system for `rtt + QUEUE` at that rate. `None` when nothing was answered (keep what
+/// there is). Between [`MIN_PLACES`] and `max` (at least 1).
 ///
 /// Self-correcting: when the places limit the rate, each fetch takes about a round
 /// trip and a transfer, less than `rtt + QUEUE`, so the result exceeds the places in
-/// use and the next window has more; once the link is full, fetches wait and it
-/// settles at the link's rate times `rtt + QUEUE`.
-pub fn target(rate: f64, rtt: Duration, answer: f64, max: usize) -> Option<usize> {
-    if answer.is_nan() || answer < 1.0 || !rate.is_finite() || rate < 0.0 {
+/// use and the next window has more; once the link is full, fetches wait their turn
+/// and it settles where a new one waits about `QUEUE`.
+pub fn target(answers_per_sec: f64, rtt: Duration, max: usize) -> Option<usize> {
+    if answers_per_sec.is_nan() || answers_per_sec <= 0.0 || answers_per_sec.is_infinite() {
         return None;
     }
-    let want = (rate * (rtt + QUEUE).as_secs_f64() / answer).ceil();
+    let want = (answers_per_sec * (rtt + QUEUE).as_secs_f64()).ceil();
     let max = max.max(1);
     Some((want.min(max as f64) as usize).clamp(MIN_PLACES.min(max), max))
 }
@@ -45,17 +46,29 @@ pub struct Places {
     limit: AtomicUsize,
     /// Permits still out that are not to come back (a shrink past the free ones).
     owed: Arc<AtomicUsize>,
+    /// Urgent fetches out without a place.
+    extra: Arc<AtomicUsize>,
 }
 
 /// One place, held while its fetch runs; `None` inside for an urgent fetch that
-/// found no free place and went anyway.
+/// found no free place and went anyway (counted in `extra`).
 pub struct Place {
     permit: Option<OwnedSemaphorePermit>,
     owed: Arc<AtomicUsize>,
+    extra: Option<Arc<AtomicUsize>>,
+}
+
+/// Urgent fetches that may go without a place at once: a head per partition and a
+/// few copies of stalled pieces, but not without bound (each waits in serve's queue).
+pub fn extra_for(limit: usize) -> usize {
+    (limit / 2).max(MIN_PLACES)
 }
 
 impl Drop for Place {
     fn drop(&mut self) {
+        if let Some(e) = self.extra.take() {
+            e.fetch_sub(1, Ordering::AcqRel);
+        }
         let Some(p) = self.permit.take() else { return };
         // Owed to a shrink: this permit leaves the semaphore instead of coming back.
         let took = self
@@ -74,6 +87,7 @@ impl Places {
             sem: Arc::new(Semaphore::new(n)),
             limit: AtomicUsize::new(n),
             owed: Arc::new(AtomicUsize::new(0)),
+            extra: Arc::new(AtomicUsize::new(0)),
         }
     }
 
@@ -81,18 +95,31 @@ impl Places {
         self.limit.load(Ordering::Relaxed)
     }
 
-    /// A place, waiting for one; an `urgent` fetch (what the writer waits for) takes
-    /// a free one or goes without. `None` once closed.
+    /// A place, waiting for one. An `urgent` fetch (what the writer waits for) takes
+    /// a free one, or goes without while fewer than [`extra_for`] others do, or waits
+    /// like the rest. (`None` only if the semaphore were closed; it never is.)
     pub async fn acquire(&self, urgent: bool) -> Option<Place> {
-        let permit = if urgent {
-            self.sem.clone().try_acquire_owned().ok()
-        } else {
-            Some(self.sem.clone().acquire_owned().await.ok()?)
-        };
-        Some(Place {
+        let place = |permit, extra| Place {
             permit,
             owed: self.owed.clone(),
-        })
+            extra,
+        };
+        if urgent {
+            if let Ok(p) = self.sem.clone().try_acquire_owned() {
+                return Some(place(Some(p), None));
+            }
+            let cap = extra_for(self.limit());
+            let went = self
+                .extra
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                    (n < cap).then_some(n + 1)
+                });
+            if went.is_ok() {
+                return Some(place(None, Some(self.extra.clone())));
+            }
+        }
+        let p = self.sem.clone().acquire_owned().await.ok()?;
+        Some(place(Some(p), None))
     }
 
     /// Makes the places `to` (at least 1). Only the sizing task calls it.
@@ -124,10 +151,6 @@ impl Places {
             self.owed.fetch_add(cut, Ordering::AcqRel);
         }
     }
-
-    pub fn close(&self) {
-        self.sem.close();
-    }
 }
 
 #[cfg(test)]
@@ -138,40 +161,43 @@ mod tests {
     const MS100: Duration = Duration::from_millis(100);
 
     #[test]
-    fn places_cover_a_round_trip_and_a_second_of_the_link() {
-        // 25 MB/s, 100 ms, 1 MB answers: 27.5 answers' worth.
-        assert_eq!(target(25e6, MS100, 1e6, 256), Some(28));
+    fn places_hold_each_fetch_for_a_round_trip_and_a_second() {
+        // 25 answers a second (1 MB each on a 200 Mbit/s link), 100 ms: 27.5.
+        assert_eq!(target(25.0, MS100, 256), Some(28));
         // A queue in the path lengthens the round trip and adds places.
-        assert_eq!(target(25e6, Duration::from_millis(435), 1e6, 256), Some(36));
+        assert_eq!(target(25.0, Duration::from_millis(435), 256), Some(36));
         // A slow link keeps the floor; small answers reach the ceiling.
-        assert_eq!(target(1.4e6, MS100, 1e6, 256), Some(MIN_PLACES));
-        assert_eq!(target(25e6, MS100, 4e3, 256), Some(256));
+        assert_eq!(target(1.4, MS100, 256), Some(MIN_PLACES));
+        assert_eq!(target(6_000.0, MS100, 256), Some(256));
         // A ceiling below the floor wins.
-        assert_eq!(target(1.0, MS100, 1e6, 3), Some(3));
-        assert_eq!(target(1.0, MS100, 1e6, 0), Some(1));
+        assert_eq!(target(0.1, MS100, 3), Some(3));
+        assert_eq!(target(0.1, MS100, 0), Some(1));
         // Nothing answered: nothing to go by.
-        assert_eq!(target(25e6, MS100, 0.0, 256), None);
-        assert_eq!(target(f64::NAN, MS100, 1e6, 256), None);
-        assert_eq!(target(25e6, MS100, f64::NAN, 256), None);
+        assert_eq!(target(0.0, MS100, 256), None);
+        assert_eq!(target(f64::NAN, MS100, 256), None);
+        assert_eq!(target(f64::INFINITY, MS100, 256), None);
     }
 
     #[test]
     fn places_limiting_the_rate_grow_in_the_next_window() {
-        // 16 places, each fetch a 100 ms round trip and a 40 ms transfer: the link
-        // carried 16 answers per 140 ms, so the next window has several times more.
-        let rate = 16.0 * 1e6 / 0.14;
-        assert!(target(rate, MS100, 1e6, 256).unwrap() > 16 * 5);
+        // 16 places, each fetch a 100 ms round trip and a 40 ms transfer: 16 answers
+        // per 140 ms, so the next window has several times more.
+        assert!(target(16.0 / 0.14, MS100, 256).unwrap() > 16 * 5);
+        // Once the link is full and each fetch waits a second behind the others, the
+        // places stay where they are: 36 in flight, answered 36 per 1.435 s.
+        let rtt = Duration::from_millis(435);
+        assert_eq!(target(36.0 / 1.435, rtt, 256), Some(36));
     }
 
     proptest! {
         #[test]
         fn places_stay_in_bounds_and_grow_with_the_rate(
-            rate in 0.0f64..1e10, more in 0.0f64..1e9, rtt_ms in 0u64..5_000,
-            answer in 1.0f64..1e8, max in 0usize..5_000,
+            rate in 0.001f64..1e6, more in 0.0f64..1e6, rtt_ms in 0u64..5_000,
+            max in 0usize..5_000,
         ) {
             let rtt = Duration::from_millis(rtt_ms);
-            let a = target(rate, rtt, answer, max).unwrap();
-            let b = target(rate + more, rtt, answer, max).unwrap();
+            let a = target(rate, rtt, max).unwrap();
+            let b = target(rate + more, rtt, max).unwrap();
             prop_assert!(a >= 1 && a <= max.max(1));
             prop_assert!(a >= MIN_PLACES.min(max.max(1)));
             prop_assert!(b >= a);
@@ -214,16 +240,31 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn an_urgent_fetch_goes_without_a_free_place_and_gives_none_back() {
+    async fn urgent_fetches_go_without_a_free_place_up_to_a_bound() {
         let p = Places::new(1);
         let a = p.acquire(false).await.unwrap();
-        let urgent = p.acquire(true).await.unwrap();
-        assert!(urgent.permit.is_none());
+        let mut urgent = Vec::new();
+        for _ in 0..extra_for(1) {
+            let u = p.acquire(true).await.unwrap();
+            assert!(u.permit.is_none());
+            urgent.push(u);
+        }
+        assert_eq!(p.extra.load(Ordering::Relaxed), MIN_PLACES);
+        // One more urgent fetch waits like the others, and gets the place once free.
+        let waiting = tokio::time::timeout(Duration::from_millis(50), p.acquire(true)).await;
+        assert!(waiting.is_err());
+        drop(urgent.pop());
+        assert_eq!(p.extra.load(Ordering::Relaxed), MIN_PLACES - 1);
+        assert!(p.acquire(true).await.unwrap().permit.is_none());
         drop(urgent);
+        assert_eq!(p.extra.load(Ordering::Relaxed), 0);
+        // Places without permits give none back.
         assert_eq!(p.sem.available_permits(), 0);
         drop(a);
         assert_eq!(p.sem.available_permits(), 1);
-        // A waiting fetch is served once a place frees; none after closing.
+        // A free place goes to an urgent fetch first.
+        assert!(p.acquire(true).await.unwrap().permit.is_some());
+        // A waiting fetch is served once a place frees.
         let a = p.acquire(false).await.unwrap();
         let waiter = tokio::spawn({
             let sem = p.sem.clone();
@@ -232,8 +273,6 @@ mod tests {
         tokio::task::yield_now().await;
         drop(a);
         assert!(waiter.await.unwrap());
-        p.close();
-        assert!(p.acquire(false).await.is_none());
     }
 
     async fn futures_all(p: &Places, n: usize) -> Vec<Place> {

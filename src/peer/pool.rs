@@ -18,6 +18,7 @@ use tokio::sync::Mutex;
 use super::client::Peer;
 use super::io::{close, Hold};
 use super::places;
+use crate::kafka::connection::ConnStats;
 use crate::transport::pool::PoolFigures;
 use crate::transport::sizer::{rtt_median_max, window_after, PoolConfig, Sizer, Window};
 
@@ -50,6 +51,10 @@ pub(super) struct Slot {
     /// Bumped with every new connection here, so a window never mixes two
     /// connections' counters.
     pub(super) generation: AtomicU64,
+    /// Stream bytes received on the slot's connections, whatever the stream: a fetch
+    /// waiting its turn behind older answers (serve sends the oldest first) is not
+    /// stalled while these grow (`Peer::fetch`).
+    pub(super) rx: Arc<ConnStats>,
 }
 
 /// The connections and what sizes them.
@@ -61,10 +66,9 @@ pub(super) struct Pool {
     /// Catch-up fetches in flight now, and the most at once since the last window.
     fetching: AtomicUsize,
     peak_fetching: AtomicUsize,
-    /// Catch-up answers taken, and their bytes (monotonic): what a fetch brings, for
-    /// sizing the places (`places.rs`).
+    /// Catch-up answers with data taken (monotonic), for sizing the places
+    /// (`places.rs`). Empty ones (a probe at the end) say nothing of the link.
     answers: AtomicU64,
-    answer_bytes: AtomicU64,
     /// Subscriptions open.
     subscriptions: Arc<AtomicUsize>,
     /// A partition switched between tailing and pieces since the last window.
@@ -85,13 +89,13 @@ impl Pool {
                     conn: Mutex::new(None),
                     open: Arc::new(AtomicUsize::new(0)),
                     generation: AtomicU64::new(0),
+                    rx: Arc::new(ConnStats::default()),
                 })
                 .collect(),
             target: AtomicUsize::new(pool_config(n).initial),
             fetching: AtomicUsize::new(0),
             peak_fetching: AtomicUsize::new(0),
             answers: AtomicU64::new(0),
-            answer_bytes: AtomicU64::new(0),
             subscriptions: Arc::new(AtomicUsize::new(0)),
             switched: AtomicBool::new(false),
             retired_tx: AtomicU64::new(0),
@@ -144,8 +148,9 @@ impl Pool {
 
     /// A catch-up answer of `bytes` came in.
     pub(super) fn answered(&self, bytes: usize) {
-        self.answers.fetch_add(1, Ordering::Relaxed);
-        self.answer_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+        if bytes > 0 {
+            self.answers.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     pub(super) fn note_switch(&self) {
@@ -296,7 +301,7 @@ async fn size_loop(peer: Weak<Peer>, mut sizer: Sizer, report_every: Duration) {
     let mut last = Instant::now();
     let mut last_report = Instant::now();
     let mut since_report = Counters::default();
-    let mut answered = (0u64, 0u64);
+    let mut answered = 0u64;
     loop {
         tokio::time::sleep(window).await;
         let Some(peer) = peer.upgrade() else { return };
@@ -338,18 +343,15 @@ async fn size_loop(peer: Weak<Peer>, mut sizer: Sizer, report_every: Duration) {
             );
             pool.target.store(sizer.size(), Ordering::Relaxed);
         }
-        // The fetch places follow the link's rate and round trip (`places.rs`).
-        let now_answered = (
-            pool.answers.load(Ordering::Relaxed),
-            pool.answer_bytes.load(Ordering::Relaxed),
-        );
-        let (n, bytes) = (now_answered.0 - answered.0, now_answered.1 - answered.1);
+        // The fetch places follow the answers' rate and the round trip (`places.rs`).
+        let now_answered = pool.answers.load(Ordering::Relaxed);
+        let n = now_answered - answered;
         answered = now_answered;
         let rtt = Duration::from_secs_f64(median_rtt.max(0.0) / 1e3);
-        let avg = if n > 0 { bytes as f64 / n as f64 } else { 0.0 };
-        if let Some(t) = places::target(goodput, rtt, avg, peer.settings().streams) {
+        let per_sec = n as f64 / elapsed.as_secs_f64().max(1e-3);
+        if let Some(t) = places::target(per_sec, rtt, peer.settings().streams) {
             if t != peer.places.limit() {
-                tracing::debug!(peer = %peer.addr(), from = peer.places.limit(), to = t, answer_bytes = avg as u64, "peer fetch places resized");
+                tracing::debug!(peer = %peer.addr(), from = peer.places.limit(), to = t, answers_per_sec = format!("{per_sec:.1}"), "peer fetch places resized");
                 peer.places.resize(t);
             }
         }
