@@ -50,8 +50,8 @@ pub struct PeerSettings {
     pub connections: usize,
     /// How often the pool's state is logged.
     pub report_every: Duration,
-    /// Most catch-up fetches in flight at once over all connections; the pool sizes
-    /// the places below it (`places.rs`).
+    /// Most places for catch-up fetches over all connections; the pool sizes the
+    /// places below it, and urgent fetches may go beyond (`places.rs`).
     pub streams: usize,
     pub request_timeout: Duration,
     pub retry_deadline: Duration,
@@ -291,9 +291,9 @@ impl Peer {
                 }
             }
         };
-        // Progress is what the fetch's connection receives, on any stream: serve sends
-        // the oldest answers first, so a fetch waiting its turn gets nothing while
-        // its connection is busy, and is neither stalled nor worth a second copy.
+        // Progress is what the fetch's connection receives of fetch answers, any of
+        // them: serve sends the oldest first, so a fetch waiting its turn gets nothing
+        // while its connection is busy, and is neither stalled nor worth a second copy.
         // It times out when that stops for the request timeout, not when the whole
         // answer is late (`StallWatch`; the first byte may take the server's wait on
         // top).
@@ -457,9 +457,12 @@ impl Peer {
             .await
             .map_err(|e| self.lost(&format!("sending a request: {e}")))?;
         let _ = send.finish();
-        let frames = Frames::new(recv)
-            .holding(hold)
-            .counting(self.pool.slots[slot].rx.clone());
+        let mut frames = Frames::new(recv).holding(hold);
+        // Fetch answers only: pushes go before them at serve, and a connection busy
+        // with pushes says nothing of whether a fetch's answer still comes.
+        if matches!(req, Frame::Fetch { .. }) {
+            frames = frames.counting(self.pool.slots[slot].rx.clone());
+        }
         Ok((slot, frames))
     }
 

@@ -51,9 +51,9 @@ pub(super) struct Slot {
     /// Bumped with every new connection here, so a window never mixes two
     /// connections' counters.
     pub(super) generation: AtomicU64,
-    /// Stream bytes received on the slot's connections, whatever the stream: a fetch
-    /// waiting its turn behind older answers (serve sends the oldest first) is not
-    /// stalled while these grow (`Peer::fetch`).
+    /// Fetch answers' bytes received on the slot's connections: a fetch waiting its
+    /// turn behind older answers (serve sends the oldest first) is not stalled while
+    /// these grow (`Peer::fetch`).
     pub(super) rx: Arc<ConnStats>,
 }
 

@@ -100,8 +100,10 @@ pub(super) async fn stream(
             return;
         }
     };
-    // Older fetches' answers go first, pushes and small answers before them all.
-    let _ = send.set_priority(priority(&req, send.id().index()));
+    // Older fetches' records go first, pushes, heads and small answers before them
+    // all: a fetch's head goes out at once, its records then take their place.
+    let records = priority(&req, send.id().index());
+    let _ = send.set_priority(i32::MAX);
     let r = match req {
         Frame::Hello { min, max, .. } => hello(&ctx, &mut send, min, max).await,
         Frame::List {
@@ -119,7 +121,7 @@ pub(super) async fn stream(
         } => {
             let wait = Duration::from_millis(max_wait_ms.min(30_000) as u64);
             fetch(
-                &ctx, &client, &mut send, &topic, partition, offset, end, max_bytes, wait,
+                &ctx, &client, &mut send, &topic, partition, offset, end, max_bytes, wait, records,
             )
             .await
         }
@@ -178,7 +180,8 @@ pub(super) async fn stream(
 /// The send priority of the answer to `req`, the `index`th stream the client opened
 /// on its connection (QUIC sends the highest first).
 ///
-/// Fetches go oldest first: with equal priorities QUIC sends streams round robin, so
+/// A fetch's records go oldest first (its head goes before them all, as everything
+/// else does): with equal priorities QUIC sends streams round robin, so
 /// every answer in flight arrives at once near the end of them all, and the piece the
 /// writer waits for takes as long as the last. Oldest first, the first asked for
 /// arrives at the link's full rate, the rest in order behind it (decision 67).
@@ -282,6 +285,8 @@ async fn list(
     put(send, &Frame::Topics { topics: out }).await
 }
 
+/// A fetch's answer: its head, then its records at the send priority `records` (see
+/// [`priority`]).
 #[allow(clippy::too_many_arguments)]
 async fn fetch(
     ctx: &Ctx,
@@ -293,6 +298,7 @@ async fn fetch(
     end: i64,
     max_bytes: u32,
     wait: Duration,
+    records: i32,
 ) -> Result<(), Fail> {
     allowed(client, topic)?;
     let max = (max_bytes as usize).clamp(1, MAX_FETCH);
@@ -313,7 +319,7 @@ async fn fetch(
         src.fetch(topic, partition, offset, max as i32, wait)
             .await?
     };
-    let (records, first) = whole_batches(&f.records, end);
+    let (body, first) = whole_batches(&f.records, end);
     put(
         send,
         &Frame::Head {
@@ -322,7 +328,10 @@ async fn fetch(
         },
     )
     .await?;
-    io::send_batches(send, f.high_watermark, records)
+    // The head was queued first: it leaves with the next packet, and the catch-up
+    // driver plans past it a whole queue wait before the records arrive.
+    let _ = send.set_priority(records);
+    io::send_batches(send, f.high_watermark, body)
         .await
         .map_err(|_| Fail::Gone)
 }
