@@ -145,6 +145,16 @@ fn serve_for(pair: &Pair, clients: &[&str], topics: &[&str]) -> (Serve, std::pat
     (Serve::start(sc, port), certs)
 }
 
+/// The "big" backlog behind a serve, reached through a UDP relay carrying about
+/// 4 MB/s towards the client.
+fn big_behind_a_slow_path(pair: &Pair) -> (Serve, std::path::PathBuf, UdpRelay) {
+    big_backlog(pair);
+    let (serve, certs) = serve_for(pair, &["dc-b"], &["big"]);
+    let relay = UdpRelay::start(serve.port);
+    relay.throttle(4_000_000);
+    (serve, certs, relay)
+}
+
 /// Destination end of every partition of `topic` summed.
 fn dest_total(pair: &Pair, topic: &str, partitions: i32) -> i64 {
     (0..partitions)
@@ -698,11 +708,8 @@ fn continuous_reconciliation_verifies_the_copy_and_stops_a_partition_that_differ
 #[test]
 fn the_peer_pool_grows_under_a_backlog_and_closes_surplus_connections_when_idle() {
     let pair = Pair::start();
-    big_backlog(&pair);
-    let (serve, certs) = serve_for(&pair, &["dc-b"], &["big"]);
     // About 4 MB/s: the 36 MB backlog lasts several of the sizer's 1 s windows.
-    let relay = UdpRelay::start(serve.port);
-    relay.throttle(4_000_000);
+    let (serve, certs, relay) = big_behind_a_slow_path(&pair);
     let cfg = pair.dir.path().join("peer.toml");
     let metrics = wanmirror::demo::broker::free_port().expect("a free port");
     peer_config(
@@ -813,10 +820,7 @@ fn the_peer_pool_grows_under_a_backlog_and_closes_surplus_connections_when_idle(
 #[test]
 fn answers_through_a_slow_path_arrive_oldest_first() {
     let pair = Pair::start();
-    big_backlog(&pair);
-    let (serve, certs) = serve_for(&pair, &["dc-b"], &["big"]);
-    let relay = UdpRelay::start(serve.port);
-    relay.throttle(4_000_000);
+    let (_serve, certs, relay) = big_behind_a_slow_path(&pair);
     let (err, out) = raw_client(&certs, Some("dc-b"), relay.port, |conn| async move {
         let start = std::time::Instant::now();
         let mut reads = Vec::new();
