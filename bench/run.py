@@ -257,16 +257,17 @@ def quic_cc(contender):
     return contender.removeprefix("wanmirror-quic-") if contender != "wanmirror-quic" else QUIC_CONGESTION
 
 
-def serve_start(procs, cfgdir, congestion):
+def serve_start(procs, cfgdir, congestion, log=None):
     """Starts `wanmirror serve` in the source namespace under /usr/bin/time (its CPU
-    counts for the contender) and waits until it listens."""
+    counts for the contender) and waits until it listens. Its log goes to `log` (kept
+    with --logs) or into the run's temporary directory."""
     d = pki(cfgdir)
     cfg = cfgdir / "serve.toml"
     cfg.write_text(
         f'[serve]\ncluster = "dc-a"\nbootstrap = "{SRC_ADDR}"\nlisten = "{PEER_ADDR}"\n'
         f'cert = "{d / "serve.pem"}"\nkey = "{d / "serve.key"}"\nclient_ca = "{d / "ca.pem"}"\n'
         f'congestion = "{congestion}"\n\n[[serve.client]]\nname = "dc-b"\ntopics = [".*"]\n')
-    log = cfgdir / "serve.log"
+    log = log or cfgdir / "serve.log"
     timefile = cfgdir / "serve-time.txt"
     timefile.unlink(missing_ok=True)
     with open(log, "w") as f:
@@ -281,6 +282,14 @@ def serve_start(procs, cfgdir, congestion):
             raise RuntimeError(f"wanmirror serve did not start: {log.read_text()[-2000:]}")
         time.sleep(0.1)
     return p, timefile
+
+
+def serve_log(args, stem):
+    """Where the serve side's log is kept with --logs: beside the mirror's."""
+    if not args.logs:
+        return None
+    Path(args.logs).mkdir(parents=True, exist_ok=True)
+    return Path(args.logs) / f"{stem}-serve.log"
 
 
 def serve_stop(p, timefile):
@@ -439,7 +448,8 @@ def one_run(profile, contender, args, cfgdir):
                           "--partitions", str(args.partitions), "--bytes", str(args.dataset_mb * 1_000_000)])
         records, payload, wire = pre["records"], pre["bytes"], pre["wire_bytes"]
         src_ends = ends(SRC_NS, SRC_ADDR, "bench", wire=False)["partitions"]
-        serve = serve_start(procs, cfgdir, quic_cc(contender)) if is_quic(contender) else None
+        stem = f"rtt{profile['rtt_ms']}-loss{profile['loss_pct']}-{contender}-{int(time.time())}"
+        serve = serve_start(procs, cfgdir, quic_cc(contender), serve_log(args, stem)) if is_quic(contender) else None
         timefile = cfgdir / "time.txt"
         cmd = ["/usr/bin/time", "-o", str(timefile), "-f", "%e %U %S %M"] + \
             contender_cmd(contender, "bench", records, False, cfgdir, args.partitions)
@@ -447,7 +457,7 @@ def one_run(profile, contender, args, cfgdir):
         log = subprocess.DEVNULL
         if args.logs:
             Path(args.logs).mkdir(parents=True, exist_ok=True)
-            log = open(Path(args.logs) / f"rtt{profile['rtt_ms']}-loss{profile['loss_pct']}-{contender}-{int(time.time())}.log", "w")
+            log = open(Path(args.logs) / f"{stem}.log", "w")
         # MM2 logs (log4j2, warnings and errors) to stdout.
         p = subprocess.Popen(ns(DST_NS, ["env", "RUST_LOG=" + os.environ.get("WANBENCH_RUST_LOG", "info")] + cmd),
                              stdout=log if contender == "mm2" else subprocess.DEVNULL, stderr=log)
@@ -641,7 +651,8 @@ def live_run(profile, contender, args, cfgdir):
         rate = int(profile["live_pct"] / 100 * profile["rate_mbit"] * 1e6 / 8 / size)
         n = rate * args.live_secs
         wait_ms = live_wait_ms()
-        serve = serve_start(procs, cfgdir, quic_cc(contender)) if is_quic(contender) else None
+        stem = f"live-rtt{profile['rtt_ms']}-loss{profile['loss_pct']}-load{profile['live_pct']}-{contender}-{int(time.time())}"
+        serve = serve_start(procs, cfgdir, quic_cc(contender), serve_log(args, stem)) if is_quic(contender) else None
         timefile = cfgdir / "time.txt"
         if contender == "mm2":
             wb(SRC_NS, ["preload", "--bootstrap", SRC_ADDR, "--topic", "live-probe", "--partitions", "1", "--bytes", "0"])
@@ -651,7 +662,7 @@ def live_run(profile, contender, args, cfgdir):
         log = subprocess.DEVNULL
         if args.logs:
             Path(args.logs).mkdir(parents=True, exist_ok=True)
-            log = open(Path(args.logs) / f"live-rtt{profile['rtt_ms']}-loss{profile['loss_pct']}-load{profile['live_pct']}-{contender}-{int(time.time())}.log", "w")
+            log = open(Path(args.logs) / f"{stem}.log", "w")
         p = subprocess.Popen(ns(DST_NS, ["env", "RUST_LOG=" + os.environ.get("WANBENCH_RUST_LOG", "info"),
                                          "/usr/bin/time", "-o", str(timefile), "-f", "%e %U %S %M"] + cmd),
                              stdout=log if contender == "mm2" else subprocess.DEVNULL, stderr=log)
