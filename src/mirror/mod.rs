@@ -362,6 +362,7 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<Outcome, StartError
         .topics()
         .await
         .map_err(|e| MirrorError::kafka(source.name(), e))?;
+    source.warm();
     dest.refresh(None)
         .await
         .map_err(|e| MirrorError::kafka(dest.name(), e))?;

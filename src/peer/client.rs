@@ -535,6 +535,32 @@ impl Peer {
 
     /// The slot's connection, opened (and the hello exchanged) if it has none or its
     /// last one closed.
+    /// Opens, in the background, the connections that the pool's active slots lack.
+    /// Called before a catch-up starts, so the handshakes overlap the destination's
+    /// set-up, and when the pool grows, so a new slot's first fetch finds its
+    /// connection open. Otherwise each waits for its handshake, which takes two round
+    /// trips when the server's certificates outgrow QUIC's first-flight allowance. A
+    /// failure here is only logged: the slot's next request connects again and
+    /// reports it.
+    pub fn warm(self: &Arc<Self>) {
+        for slot in 0..self.pool.active() {
+            let open = self.pool.slots[slot]
+                .conn
+                .try_lock()
+                .map(|c| c.as_ref().is_some_and(|c| c.close_reason().is_none()));
+            // Err: a request holds the slot, opening it or using it.
+            if !matches!(open, Ok(false)) {
+                continue;
+            }
+            let peer = self.clone();
+            tokio::spawn(async move {
+                if let Err(e) = peer.connection(slot).await {
+                    tracing::debug!(peer = %peer.s.addr, connection = slot, error = %e, "opening a peer connection ahead of its requests failed");
+                }
+            });
+        }
+    }
+
     async fn connection(&self, slot: usize) -> Result<quinn::Connection> {
         let place = &self.pool.slots[slot];
         let mut held = place.conn.lock().await;

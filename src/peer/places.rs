@@ -5,7 +5,8 @@
 //! waits for seconds with no byte in, pieces wait in memory and slow ones are fetched
 //! twice; too few and the link idles between answers. The places cover what the link
 //! answers in a round trip plus [`QUEUE`]: enough to keep it full, little to wait for.
-//! Sized once per pool window from the answers it saw (`pool.rs`).
+//! Sized once per pool window from the answers it saw (`pool.rs`), shrinking at most
+//! by half a window ([`step`]).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -36,6 +37,20 @@ pub fn target(answers_per_sec: f64, rtt: Duration, max: usize) -> Option<usize> 
     let want = (answers_per_sec * (rtt + QUEUE).as_secs_f64()).ceil();
     let max = max.max(1);
     Some((want.min(max as f64) as usize).clamp(MIN_PLACES.min(max), max))
+}
+
+/// The places for the next window: [`target`], but a shrink goes at most halfway.
+/// A window's rate can be far below what the link carries: the first one starts
+/// before any fetch is asked (the destination is still being set up), and one that
+/// sees a burst of retries answers little. Cut at once to its target, a start ran
+/// for a whole window at 8 places where 50 were needed. Growth is never held back:
+/// places that limit the rate show it in the next window.
+pub fn step(current: usize, target: usize) -> usize {
+    if target < current {
+        target.max(current / 2)
+    } else {
+        target
+    }
 }
 
 /// The places: a semaphore whose size follows [`target`]. A shrink takes free
@@ -189,7 +204,38 @@ mod tests {
         assert_eq!(target(36.0 / 1.435, rtt, 256), Some(36));
     }
 
+    #[test]
+    fn places_shrink_at_most_by_half_a_window() {
+        // The first window's few answers (7 a second: it began before the first
+        // fetch) take 64 places to 32, not to 8; the next window's rate decides.
+        let first = target(7.0, MS100, 256).unwrap();
+        assert_eq!(first, MIN_PLACES);
+        assert_eq!(step(FIRST_PLACES, first), 32);
+        assert_eq!(step(32, first), 16);
+        assert_eq!(step(16, first), 8);
+        assert_eq!(step(8, first), 8);
+        // Growth is at once, and so is a small cut.
+        assert_eq!(step(8, 46), 46);
+        assert_eq!(step(46, 40), 40);
+    }
+
     proptest! {
+        #[test]
+        fn a_step_never_cuts_more_than_half_and_reaches_its_target(
+            current in 1usize..5_000, to in 1usize..5_000,
+        ) {
+            let next = step(current, to);
+            prop_assert!(next >= to);
+            prop_assert!(next >= current / 2);
+            prop_assert!(next <= current.max(to));
+            // Held at the same target, the places reach it within log2 windows.
+            let mut at = current;
+            for _ in 0..14 {
+                at = step(at, to);
+            }
+            prop_assert_eq!(at, to);
+        }
+
         #[test]
         fn places_stay_in_bounds_and_grow_with_the_rate(
             rate in 0.001f64..1e6, more in 0.0f64..1e6, rtt_ms in 0u64..5_000,

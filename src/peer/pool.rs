@@ -5,7 +5,8 @@
 //! carry more than one; how many pays depends on RTT, loss and the controller. The
 //! same pure [`Sizer`] the TCP pool uses decides, fed one window at a time from the
 //! connections' own counters: bytes received over UDP, and the catch-up fetches in
-//! flight. Growing opens connections as requests reach the new slots; shrinking
+//! flight. Growing opens the new slots' connections at once (`Peer::warm`), so
+//! their first fetches do not wait for a handshake; shrinking
 //! stops new requests on the surplus slots, and a surplus connection closes once no
 //! stream is open on it (a subscription there is moved, `source/peer.rs`).
 
@@ -342,6 +343,8 @@ async fn size_loop(peer: Weak<Peer>, mut sizer: Sizer, report_every: Duration) {
                 "peer connection pool resized"
             );
             pool.target.store(sizer.size(), Ordering::Relaxed);
+            // The new slots' handshakes now, not in front of their first fetches.
+            peer.warm();
         }
         // The fetch places follow the answers' rate and the round trip (`places.rs`).
         let now_answered = pool.answers.load(Ordering::Relaxed);
@@ -350,6 +353,7 @@ async fn size_loop(peer: Weak<Peer>, mut sizer: Sizer, report_every: Duration) {
         let rtt = Duration::from_secs_f64(median_rtt.max(0.0) / 1e3);
         let per_sec = n as f64 / elapsed.as_secs_f64().max(1e-3);
         if let Some(t) = places::target(per_sec, rtt, peer.settings().streams) {
+            let t = places::step(peer.places.limit(), t);
             if t != peer.places.limit() {
                 tracing::debug!(peer = %peer.addr(), from = peer.places.limit(), to = t, answers_per_sec = format!("{per_sec:.1}"), "peer fetch places resized");
                 peer.places.resize(t);

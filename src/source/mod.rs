@@ -211,6 +211,14 @@ impl Source {
         }
     }
 
+    /// Opens ahead what a catch-up reads through (a peer's first connections), while
+    /// the destination is being set up. Brokers' pools open as they are used.
+    pub fn warm(&self) {
+        if let Source::Peer(p) = self {
+            p.peer.warm();
+        }
+    }
+
     /// Ends what the source holds open (a peer's connections), at shutdown.
     pub fn close(&self) {
         if let Source::Peer(p) = self {
