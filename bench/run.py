@@ -26,8 +26,18 @@ BROKER = "tansu"  # --broker
 KAFKA = {}  # "libs", "home": the Apache Kafka jars, found once (kafka_setup)
 
 
+class Failed(subprocess.CalledProcessError):
+    """A command that failed, shown with what it printed (the tools say why there)."""
+
+    def __str__(self):
+        return f"{super().__str__()} {((self.stderr or '') + (self.output or ''))[:2000]}"
+
+
 def sh(cmd, **kw):
-    return subprocess.run(cmd, check=True, text=True, capture_output=True, **kw).stdout
+    r = subprocess.run(cmd, text=True, capture_output=True, **kw)
+    if r.returncode != 0:
+        raise Failed(r.returncode, cmd, r.stdout, r.stderr)
+    return r.stdout
 
 
 def ns(n, cmd):

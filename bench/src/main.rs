@@ -183,17 +183,31 @@ async fn create_topic(bootstrap: &str, topic: &str, partitions: i32) -> Result<(
     c.create_topic(topic, partitions, 1, &Default::default())
         .await
         .context("create topic")?;
+    // Leaders in the metadata, and each answering for its partition: Kafka names a
+    // leader in its metadata a moment before that broker answers ListOffsets for it
+    // (NotLeaderOrFollower until then).
+    let mut last = String::from("no leaders in the metadata");
     for _ in 0..100 {
         if let Some(t) = c.topic(topic).await? {
             if t.partitions.len() == partitions as usize
                 && t.partitions.iter().all(|p| p.leader >= 0)
             {
-                return Ok(());
+                let mut ready = true;
+                for p in &t.partitions {
+                    if let Err(e) = c.end_offset(topic, p.index).await {
+                        last = format!("partition {}: {e}", p.index);
+                        ready = false;
+                        break;
+                    }
+                }
+                if ready {
+                    return Ok(());
+                }
             }
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    bail!("topic {topic} has no leaders")
+    bail!("topic {topic} is not ready after 10 s: {last}")
 }
 
 /// Mixed record sizes (log-uniform 100 B .. 16 KiB); half compressible text, half random.
