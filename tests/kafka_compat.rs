@@ -1,7 +1,8 @@
 //! The compatibility suite: the mirror's guarantees against real Apache Kafka (KRaft,
 //! started by `common::kafka`), with librdkafka producing and reading. Where tansu
 //! cannot show a case (DeleteRecords, compaction, ListOffsets, replication, leader
-//! changes, transactions, secured listeners, MirrorMaker 2), it is shown here.
+//! changes, transactions, secured listeners, MirrorMaker 2, the peer's serve side reading
+//! Kafka), it is shown here.
 
 mod common;
 
@@ -905,4 +906,94 @@ fn a_synced_group_resumes_in_the_destination_at_its_offsets() {
     let reads = first_reads(&b, "app-1", "dc-a.orders", &[0, 1]);
     assert_eq!(reads[0], (37, recs[0][37].value.clone()));
     assert_eq!(reads[1], (64, recs[1][64].value.clone()));
+}
+
+/// `wanmirror serve` in front of Apache Kafka, the mirror reading through it: a backlog
+/// in small batches of every codec, cut into pieces that start inside batches (Kafka
+/// answers those with the batch holding them, and serve passes it on whole), is copied
+/// offset-identical, and records appended afterwards are pushed.
+#[test]
+fn a_copy_through_the_peer_from_kafka_is_offset_identical() {
+    use common::peer::{certs, free_udp_port, peer_config, serve_config, Serve};
+    let pair = kafka_pair();
+    let codecs = ["none", "gzip", "snappy", "lz4", "zstd"];
+    for codec in codecs {
+        let t = format!("codec-{codec}");
+        topic(&pair.a, &t, 2);
+        let p = small_batches(&pair.a.bootstrap(), codec);
+        for part in 0..2 {
+            produce(
+                &p,
+                &t,
+                part,
+                &sample(2000, part as u64 + 7, |i| (i * 13) % 3000),
+            );
+        }
+    }
+    let pki = certs(&pair.dir.path().join("pki"), &["dc-b"]);
+    let port = free_udp_port();
+    let sc = serve_config(
+        pair.dir.path(),
+        &pki,
+        &pair.a.bootstrap(),
+        port,
+        &[("dc-b", &["codec-.*"])],
+    );
+    let serve = Serve::start(sc, port);
+    let cfg = pair.dir.path().join("peer.toml");
+    peer_config(
+        &cfg,
+        &format!("127.0.0.1:{port}"),
+        &pki,
+        "dc-b",
+        &pair.b.bootstrap(),
+        &["codec-.*"],
+        POOLED,
+    );
+    let mut m = Mirror::spawn(&cfg, &[]);
+    let b = pair.b.bootstrap();
+    let copied = |n: i64| {
+        codecs.iter().all(|c| {
+            (0..2).all(|part| {
+                topic_exists(&b, &format!("dc-a.codec-{c}"))
+                    && end_offset(&b, &format!("dc-a.codec-{c}"), part) == n
+            })
+        })
+    };
+    eventually(Duration::from_secs(120), "the backlog copied", || {
+        copied(2000)
+    });
+    let log = m.log_text();
+    assert!(log.contains("source read through a peer"), "{log}");
+    // The cases named above were exercised: pieces, and fetches inside batches.
+    assert!(log.contains("catching up in parallel pieces"), "{log}");
+    assert!(
+        log.contains("inside a batch with the batch holding it"),
+        "no piece started inside a batch: {log}"
+    );
+
+    // Appended after the catch-up: pushed by serve, no poll across the link.
+    for codec in codecs {
+        let t = format!("codec-{codec}");
+        let p = small_batches(&pair.a.bootstrap(), codec);
+        for part in 0..2 {
+            produce(&p, &t, part, &sample(100, part as u64 + 70, |i| i % 500));
+        }
+    }
+    eventually(Duration::from_secs(60), "the appended records", || {
+        copied(2100)
+    });
+    assert!(m.running(), "{}", m.log_text());
+    assert!(
+        serve.log_text().contains("push subscription"),
+        "{}",
+        serve.log_text()
+    );
+    drop(m);
+    for codec in codecs {
+        let t = format!("codec-{codec}");
+        for part in 0..2 {
+            assert_eq!(assert_same(&pair, &t, &format!("dc-a.{t}"), part), 2100);
+        }
+    }
 }

@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -71,6 +71,8 @@ pub struct Peer {
     bounds: Mutex<std::collections::HashMap<String, (Instant, Vec<PartitionInfo>)>>,
     /// The last served cluster's answer to hello, for the start-up log.
     pub(crate) agent: std::sync::Mutex<String>,
+    /// Set by [`Peer::close`].
+    closed: AtomicBool,
 }
 
 impl Peer {
@@ -87,6 +89,7 @@ impl Peer {
             ids: AtomicU64::new(1),
             bounds: Mutex::new(Default::default()),
             agent: std::sync::Mutex::new(String::new()),
+            closed: AtomicBool::new(false),
         });
         super::pool::start(&peer);
         Ok(peer)
@@ -533,16 +536,16 @@ impl Peer {
         }
     }
 
-    /// The slot's connection, opened (and the hello exchanged) if it has none or its
-    /// last one closed.
     /// Opens, in the background, the connections that the pool's active slots lack.
     /// Called before a catch-up starts, so the handshakes overlap the destination's
     /// set-up, and when the pool grows, so a new slot's first fetch finds its
-    /// connection open. Otherwise each waits for its handshake, which takes two round
-    /// trips when the server's certificates outgrow QUIC's first-flight allowance. A
-    /// failure here is only logged: the slot's next request connects again and
-    /// reports it.
+    /// connection open. Otherwise each waits two round trips: QUIC's handshake, then
+    /// the hello. A failure here is only logged: the slot's next request connects
+    /// again and reports it.
     pub fn warm(self: &Arc<Self>) {
+        if self.closed.load(Ordering::Relaxed) {
+            return;
+        }
         for slot in 0..self.pool.active() {
             let open = self.pool.slots[slot]
                 .conn
@@ -561,7 +564,13 @@ impl Peer {
         }
     }
 
+    /// The slot's connection, opened (and the hello exchanged) if it has none or its
+    /// last one closed.
     async fn connection(&self, slot: usize) -> Result<quinn::Connection> {
+        // After `close`, nothing reconnects (nor logs that it does).
+        if self.closed.load(Ordering::Relaxed) {
+            return Err(self.lost("the peer client is closed"));
+        }
         let place = &self.pool.slots[slot];
         let mut held = place.conn.lock().await;
         if let Some(c) = held.as_ref().filter(|c| c.close_reason().is_none()) {
@@ -695,6 +704,7 @@ impl Peer {
 
     /// Closes every connection (at shutdown), so the server sees us go at once.
     pub fn close(&self) {
+        self.closed.store(true, Ordering::Relaxed);
         self.endpoint
             .close(quinn::VarInt::from_u32(close::DONE), b"done");
     }

@@ -6,7 +6,7 @@
 //! twice; too few and the link idles between answers. The places cover what the link
 //! answers in a round trip plus [`QUEUE`]: enough to keep it full, little to wait for.
 //! Sized once per pool window from the answers it saw (`pool.rs`), shrinking at most
-//! by half a window ([`step`]).
+//! by half per window ([`step`]).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;

@@ -344,7 +344,9 @@ async fn size_loop(peer: Weak<Peer>, mut sizer: Sizer, report_every: Duration) {
             );
             pool.target.store(sizer.size(), Ordering::Relaxed);
             // The new slots' handshakes now, not in front of their first fetches.
-            peer.warm();
+            if sizer.size() > before {
+                peer.warm();
+            }
         }
         // The fetch places follow the answers' rate and the round trip (`places.rs`).
         let now_answered = pool.answers.load(Ordering::Relaxed);
