@@ -311,9 +311,6 @@ async fn fetch(
         .map_err(|_| Fail::Gone)?;
     let src = &ctx.source;
     let f = if wait.is_zero() {
-        // A catch-up piece: read in turn with the connection's others (a waiting
-        // fetch holds no read place: it waits for data, not for the broker).
-        let _reading = client.reads.acquire().await.map_err(|_| Fail::Gone)?;
         src.retry("fetch", || {
             src.fetch_piece(topic, partition, offset, max as i32, true, None)
         })

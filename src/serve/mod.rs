@@ -87,18 +87,7 @@ pub(crate) struct Client {
     /// Answer bytes in flight, in KiB permits.
     pub budget: Arc<Semaphore>,
     pub budget_kib: u32,
-    /// Catch-up reads from the cluster at once on this connection, taken in the
-    /// order the fetches came ([`READS_PER_CONNECTION`]).
-    pub reads: Semaphore,
 }
-
-/// Catch-up fetches of one connection read from the cluster at once. Answers leave
-/// oldest first, and one can leave only once it is read: with every fetch read at
-/// once, a burst of 64 shared the broker's reads and the first answer was ready only
-/// when nearly all were (the link idled for about a second at a catch-up's start). A
-/// few read at a time are ready in turn, and still read ahead of what the
-/// connection's share of the link sends.
-pub const READS_PER_CONNECTION: usize = 4;
 
 /// A running server; dropping it does not stop it, [`Server::close`] does.
 pub struct Server {
@@ -258,7 +247,6 @@ async fn connection(ctx: Arc<Ctx>, allowed: Vec<Allowed>, incoming: quinn::Incom
     let client = Arc::new(Client {
         budget,
         budget_kib: kib as u32,
-        reads: Semaphore::new(READS_PER_CONNECTION),
         allowed,
         remote,
     });
