@@ -914,7 +914,7 @@ fn a_synced_group_resumes_in_the_destination_at_its_offsets() {
 /// offset-identical, and records appended afterwards are pushed.
 #[test]
 fn a_copy_through_the_peer_from_kafka_is_offset_identical() {
-    use common::peer::{certs, free_udp_port, peer_config, serve_config, Serve};
+    use common::peer::{peer_config, serve_for};
     let pair = kafka_pair();
     let codecs = ["none", "gzip", "snappy", "lz4", "zstd"];
     for codec in codecs {
@@ -930,20 +930,11 @@ fn a_copy_through_the_peer_from_kafka_is_offset_identical() {
             );
         }
     }
-    let pki = certs(&pair.dir.path().join("pki"), &["dc-b"]);
-    let port = free_udp_port();
-    let sc = serve_config(
-        pair.dir.path(),
-        &pki,
-        &pair.a.bootstrap(),
-        port,
-        &[("dc-b", &["codec-.*"])],
-    );
-    let serve = Serve::start(sc, port);
+    let (serve, pki) = serve_for(&pair, &["dc-b"], &["codec-.*"]);
     let cfg = pair.dir.path().join("peer.toml");
     peer_config(
         &cfg,
-        &format!("127.0.0.1:{port}"),
+        &format!("127.0.0.1:{}", serve.port),
         &pki,
         "dc-b",
         &pair.b.bootstrap(),

@@ -129,22 +129,6 @@ fn big_backlog(pair: &Pair) -> rdkafka::producer::BaseProducer {
     p
 }
 
-/// A serve in front of the pair's source with certificates for `clients`, each
-/// allowed `topics`.
-fn serve_for(pair: &Pair, clients: &[&str], topics: &[&str]) -> (Serve, std::path::PathBuf) {
-    let certs = certs(&pair.dir.path().join("pki"), clients);
-    let port = free_udp_port();
-    let allowed: Vec<(&str, &[&str])> = clients.iter().map(|c| (*c, topics)).collect();
-    let sc = serve_config(
-        pair.dir.path(),
-        &certs,
-        &pair.a.bootstrap(),
-        port,
-        &allowed[..1],
-    );
-    (Serve::start(sc, port), certs)
-}
-
 /// The "big" backlog behind a serve, reached through a UDP relay carrying about
 /// 4 MB/s towards the client.
 fn big_behind_a_slow_path(pair: &Pair) -> (Serve, std::path::PathBuf, UdpRelay) {

@@ -152,6 +152,25 @@ impl Drop for Serve {
 
 /// A mirror config that reads dc-a through the peer at `peer` as client `client`
 /// (its certificate `client-<client>.pem` in `certs`, or `cert_dir` for another CA's).
+/// A serve in front of the pair's source with certificates for `clients`; the first
+/// client is allowed `topics`. Returns it and the certificates' directory.
+pub fn serve_for<A: super::Broker, B: super::Broker>(
+    pair: &super::Pair<A, B>,
+    clients: &[&str],
+    topics: &[&str],
+) -> (Serve, PathBuf) {
+    let certs = certs(&pair.dir.path().join("pki"), clients);
+    let port = free_udp_port();
+    let sc = serve_config(
+        pair.dir.path(),
+        &certs,
+        &pair.a.bootstrap(),
+        port,
+        &[(clients[0], topics)],
+    );
+    (Serve::start(sc, port), certs)
+}
+
 pub fn peer_config(
     path: &Path,
     peer: &str,
