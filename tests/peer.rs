@@ -58,20 +58,11 @@ fn a_copy_through_the_peer_is_offset_and_byte_identical() {
         &recs,
     );
 
-    let certs = certs(&pair.dir.path().join("pki"), &["dc-b"]);
-    let port = free_udp_port();
-    let sc = serve_config(
-        pair.dir.path(),
-        &certs,
-        &pair.a.bootstrap(),
-        port,
-        &[("dc-b", &["codec-.*", "sizes"])],
-    );
-    let serve = Serve::start(sc, port);
+    let (serve, certs) = serve_for(&pair, &["dc-b"], &["codec-.*", "sizes"]);
     let cfg = pair.dir.path().join("peer.toml");
     peer_config(
         &cfg,
-        &format!("127.0.0.1:{port}"),
+        &format!("127.0.0.1:{}", serve.port),
         &certs,
         "dc-b",
         &pair.b.bootstrap(),
